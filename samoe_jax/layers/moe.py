@@ -1,0 +1,119 @@
+"""The MoE FFN layer: its own router and mixing logits, experts drawn from the global pool.
+
+Einsum letters: B batch, L length, G groups, S tokens per group, D width, E experts, P pool entries.
+
+One layer of a standard MoE (GShard/Switch, methods.md §1), a SaMoE layer (§2) and a fully tied layer are the
+same module: only the pool size and the mixing mode differ.
+  mixing='learned': alpha ([P], or [E, P] for expert-level mixing) is a parameter of this layer; experts are
+                    mix_weight_space(pool, softmax(alpha / tau)) (or output-space mixing as an ablation).
+  mixing='fixed':   the layer uses pool entry `pool_index` (a one-hot alpha without parameters).
+Dropped tokens get a zero output, so only the block's residual carries them.
+"""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from samoe_jax.layers import initializers
+from samoe_jax.layers import routing as routing_lib
+from samoe_jax.layers.dispatch import get_dispatcher
+from samoe_jax.layers.experts import (ExpertWeights, expert_ffn, expert_ffn_output_mixed, mix_weight_space,
+                                      mixing_weights)
+
+
+class Router(nn.Module):
+  """Router logits in float32: x_GSD -> logits_GSE (no bias, as in fairseq's Top2Gate)."""
+  num_experts: int
+  init_std: float
+
+  @nn.compact
+  def __call__(self, x_GSD: jax.Array) -> jax.Array:
+    w_DE = self.param('kernel', initializers.normal(self.init_std, ('embed', 'router')),
+                      (x_GSD.shape[-1], self.num_experts))
+    return jnp.einsum('gsd,de->gse', x_GSD.astype(jnp.float32), w_DE)
+
+
+class MixingLogits(nn.Module):
+  """This layer's mixing logits alpha ([P] or [E, P]); returns softmax(alpha / tau) over the pool axis."""
+  pool_size: int
+  num_experts: int
+  granularity: str          # 'layer' or 'expert'
+  temperature: float
+  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
+  init_index: int           # pool entry favoured by the one-hot init
+  one_hot_scale: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    if self.granularity == 'layer':
+      shape, names = (self.pool_size,), ('mixing',)
+    else:
+      shape, names = (self.num_experts, self.pool_size), ('expert', 'mixing')
+
+    def init_fn(key, shape, dtype=jnp.float32):
+      del key
+      if self.init_mode == 'uniform':
+        return jnp.zeros(shape, dtype)
+      return jnp.broadcast_to(self.one_hot_scale * jax.nn.one_hot(self.init_index, self.pool_size, dtype=dtype),
+                              shape)
+
+    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
+    return mixing_weights(alpha, self.temperature)
+
+
+class MoeFFN(nn.Module):
+  """One MoE layer: x_BLD -> (y_BLD, aux). aux holds 'lb_loss', 'z_loss', routing metrics and mixing weights."""
+  num_experts: int
+  top_k: int
+  capacity_factor_train: float
+  capacity_factor_eval: float
+  min_capacity: int
+  group_size: int           # tokens per routing group (divides B*L; a multiple or divisor of L)
+  dispatch: str
+  init_std: float
+  # Pool mixing.
+  pool_size: int
+  mixing: str               # 'learned' or 'fixed'
+  pool_index: int           # fixed mixing: the pool entry used; learned: the one-hot init's entry
+  granularity: str = 'layer'
+  space: str = 'weight'     # 'weight' or 'output'
+  temperature: float = 1.0
+  mixing_init: str = 'uniform'
+  one_hot_scale: float = 3.0
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x_BLD: jax.Array, pool: ExpertWeights, token_mask_BL: jax.Array, *,
+               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+    b, l, d = x_BLD.shape
+    s = self.group_size
+    x_GSD = x_BLD.reshape(b * l // s, s, d)
+    x_GSD = nn.with_logical_constraint(x_GSD, ('group', 'length', 'embed'))
+    mask_GS = token_mask_BL.reshape(b * l // s, s)
+    cf = self.capacity_factor_train if train else self.capacity_factor_eval
+    capacity = routing_lib.expert_capacity(s, self.num_experts, self.top_k, cf, self.min_capacity)
+    logits_GSE = Router(self.num_experts, self.init_std, name='router')(x_GSD)
+    routing = routing_lib.route(logits_GSE, mask_GS, top_k=self.top_k, capacity=capacity)
+
+    dispatcher = get_dispatcher(self.dispatch)
+    x_EXD = dispatcher.dispatch(x_GSD.astype(self.dtype), routing)
+    x_EXD = nn.with_logical_constraint(x_EXD, ('expert', None, 'embed'))
+    aux: dict[str, jax.Array] = {}
+    if self.mixing == 'fixed':
+      y_EXD = expert_ffn(x_EXD, pool.entry(self.pool_index).astype(self.dtype))
+    else:
+      weights = MixingLogits(self.pool_size, self.num_experts, self.granularity, self.temperature,
+                             self.mixing_init, self.pool_index, self.one_hot_scale, name='mixing')()
+      aux['mixing_weights'] = weights
+      if self.space == 'weight':
+        y_EXD = expert_ffn(x_EXD, mix_weight_space(pool, weights).astype(self.dtype))
+      else:
+        y_EXD = expert_ffn_output_mixed(x_EXD, pool.astype(self.dtype), weights)
+    y_EXD = nn.with_logical_constraint(y_EXD, ('expert', None, 'embed'))
+    y_GSD = dispatcher.combine(y_EXD, routing)
+    aux['lb_loss'] = routing_lib.load_balancing_loss(routing, mask_GS)
+    aux['z_loss'] = routing_lib.router_z_loss(routing, mask_GS)
+    aux.update(routing_lib.routing_metrics(routing, mask_GS))
+    return y_GSD.reshape(b, l, d), aux
