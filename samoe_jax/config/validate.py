@@ -1,0 +1,253 @@
+"""validate_config: early, clear errors for a config, before anything is built.
+
+Every problem is collected and one ValueError lists them all, one per line, each naming the key, the bad value and
+what is allowed. A dense model (no MoE layers after resolving model.layer_plan) ignores the moe and pool sections.
+Checks that need the device count (what mesh -1 resolves to) are left to the trainer; here only the sizes given
+explicitly are checked.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import ml_collections
+
+from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_assignment
+
+DTYPES = ('float32', 'bfloat16')
+DISPATCH = ('gather', 'einsum')
+MIXING = ('learned', 'fixed')
+GRANULARITY = ('layer', 'expert')
+SPACE = ('weight', 'output')
+MIXING_INIT = ('uniform', 'one_hot')
+MESH_AXES = ('data', 'expert', 'model')
+BYTE_VOCAB_SIZE = 259  # seqio.ByteVocabulary: 256 bytes + 3 special ids (pad, eos, unk)
+
+
+class _Errors:
+  """Collects 'key=value: what is allowed' lines."""
+
+  def __init__(self):
+    self.lines: list[str] = []
+
+  def add(self, key: str, value: Any, allowed: str) -> None:
+    self.lines.append(f'{key}={value!r}: {allowed}')
+
+  def positive_int(self, key: str, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+      self.add(key, value, 'must be an integer >= 1')
+      return False
+    return True
+
+  def non_negative(self, key: str, value: Any, what: str = 'a number') -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
+      self.add(key, value, f'must be {what} >= 0')
+      return False
+    return True
+
+  def positive(self, key: str, value: Any) -> bool:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+      self.add(key, value, 'must be a number > 0')
+      return False
+    return True
+
+  def one_of(self, key: str, value: Any, allowed: Sequence[str]) -> bool:
+    if value not in allowed:
+      self.add(key, value, f'must be one of {", ".join(map(repr, allowed))}')
+      return False
+    return True
+
+  def in_range(self, key: str, value: Any, lo: float, hi: float, hi_open: bool) -> None:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and lo <= value and (
+        value < hi if hi_open else value <= hi)
+    if not ok:
+      self.add(key, value, f'must lie in [{lo}, {hi}{")" if hi_open else "]"}')
+
+
+def _is_int(x: Any) -> bool:
+  return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _check_model(m: ml_collections.ConfigDict, e: _Errors) -> list[int] | None:
+  """Model section; returns the MoE layer indices, or None when the layer plan cannot be resolved."""
+  for key in ('vocab_size', 'd_model', 'num_layers', 'num_heads', 'd_ff', 'max_len'):
+    e.positive_int(f'model.{key}', m[key])
+  if _is_int(m.d_model) and _is_int(m.num_heads) and m.num_heads >= 1 and m.d_model % m.num_heads:
+    e.add('model.d_model', m.d_model, f'must be divisible by model.num_heads={m.num_heads} (integer head width)')
+  e.in_range('model.dropout_rate', m.dropout_rate, 0.0, 1.0, hi_open=True)
+  e.positive('model.init_std', m.init_std)
+  e.one_of('model.dtype', m.dtype, DTYPES)
+  if not isinstance(m.tie_embeddings, bool):
+    e.add('model.tie_embeddings', m.tie_embeddings, 'must be True or False')
+  if not (_is_int(m.num_layers) and m.num_layers >= 1):
+    return None
+  try:
+    return moe_layer_indices(m)
+  except ValueError as err:
+    e.lines.append(str(err))
+    return None
+
+
+def _check_data(c: ml_collections.ConfigDict, e: _Errors) -> None:
+  d, m = c.data, c.model
+  if e.positive_int('data.seq_len', d.seq_len) and _is_int(m.max_len) and d.seq_len > m.max_len:
+    e.add('data.seq_len', d.seq_len, f'must be <= model.max_len={m.max_len} (the learned position table size)')
+  e.positive_int('data.batch_size', d.batch_size)
+  if not isinstance(d.task, str) or not d.task:
+    e.add('data.task', d.task, 'must name a registered task (a non-empty string)')
+  if d.task == 'tfds_lm' and not d.tfds_name:
+    e.add('data.tfds_name', d.tfds_name, "must name a TFDS dataset (e.g. 'c4/en:3.1.0') when data.task='tfds_lm'")
+  if not isinstance(d.vocabulary, str) or not d.vocabulary:
+    e.add('data.vocabulary', d.vocabulary, "must be 'sentencepiece', 'byte' or a path to a .model file")
+  if d.vocabulary == 'byte' and _is_int(m.vocab_size) and m.vocab_size < BYTE_VOCAB_SIZE:
+    e.add('model.vocab_size', m.vocab_size,
+          f"must be >= {BYTE_VOCAB_SIZE} (the byte vocabulary's size) when data.vocabulary='byte'")
+  e.non_negative('data.shuffle_buffer', d.shuffle_buffer, 'an integer')
+
+
+def _group_tokens(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
+  """Checks moe.group_size against the batch; returns tokens per routing group (None if invalid)."""
+  g, seq, batch = c.moe.group_size, c.data.seq_len, c.data.batch_size
+  if not (_is_int(seq) and seq >= 1 and _is_int(batch) and batch >= 1):
+    return None
+  if not _is_int(g) or g < 0:
+    e.add('moe.group_size', g, 'must be an integer >= 0 (0 = one sequence per routing group)')
+    return None
+  if g == 0:
+    return seq
+  if g <= seq and seq % g:
+    e.add('moe.group_size', g, f'must divide data.seq_len={seq} (a group within a sequence) or be a multiple of it')
+    return None
+  if g > seq and (g % seq or (batch * seq) % g):
+    e.add('moe.group_size', g,
+          f'a group longer than a sequence must be a multiple of data.seq_len={seq} and divide '
+          f'data.batch_size * data.seq_len={batch * seq}')
+    return None
+  return g
+
+
+def _check_moe(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
+  """MoE section (MoE models only); returns tokens per routing group when valid."""
+  moe = c.moe
+  if e.positive_int('moe.num_experts', moe.num_experts):
+    if not _is_int(moe.top_k) or not 1 <= moe.top_k <= moe.num_experts:
+      e.add('moe.top_k', moe.top_k, f'must be an integer in [1, moe.num_experts={moe.num_experts}]')
+  e.positive('moe.capacity_factor_train', moe.capacity_factor_train)
+  e.positive('moe.capacity_factor_eval', moe.capacity_factor_eval)
+  e.non_negative('moe.min_capacity', moe.min_capacity, 'an integer')
+  e.non_negative('moe.expert_d_ff', moe.expert_d_ff, 'an integer (0 = model.d_ff)')
+  e.non_negative('moe.lb_loss_coef', moe.lb_loss_coef)
+  e.non_negative('moe.z_loss_coef', moe.z_loss_coef)
+  e.one_of('moe.dispatch', moe.dispatch, DISPATCH)
+  return _group_tokens(c, e)
+
+
+def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
+  """Pool section (MoE models only)."""
+  size_ok = e.positive_int('pool.size', pool.size)
+  mixing_ok = e.one_of('pool.mixing', pool.mixing, MIXING)
+  e.one_of('pool.granularity', pool.granularity, GRANULARITY)
+  e.one_of('pool.space', pool.space, SPACE)
+  e.one_of('pool.init', pool.init, MIXING_INIT)
+  assignment_ok = e.one_of('pool.assignment', pool.assignment, ASSIGNMENTS)
+  e.positive('pool.temperature', pool.temperature)
+  e.non_negative('pool.one_hot_scale', pool.one_hot_scale)
+  if size_ok and mixing_ok and assignment_ok and pool.mixing == 'fixed':
+    used = set(pool_assignment(num_moe, pool.size, pool.assignment))
+    if len(used) < pool.size:
+      e.add('pool.size', pool.size,
+            f"with pool.mixing='fixed' and pool.assignment={pool.assignment!r} only {len(used)} of the {pool.size} "
+            f'entries are used by the {num_moe} MoE layer(s); use pool.size <= {num_moe} (= {num_moe}: standard '
+            "MoE, 1: fully tied, between: manual sharing) or pool.mixing='learned'")
+
+
+def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
+  if e.positive_int('train.steps', t.steps):
+    if not _is_int(t.warmup_steps) or not 0 <= t.warmup_steps <= t.steps:
+      e.add('train.warmup_steps', t.warmup_steps, f'must be an integer in [0, train.steps={t.steps}]')
+  e.positive('train.learning_rate', t.learning_rate)
+  e.in_range('train.min_lr_ratio', t.min_lr_ratio, 0.0, 1.0, hi_open=False)
+  e.in_range('train.b1', t.b1, 0.0, 1.0, hi_open=True)
+  e.in_range('train.b2', t.b2, 0.0, 1.0, hi_open=True)
+  e.non_negative('train.weight_decay', t.weight_decay)
+  e.non_negative('train.grad_clip', t.grad_clip)
+  e.positive_int('train.log_every', t.log_every)
+  e.non_negative('train.eval_every', t.eval_every, 'an integer')
+  if _is_int(t.eval_every) and t.eval_every > 0:
+    e.positive_int('train.eval_batches', t.eval_batches)
+  e.non_negative('train.checkpoint_every', t.checkpoint_every, 'an integer')
+  e.positive_int('train.keep_checkpoints', t.keep_checkpoints)
+
+
+def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | None, e: _Errors) -> None:
+  """Mesh sizes: each -1 (fill with the devices left) or >= 1, at most one -1; divisibility of what they split."""
+  mesh = c.mesh
+  sizes: dict[str, int] = {}
+  for axis in MESH_AXES:
+    v = mesh[axis]
+    if not _is_int(v) or (v != -1 and v < 1):
+      e.add(f'mesh.{axis}', v, 'must be -1 (the devices left) or an integer >= 1')
+    else:
+      sizes[axis] = v
+  fill = [a for a, v in sizes.items() if v == -1]
+  if len(fill) > 1:
+    e.lines.append(f'mesh: {", ".join(f"mesh.{a}=-1" for a in fill)}: at most one mesh axis may be -1')
+  expert, model = sizes.get('expert', -1), sizes.get('model', -1)
+  if num_moe and expert > 0 and _is_int(c.moe.num_experts) and c.moe.num_experts % expert:
+    e.add('moe.num_experts', c.moe.num_experts, f'must be divisible by mesh.expert={expert} (experts are split '
+          'over the expert axis)')
+  if model > 1:
+    m = c.model
+    for key, value in (('model.num_heads', m.num_heads), ('model.vocab_size', m.vocab_size)):
+      if _is_int(value) and value % model:
+        e.add(key, value, f'must be divisible by mesh.model={model}')
+    if num_moe < m.num_layers and _is_int(m.d_ff) and m.d_ff % model:
+      e.add('model.d_ff', m.d_ff, f'must be divisible by mesh.model={model}')
+    expert_ff = c.moe.expert_d_ff or m.d_ff
+    if num_moe and _is_int(expert_ff) and expert_ff % model:
+      e.add('moe.expert_d_ff' if c.moe.expert_d_ff else 'model.d_ff', expert_ff,
+            f'the expert FFN width must be divisible by mesh.model={model}')
+  # Batch rows (and routing groups) are split over ('data', 'expert') together.
+  known = [(a, sizes[a]) for a in ('data', 'expert') if sizes.get(a, -1) > 0]
+  dp = 1
+  for _, v in known:
+    dp *= v
+  if dp > 1 and _is_int(c.data.batch_size) and c.data.batch_size >= 1:
+    names = ' * '.join(f'mesh.{a}={v}' for a, v in known)
+    exact = len(known) == 2
+    if c.data.batch_size % dp:
+      e.add('data.batch_size', c.data.batch_size, f'must be divisible by the data-parallel size {names} = {dp}'
+            + ('' if exact else ' (whatever the -1 axis resolves to)'))
+    elif group_tokens and num_moe:
+      groups = c.data.batch_size * c.data.seq_len // group_tokens
+      if groups % dp:
+        e.add('moe.group_size', c.moe.group_size, f'gives {groups} routing groups per batch, not divisible by the '
+              f'data-parallel size {names} = {dp}')
+
+
+def config_errors(config: ml_collections.ConfigDict) -> list[str]:
+  """All problems found in config, one line each (empty when valid)."""
+  e = _Errors()
+  for section in ('model', 'moe', 'pool', 'data', 'train', 'mesh'):
+    if section not in config:
+      e.lines.append(f'{section}: missing config section (start from samoe_jax.config.defaults.get_base_config())')
+  if e.lines:
+    return e.lines
+  moe_layers = _check_model(config.model, e)
+  _check_data(config, e)
+  num_moe = len(moe_layers) if moe_layers else 0
+  group_tokens = None
+  if num_moe:
+    group_tokens = _check_moe(config, e)
+    _check_pool(config.pool, num_moe, e)
+  _check_train(config.train, e)
+  _check_mesh(config, num_moe, group_tokens, e)
+  return e.lines
+
+
+def validate_config(config: ml_collections.ConfigDict) -> None:
+  """Raises one ValueError listing every problem in config (one per line); returns None when valid."""
+  lines = config_errors(config)
+  if lines:
+    plural = 's' if len(lines) > 1 else ''
+    raise ValueError(f'invalid config ({len(lines)} problem{plural}):\n' + '\n'.join(f'  {l}' for l in lines))
