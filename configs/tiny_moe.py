@@ -1,0 +1,27 @@
+"""Tiny standard MoE on the embedded Shakespeare corpus: the baseline for tiny_samoe.py.
+
+Same model and data as tiny_samoe.py (4 layers, d_model 128, 8 experts top-2 on blocks 1 and 3), but every MoE
+layer owns its experts: pool.size = 2 = the number of MoE layers, fixed one-hot mixing, 'modulo' (identity)
+assignment. That is the standard GShard/Switch MoE; at this size it stores as many experts as the SaMoE P = 2
+pool, so the tiny comparison is about mixing, not size (the gpt3_* configs show the parameter savings).
+
+Run:  python -m samoe_jax.describe --config=configs/tiny_moe.py
+      python -m samoe_jax.train --config=configs/tiny_moe.py
+"""
+
+from samoe_jax.config.defaults import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.model.d_model = 128
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_ff = 512
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts = 8
+  c.moe.top_k = 2
+  c.pool.size = 2                 # = number of MoE layers
+  c.pool.mixing = 'fixed'
+  c.pool.assignment = 'modulo'    # MoE layer l -> pool entry l
+  return c

@@ -1,0 +1,25 @@
+"""Tiny fully tied experts (P = 1) on the embedded Shakespeare corpus: the aggressive-sharing baseline.
+
+Same model and data as tiny_samoe.py, but both MoE layers use one shared set of 8 experts (pool.size = 1, fixed
+mixing; each layer keeps its own router). WideNet-style MoE tying (methods.md §2.1 special cases, §12 row 7):
+expected to be worse than tiny_samoe.py and tiny_moe.py.
+
+Run:  python -m samoe_jax.describe --config=configs/tiny_tied.py
+      python -m samoe_jax.train --config=configs/tiny_tied.py
+"""
+
+from samoe_jax.config.defaults import get_base_config
+
+
+def get_config():
+  c = get_base_config()
+  c.model.d_model = 128
+  c.model.num_layers = 4
+  c.model.num_heads = 4
+  c.model.d_ff = 512
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts = 8
+  c.moe.top_k = 2
+  c.pool.size = 1
+  c.pool.mixing = 'fixed'         # a softmax over one entry is 1: no mixing logits needed
+  return c
