@@ -44,7 +44,10 @@ class DenseFFN(nn.Module):
     b_in_F = self.param('b_in', initializers.zeros(('mlp',)), (self.d_ff,))
     w_out_FD = self.param('w_out', initializers.normal(self.out_init_std, ('mlp', 'embed')), (self.d_ff, d))
     b_out_D = self.param('b_out', initializers.zeros(('embed',)), (d,))
-    h_BLF = jnp.einsum('bld,df->blf', x_BLD.astype(self.dtype), w_in_DF.astype(self.dtype))
-    h_BLF = jax.nn.gelu(h_BLF + b_in_F.astype(self.dtype))
-    h_BLF = nn.with_logical_constraint(h_BLF, ('batch', 'length', 'mlp'))
-    return jnp.einsum('blf,fd->bld', h_BLF, w_out_FD.astype(self.dtype)) + b_out_D.astype(self.dtype)
+    b, l, _ = x_BLD.shape
+    # 2-D matmuls over flattened tokens: XLA's backward of the 3-D einsum is ~2x slower on CPU.
+    h_TF = x_BLD.reshape(b * l, d).astype(self.dtype) @ w_in_DF.astype(self.dtype)
+    h_TF = jax.nn.gelu(h_TF + b_in_F.astype(self.dtype))
+    h_BLF = nn.with_logical_constraint(h_TF.reshape(b, l, self.d_ff), ('batch', 'length', 'mlp'))
+    y_TD = h_BLF.reshape(b * l, self.d_ff) @ w_out_FD.astype(self.dtype) + b_out_D.astype(self.dtype)
+    return y_TD.reshape(b, l, d)

@@ -19,6 +19,7 @@ import ml_collections
 import numpy as np
 
 from samoe_jax.layers.experts import ExpertWeights, mix_weight_space, mixing_weights
+from samoe_jax.models.losses import output_cross_entropy
 from samoe_jax.models.spec import ModelSpec
 from samoe_jax.models.transformer import Decoder
 
@@ -73,25 +74,37 @@ class LanguageModel:
     return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
 
   # ------------------------------------------------------------------------------------------------- forward
-  def apply(self, params: Params, tokens_BL: jax.Array, *, train: bool = False,
-            rng: jax.Array | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """Logits float32 [B, L, V] and the MoE layers' aux dicts."""
+  def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False,
+             rng: jax.Array | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """Final hidden states h_BLD and the MoE layers' aux dicts."""
     rngs = {'dropout': rng} if (train and rng is not None) else {}
     return self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs)
+
+  @staticmethod
+  def output_embedding(params: Params) -> jax.Array:
+    """The output layer's [V, D] matrix: the token embedding when tied."""
+    return params['output_embedding'] if 'output_embedding' in params else params['token_embedding']
+
+  def logits(self, params: Params, tokens_BL: jax.Array) -> jax.Array:
+    """Evaluation logits, float32 [B, L, V]."""
+    h_BLD, _ = self.hidden(params, tokens_BL, train=False)
+    emb_VD = self.output_embedding(params).astype(h_BLD.dtype)
+    return jnp.einsum('bld,vd->blv', h_BLD, emb_VD, preferred_element_type=jnp.float32)
 
   def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None,
               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring)."""
     if train and self.spec.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
-    logits_BLV, auxes = self.apply(params, batch['decoder_input_tokens'], train=train, rng=rng)
-    targets_BL = batch['decoder_target_tokens']
-    weights_BL = batch['decoder_loss_weights'].astype(jnp.float32)
-    num_tokens = jnp.sum(weights_BL)
-    ce = jnp.sum(token_cross_entropy(logits_BLV, targets_BL) * weights_BL) / jnp.maximum(num_tokens, 1.0)
-    correct_BL = (jnp.argmax(logits_BLV, axis=-1) == targets_BL).astype(jnp.float32)
+    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng)
+    b, l, d = h_BLD.shape
+    weights_T = batch['decoder_loss_weights'].astype(jnp.float32).reshape(b * l)
+    num_tokens = jnp.sum(weights_T)
+    ce_sum, correct_sum = output_cross_entropy(h_BLD.reshape(b * l, d), self.output_embedding(params),
+                                               batch['decoder_target_tokens'].reshape(b * l), weights_T)
+    ce = ce_sum / jnp.maximum(num_tokens, 1.0)
     metrics = {'cross_entropy': ce, 'num_tokens': num_tokens,
-               'accuracy': jnp.sum(correct_BL * weights_BL) / jnp.maximum(num_tokens, 1.0)}
+               'accuracy': correct_sum / jnp.maximum(num_tokens, 1.0)}
     lb = sum((a['lb_loss'] for a in auxes), jnp.zeros((), jnp.float32))
     z = sum((a['z_loss'] for a in auxes), jnp.zeros((), jnp.float32))
     aux_loss = self.spec.lb_loss_coef * lb + self.spec.z_loss_coef * z
@@ -117,7 +130,7 @@ class LanguageModel:
 
   def score_batch(self, params: Params, batch: Batch) -> jax.Array:
     """Sum of target log-likelihoods weighted by decoder_loss_weights: float32 [B] (rank classification)."""
-    logits_BLV, _ = self.apply(params, batch['decoder_input_tokens'], train=False)
+    logits_BLV = self.logits(params, batch['decoder_input_tokens'])
     ll_BL = -token_cross_entropy(logits_BLV, batch['decoder_target_tokens'])
     return jnp.sum(ll_BL * batch['decoder_loss_weights'].astype(jnp.float32), axis=-1)
 

@@ -24,6 +24,7 @@ class ModelSpec:
   dropout_rate: float
   init_std: float
   dtype: str
+  tie_embeddings: bool
   moe_layers: tuple[int, ...]          # block indices with an MoE FFN
   pool_entry: tuple[int, ...]          # per MoE layer: fixed pool entry, or the one-hot init's entry
   num_experts: int
@@ -61,6 +62,7 @@ class ModelSpec:
     return cls(
         vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
         d_ff=m.d_ff, max_len=m.max_len, dropout_rate=m.dropout_rate, init_std=m.init_std, dtype=m.dtype,
+        tie_embeddings=m.tie_embeddings,
         moe_layers=moe_layers, pool_entry=entries, num_experts=moe.num_experts, top_k=moe.top_k,
         capacity_factor_train=moe.capacity_factor_train, capacity_factor_eval=moe.capacity_factor_eval,
         min_capacity=moe.min_capacity, group_size=moe.group_size or config.data.seq_len,

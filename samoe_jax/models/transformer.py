@@ -59,7 +59,11 @@ class Block(nn.Module):
 
 
 class Decoder(nn.Module):
-  """tokens_BL -> (logits_BLV float32, per-MoE-layer aux dicts in layer order)."""
+  """tokens_BL -> (final hidden states h_BLD, per-MoE-layer aux dicts in layer order).
+
+  The output layer (h @ output_embedding^T) is applied by the model's loss, fused with the cross-entropy
+  (samoe_jax/models/losses.py), or by `LanguageModel.logits`.
+  """
   spec: ModelSpec
 
   def setup(self):
@@ -68,6 +72,9 @@ class Decoder(nn.Module):
                                       (spec.vocab_size, spec.d_model))
     self.position_embedding = self.param('position_embedding', initializers.normal(spec.init_std, (None, 'embed')),
                                          (spec.max_len, spec.d_model))
+    if not spec.tie_embeddings:
+      self.output_embedding = self.param('output_embedding', initializers.normal(spec.init_std, ('vocab', 'embed')),
+                                         (spec.vocab_size, spec.d_model))
     self.expert_pool = None
     if spec.moe_layers:
       self.expert_pool = ExpertPool(spec.pool_size, spec.num_experts, spec.d_model, spec.expert_d_ff,
@@ -91,8 +98,5 @@ class Decoder(nn.Module):
       x_BLD, aux = block(x_BLD, pool, token_mask_BL, train=train)
       if aux is not None:
         auxes.append(aux)
-    x_BLD = self.final_norm(x_BLD)
-    logits_BLV = jnp.einsum('bld,vd->blv', x_BLD, self.token_embedding.astype(spec.compute_dtype))
-    logits_BLV = nn.with_logical_constraint(logits_BLV, ('batch', 'length', 'vocab'))
-    return logits_BLV.astype(jnp.float32), auxes
+    return self.final_norm(x_BLD), auxes
 
