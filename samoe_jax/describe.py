@@ -1,0 +1,172 @@
+"""Describe a config without building it: layer plan, parameter counts, FLOPs, SaMoE reduction, capacity.
+
+  python -m samoe_jax.describe --config=configs/gpt3_350m_samoe.py [--config.pool.size=4] [--json]
+      [--pool_sweep=1,2,3,4,6] [--check_model]
+
+Everything comes from samoe_jax.accounting (analytic, instant even at 52B). --check_model also evaluates the
+model's parameter shapes with jax.eval_shape (no weights are allocated) and compares the counts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+from absl import app, flags
+import ml_collections
+from ml_collections import config_flags
+
+from samoe_jax import accounting
+from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
+from samoe_jax.config.validate import validate_config
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).',
+                                          lock_config=True)
+_JSON = flags.DEFINE_bool('json', False, 'Print the report as JSON.')
+_POOL_SWEEP = flags.DEFINE_list('pool_sweep', [], 'Pool sizes to tabulate stored parameters and reduction for '
+                                '(MoE configs; default: 1,2,3,4,6 for SaMoE configs, none otherwise).')
+_CHECK_MODEL = flags.DEFINE_bool('check_model', False, "Cross-check the counts against the model's eval_shape.")
+
+
+def human(n: float, digits: int = 2) -> str:
+  """12_980_000_000 -> '12.98B'; 1_572_864 -> '1.57M'; small numbers as they are (B = 1e9, P = 1e15)."""
+  for scale, suffix in ((1e18, 'E'), (1e15, 'P'), (1e12, 'T'), (1e9, 'B'), (1e6, 'M'), (1e3, 'K')):
+    if abs(n) >= scale:
+      return f'{n / scale:.{digits}f}{suffix}'
+  return f'{n:g}'
+
+
+def sharing_mode(config: ml_collections.ConfigDict, num_moe: int) -> str:
+  pool = config.pool
+  if num_moe == 0:
+    return 'dense model'
+  if pool.mixing == 'learned':
+    return f'SaMoE: learned {pool.granularity}-level {pool.space}-space mixing of a pool of {pool.size}'
+  if pool.size == 1:
+    return 'fully tied experts (pool of 1, fixed)'
+  if pool_assignment(num_moe, pool.size, pool.assignment) == list(range(num_moe)):
+    return 'standard MoE (one pool entry per MoE layer, fixed)'
+  return f'manual sharing ({pool.size} pool entries, fixed {pool.assignment!r} assignment)'
+
+
+def layer_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
+  """One dict per block: its FFN kind and, for MoE blocks, experts and pool entry or mixing."""
+  moe_layers = moe_layer_indices(config.model)
+  moe, pool = config.moe, config.pool
+  entries = pool_assignment(len(moe_layers), pool.size, pool.assignment) if moe_layers else []
+  index = {layer: i for i, layer in enumerate(moe_layers)}
+  rows = []
+  for block in range(config.model.num_layers):
+    if block not in index:
+      rows.append({'block': block, 'ffn': 'dense', 'd_ff': config.model.d_ff})
+      continue
+    i = index[block]
+    row = {'block': block, 'ffn': 'moe', 'moe_layer': i, 'num_experts': moe.num_experts, 'top_k': moe.top_k,
+           'd_ff': moe.expert_d_ff or config.model.d_ff, 'mixing': pool.mixing}
+    if pool.mixing == 'fixed':
+      row['pool_entry'] = entries[i]
+    else:
+      row.update(pool_size=pool.size, granularity=pool.granularity, init=pool.init,
+                 init_entry=entries[i] if pool.init == 'one_hot' else None)
+    rows.append(row)
+  return rows
+
+
+def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = None) -> dict[str, Any]:
+  """The report as a JSON-able dict (validates the config first)."""
+  validate_config(config)
+  rows = layer_rows(config)
+  num_moe = sum(r['ffn'] == 'moe' for r in rows)
+  report: dict[str, Any] = {
+      'model': {k: config.model[k] for k in ('num_layers', 'd_model', 'num_heads', 'd_ff', 'vocab_size',
+                                             'max_len', 'dtype')},
+      'sharing': sharing_mode(config, num_moe),
+      'layer_plan': rows,
+      'params': accounting.param_counts(config),
+      'flops_per_token': accounting.flops_per_token(config),
+      'flops_per_step': accounting.flops_per_step(config),
+  }
+  if num_moe:
+    report['capacity'] = accounting.capacity(config)
+    if pool_sweep is None and config.pool.mixing == 'learned':
+      pool_sweep = [1, 2, 3, 4, 6]
+    if pool_sweep:
+      report['pool_sweep'] = accounting.pool_size_sweep(config, tuple(pool_sweep))
+  return report
+
+
+def _block_line(r: dict[str, Any]) -> str:
+  head = f'  block {r["block"]:>2}  '
+  if r['ffn'] == 'dense':
+    return head + f'dense FFN (d_ff {r["d_ff"]})'
+  text = head + f'MoE #{r["moe_layer"]:<2} {r["num_experts"]} experts top-{r["top_k"]} (d_ff {r["d_ff"]}), '
+  if r['mixing'] == 'fixed':
+    return text + f'pool entry {r["pool_entry"]} (fixed)'
+  text += f'learned mix over P={r["pool_size"]} ({r["granularity"]}-level, init {r["init"]}'
+  return text + (f', favours entry {r["init_entry"]})' if r['init_entry'] is not None else ')')
+
+
+def format_text(report: dict[str, Any]) -> str:
+  m, p, f, s = report['model'], report['params'], report['flops_per_token'], report['flops_per_step']
+  lines = [f'model: {m["num_layers"]} layers, d_model {m["d_model"]}, {m["num_heads"]} heads, d_ff {m["d_ff"]}, '
+           f'vocab {m["vocab_size"]}, max_len {m["max_len"]}, {m["dtype"]}',
+           f'sharing: {report["sharing"]}', 'layer plan:']
+  lines += [_block_line(r) for r in report['layer_plan']]
+  lines += ['parameters:',
+            f'  total (stored)     {human(p["total"]):>9}  ({p["total"]:,})',
+            f'  non-expert         {human(p["non_expert"]):>9}  (embedding + positions {human(p["embedding"])})',
+            f'  expert pool        {human(p["expert_pool"]):>9}  ({human(p["params_per_expert"])} per expert)',
+            f'  mixing logits      {human(p["mixing_logits"]):>9}',
+            f'  routers            {human(p["routers"]):>9}',
+            f'  materialized       {human(p["materialized"]):>9}  (every MoE layer stores its own experts)',
+            f'  active per token   {human(p["active_per_token"]):>9}  (non-embedding '
+            f'{human(p["active_non_embedding"])})',
+            f'  SaMoE reduction    {p["reduction_factor"]:>8.2f}x  (materialized / total)',
+            'FLOPs per token:',
+            f'  forward            {human(f["forward"]):>9}  (attention {human(f["attention_proj"] + f["attention_scores"])}'
+            f', FFN/MoE {human(f["dense_ffn"] + f["moe_experts"] + f["router"])}, logits {human(f["logits"])})',
+            f'  train (3x)         {human(f["train"]):>9}',
+            (f'  mixing             {human(f["mixing_per_step"]):>9}  per step forward '
+             f'({human(f["mixing_per_token"])} per token amortized over {s["tokens"]:,} tokens)'
+             if f['mixing_per_step'] else '  mixing                  none  (no learned weight-space mixing)'),
+            f'  train per step     {human(s["train"]):>9}  (mixing included)']
+  if 'capacity' in report:
+    c = report['capacity']
+    lines.append(f'capacity: {c["group_tokens"]} tokens per routing group, {c["groups_per_batch"]} groups per '
+                 f'batch: C = {c["train"]} (train), {c["eval"]} (eval) slots per expert')
+  if report.get('pool_sweep'):
+    lines.append('pool-size sweep (learned mixing): ' + '   '.join(
+        f'P={r["pool_size"]}: {human(r["total"])} ({r["reduction_factor"]:.2f}x)' for r in report['pool_sweep']))
+  if 'model_check' in report:
+    lines.append(f'model eval_shape check: {report["model_check"]}')
+  return '\n'.join(lines)
+
+
+def model_check(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
+  """Compares the analytic counts with LanguageModel(config).param_summary() (jax.eval_shape, no allocation)."""
+  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
+  summary = LanguageModel(config).param_summary()
+  diffs = {k: (params[k], v) for k, v in summary.items() if k in params and params[k] != v}
+  return 'match' if not diffs else f'MISMATCH (analytic, model): {diffs}'
+
+
+def main(argv: list[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  config = _CONFIG.value
+  if config is None:
+    raise app.UsageError('--config=configs/NAME.py is required')
+  sweep = [int(x) for x in _POOL_SWEEP.value] or None
+  try:
+    report = describe(config, sweep)
+  except ValueError as err:
+    print(err, file=sys.stderr)
+    sys.exit(1)
+  if _CHECK_MODEL.value:
+    report['model_check'] = model_check(config, report['params'])
+  print(json.dumps(report, indent=2) if _JSON.value else format_text(report))
+
+
+if __name__ == '__main__':
+  app.run(main)
