@@ -124,8 +124,9 @@ def format_text(report: dict[str, Any]) -> str:
             f'{human(p["active_non_embedding"])})',
             f'  SaMoE reduction    {p["reduction_factor"]:>8.2f}x  (materialized / total)',
             'FLOPs per token:',
-            f'  forward            {human(f["forward"]):>9}  (attention {human(f["attention_proj"] + f["attention_scores"])}'
-            f', FFN/MoE {human(f["dense_ffn"] + f["moe_experts"] + f["router"])}, logits {human(f["logits"])})',
+            f'  forward            {human(f["forward"]):>9}  (attention '
+            f'{human(f["attention_proj"] + f["attention_scores"])}, FFN/MoE '
+            f'{human(f["dense_ffn"] + f["moe_experts"] + f["router"])}, logits {human(f["logits"])})',
             f'  train (3x)         {human(f["train"]):>9}',
             (f'  mixing             {human(f["mixing_per_step"]):>9}  per step forward '
              f'({human(f["mixing_per_token"])} per token amortized over {s["tokens"]:,} tokens)'

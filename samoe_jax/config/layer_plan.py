@@ -30,10 +30,11 @@ def _resolve(plan: str, num_layers: int) -> list[int]:
           f'model.layer_plan={plan!r} has {len(plan)} letters but model.num_layers={num_layers}: an explicit plan '
           f'needs exactly one letter per block ({num_layers} letters of {"/".join(PLAN_LETTERS)}).')
     return [i for i, letter in enumerate(plan) if letter == 'M']
+  example = 'DM' * (num_layers // 2) + 'D' * (num_layers % 2)
   raise ValueError(
       f'model.layer_plan={plan!r} is not a known plan: use one of {", ".join(map(repr, NAMED_PLANS))}, or an '
       f'explicit pattern of the letters {"/".join(PLAN_LETTERS)} (D = dense FFN, M = MoE FFN), one per block '
-      f'({num_layers} letters for model.num_layers={num_layers}), e.g. {"DM" * (num_layers // 2) + "D" * (num_layers % 2)!r}.')
+      f'({num_layers} letters for model.num_layers={num_layers}), e.g. {example!r}.')
 
 
 def moe_layer_indices(model_cfg: Any) -> list[int]:
