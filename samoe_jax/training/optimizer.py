@@ -1,0 +1,83 @@
+"""AdamW with linear warm-up + cosine decay, global-norm clipping, and weight decay on matrices only.
+
+Which parameters decay is decided from their logical axes (see samoe_jax/sharding/rules.py), never from their
+names: a parameter is a weight matrix when it touches the residual stream ('embed') and has at least one more
+feature axis. Stacking axes ('pool', 'expert', 'moe_layer', 'layers') index copies of a parameter and do not
+count as feature axes, so the pool's biases [P, E, F] stay undecayed like a dense bias [F]; LayerNorm scales
+and biases ('embed',), attention biases (None, 'heads', 'kv') and SaMoE mixing logits ('mixing' axis: decaying
+them would pull every layer towards uniform mixing) are never decayed. Without logical axes, rank >= 2 decides.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from jax.sharding import PartitionSpec
+
+STACKING_AXES = frozenset({'pool', 'expert', 'moe_layer', 'layers'})
+NO_DECAY_AXES = frozenset({'mixing'})
+Schedule = Callable[[jax.Array | int], jax.Array]
+
+
+def is_decayed(names: tuple[str | None, ...] | None, ndim: int) -> bool:
+  """Whether a parameter with these logical axis names (None: unknown) gets weight decay."""
+  if names is None:
+    return ndim >= 2
+  if NO_DECAY_AXES.intersection(n for n in names if n):
+    return False
+  features = [n for n in names if n not in STACKING_AXES]
+  return 'embed' in features and len(features) >= 2
+
+
+def decay_mask(params: Any, logical_axes: Any | None = None) -> Any:
+  """Pytree of bools, same structure as params (arrays or ShapeDtypeStructs): True where weight decay applies.
+
+  Args:
+    params: the parameters or their abstract shapes.
+    logical_axes: optional tree of logical PartitionSpecs (model.param_logical_axes()).
+  """
+  if logical_axes is None:
+    return jax.tree.map(lambda p: is_decayed(None, len(p.shape)), params)
+  return jax.tree.map(lambda p, s: is_decayed(tuple(s), len(p.shape)), params, logical_axes)
+
+
+def make_schedule(train_cfg: ml_collections.ConfigDict) -> Schedule:
+  """Learning rate of the update with 0-based index `count` (the one that produces step count + 1).
+
+  Linear warm-up reaches learning_rate at step warmup_steps; cosine decay then reaches
+  learning_rate * min_lr_ratio at step decay_steps (train.decay_steps, or train.steps when 0) and stays there.
+  """
+  peak = float(train_cfg.learning_rate)
+  floor = peak * float(train_cfg.min_lr_ratio)
+  warmup = int(train_cfg.warmup_steps)
+  total = int(train_cfg.get('decay_steps', 0) or train_cfg.steps)
+
+  def schedule(count):
+    step = jnp.asarray(count, jnp.float32) + 1.0
+    warm = peak * step / max(warmup, 1)
+    progress = jnp.clip((step - warmup) / max(total - warmup, 1), 0.0, 1.0)
+    cosine = floor + (peak - floor) * 0.5 * (1.0 + jnp.cos(math.pi * progress))
+    return jnp.where(step <= warmup, warm, cosine)
+
+  return schedule
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
+                   logical_axes: Any | None = None) -> tuple[optax.GradientTransformation, Schedule]:
+  """(optimizer, schedule): clip_by_global_norm(grad_clip) then AdamW with the decay mask of `decay_mask`.
+
+  Args:
+    train_cfg: config.train.
+    params: parameters or abstract shapes (only their structure and ranks are used).
+    logical_axes: model.param_logical_axes(); decides which parameters decay.
+  """
+  schedule = make_schedule(train_cfg)
+  clip = optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip > 0 else optax.identity()
+  adamw = optax.adamw(learning_rate=schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=1e-8,
+                      weight_decay=train_cfg.weight_decay, mask=decay_mask(params, logical_axes))
+  return optax.chain(clip, adamw), schedule

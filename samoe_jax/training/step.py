@@ -1,0 +1,59 @@
+"""The pure train and eval steps, and their jitted (partitioned) forms.
+
+train_step(state, batch, rng) -> (state, metrics): one AdamW update on the batch. The dropout key is
+fold_in(rng, state.step), so a run resumed from a checkpoint at step s draws exactly the keys the uninterrupted
+run would. metrics are the model's (loss, cross_entropy, aux_loss, num_tokens, accuracy, moe/..., pool/...)
+plus 'learning_rate' (of this update) and 'grad_norm' (global norm before clipping).
+eval_step(params, batch) -> metrics of model.loss_fn(train=False).
+
+Both are jitted once through the partitioner with explicit shardings (state and metrics stay on device; the
+state is donated) and contain no host synchronisation.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+import optax
+
+from samoe_jax.sharding.partitioner import PartitionedFn, Partitioner
+from samoe_jax.training.state import TrainState
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable, state: TrainState,
+               batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
+  """One update. batch: int32/float32 [B, L] decoder features; rng: the run's base key (fixed for the run)."""
+  dropout_rng = jax.random.fold_in(rng, state.step)
+  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+  (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
+  updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+  params = optax.apply_updates(state.params, updates)
+  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+  return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
+  """The model's metrics on one batch, without dropout (train=False capacities)."""
+  _, metrics = model.loss_fn(params, batch, None, False)
+  return metrics
+
+
+def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable,
+                    partitioner: Partitioner, state_shardings: TrainState) -> PartitionedFn:
+  """train_step jitted with (state, batch, rng) shardings, replicated metrics and the state donated."""
+  fn = functools.partial(train_step, model, optimizer, schedule)
+  replicated = partitioner.replicated()
+  return partitioner.partition(fn, in_shardings=(state_shardings, partitioner.data_sharding(), replicated),
+                               out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+
+
+def make_eval_step(model: Any, partitioner: Partitioner, param_shardings: Any) -> PartitionedFn:
+  """eval_step jitted with (params, batch) shardings and replicated metrics."""
+  fn = functools.partial(eval_step, model)
+  return partitioner.partition(fn, in_shardings=(param_shardings, partitioner.data_sharding()),
+                               out_shardings=partitioner.replicated())
