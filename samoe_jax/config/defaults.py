@@ -78,6 +78,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.learning_rate = 3e-3
   c.train.min_lr_ratio = 0.1         # cosine decays to learning_rate * min_lr_ratio
   c.train.warmup_steps = 50
+  c.train.decay_steps = 0            # cosine horizon in steps; 0 = train.steps. Set it to keep the planned schedule
+                                     # when a run is resumed or extended with a different train.steps
   c.train.b1 = 0.9
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
