@@ -16,6 +16,7 @@ from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_ass
 
 DTYPES = ('float32', 'bfloat16')
 DISPATCH = ('gather', 'einsum')
+SLOT_PRIORITY = ('position', 'choice')
 MIXING = ('learned', 'fixed')
 GRANULARITY = ('layer', 'expert')
 SPACE = ('weight', 'output')
@@ -139,6 +140,8 @@ def _check_moe(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
   e.non_negative('moe.lb_loss_coef', moe.lb_loss_coef)
   e.non_negative('moe.z_loss_coef', moe.z_loss_coef)
   e.one_of('moe.dispatch', moe.dispatch, DISPATCH)
+  if 'slot_priority' in moe:
+    e.one_of('moe.slot_priority', moe.slot_priority, SLOT_PRIORITY)
   return _group_tokens(c, e)
 
 
