@@ -144,6 +144,8 @@ ERROR_CASES: list[tuple[dict, tuple[str, ...]]] = [
     (dict(pool__temperature=0.0), ('pool.temperature=0.0', '> 0')),
     (dict(train__steps=0), ('train.steps=0', '>= 1')),
     (dict(train__warmup_steps=601), ('train.warmup_steps=601', 'train.steps=600')),
+    (dict(train__decay_steps=-5), ('train.decay_steps=-5', '>= 0')),
+    (dict(train__decay_steps=40), ('train.warmup_steps=50', 'train.decay_steps=40')),
     (dict(mesh__expert=0), ('mesh.expert=0', '-1')),
     (dict(mesh__model=-2), ('mesh.model=-2', '-1')),
     (dict(mesh__data=-1, mesh__model=-1), ('mesh.data=-1', 'mesh.model=-1', 'at most one')),

@@ -168,6 +168,10 @@ def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
   if e.positive_int('train.steps', t.steps):
     if not _is_int(t.warmup_steps) or not 0 <= t.warmup_steps <= t.steps:
       e.add('train.warmup_steps', t.warmup_steps, f'must be an integer in [0, train.steps={t.steps}]')
+  decay = t.get('decay_steps', 0)
+  if e.non_negative('train.decay_steps', decay, 'an integer (0 = train.steps)') and decay and _is_int(
+      t.warmup_steps) and t.warmup_steps > decay:
+    e.add('train.warmup_steps', t.warmup_steps, f'must be <= train.decay_steps={decay} (the cosine horizon)')
   e.positive('train.learning_rate', t.learning_rate)
   e.in_range('train.min_lr_ratio', t.min_lr_ratio, 0.0, 1.0, hi_open=False)
   e.in_range('train.b1', t.b1, 0.0, 1.0, hi_open=True)
