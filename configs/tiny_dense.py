@@ -5,7 +5,7 @@ MoE layers (layer_plan 'none'; the moe and pool sections are ignored). With top-
 spend about twice this model's FFN FLOPs on their MoE blocks.
 
 Run:  python -m samoe_jax.describe --config=configs/tiny_dense.py
-      python -m samoe_jax.train --config=configs/tiny_dense.py
+      python -m samoe_jax.train --config=configs/tiny_dense.py --workdir=runs/tiny_dense
 """
 
 from samoe_jax.config.defaults import get_base_config

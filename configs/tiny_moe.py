@@ -6,7 +6,7 @@ assignment. That is the standard GShard/Switch MoE; at this size it stores as ma
 pool, so the tiny comparison is about mixing, not size (the gpt3_* configs show the parameter savings).
 
 Run:  python -m samoe_jax.describe --config=configs/tiny_moe.py
-      python -m samoe_jax.train --config=configs/tiny_moe.py
+      python -m samoe_jax.train --config=configs/tiny_moe.py --workdir=runs/tiny_moe
 """
 
 from samoe_jax.config.defaults import get_base_config

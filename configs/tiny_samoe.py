@@ -6,7 +6,7 @@ layers are learned softmax(alpha / tau) weight-space mixtures of a pool of P = 2
 tiny_moe.py (standard MoE), tiny_tied.py (P = 1) and tiny_dense.py, so their losses compare at matched compute.
 
 Run:  python -m samoe_jax.describe --config=configs/tiny_samoe.py
-      python -m samoe_jax.train --config=configs/tiny_samoe.py
+      python -m samoe_jax.train --config=configs/tiny_samoe.py --workdir=runs/tiny_samoe
 """
 
 from samoe_jax.config.defaults import get_base_config

@@ -5,7 +5,7 @@ mixing; each layer keeps its own router). WideNet-style MoE tying (methods.md §
 expected to be worse than tiny_samoe.py and tiny_moe.py.
 
 Run:  python -m samoe_jax.describe --config=configs/tiny_tied.py
-      python -m samoe_jax.train --config=configs/tiny_tied.py
+      python -m samoe_jax.train --config=configs/tiny_tied.py --workdir=runs/tiny_tied
 """
 
 from samoe_jax.config.defaults import get_base_config
