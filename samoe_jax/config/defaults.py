@@ -48,6 +48,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.lb_loss_coef = 0.01          # Switch load-balancing loss, summed over MoE layers
   c.moe.z_loss_coef = 0.001          # ST-MoE router z-loss, summed over MoE layers
   c.moe.dispatch = 'gather'          # 'gather' (index gather/scatter; CPU/GPU) or 'einsum' (one-hot; TPU)
+  # Expert-buffer slot priority: 'position' (token order; causal, the decoder default) or 'choice' (fairseq:
+  # all first choices before second choices; a later token can displace an earlier one: not causal).
+  c.moe.slot_priority = 'position'
 
   c.pool = ml_collections.ConfigDict()
   c.pool.size = 2                    # P: global MoE layers in the pool (P=1: fully tied experts)

@@ -23,6 +23,25 @@ from samoe_jax.layers.experts import (ExpertWeights, expert_ffn, expert_ffn_outp
                                       mixing_weights)
 
 
+def to_groups(x_BLD: jax.Array, group_size: int) -> jax.Array:
+  """Routing groups x_GSD. A group is a run of positions of one sequence (group_size <= L) or R = S / L whole
+  sequences interleaved position-major (token order t0 of each sequence, then t1, ...), so a token's slot
+  depends only on tokens at earlier or equal positions and routing stays causal."""
+  b, l, d = x_BLD.shape
+  if group_size <= l:
+    return x_BLD.reshape(b * l // group_size, group_size, d)
+  r = group_size // l
+  return jnp.swapaxes(x_BLD.reshape(b // r, r, l, d), 1, 2).reshape(b // r, group_size, d)
+
+
+def from_groups(x_GSD: jax.Array, b: int, l: int) -> jax.Array:
+  """Inverse of to_groups: x_GSD -> x_BLD."""
+  g, s, d = x_GSD.shape
+  if s <= l:
+    return x_GSD.reshape(b, l, d)
+  return jnp.swapaxes(x_GSD.reshape(g, l, s // l, d), 1, 2).reshape(b, l, d)
+
+
 class Router(nn.Module):
   """Router logits in float32: x_GSD -> logits_GSE (no bias, as in fairseq's Top2Gate)."""
   num_experts: int
@@ -77,6 +96,7 @@ class MoeFFN(nn.Module):
   pool_size: int
   mixing: str               # 'learned' or 'fixed'
   pool_index: int           # fixed mixing: the pool entry used; learned: the one-hot init's entry
+  priority: str = 'position'  # slot priority, see routing.py ('choice' is fairseq's, not causal)
   granularity: str = 'layer'
   space: str = 'weight'     # 'weight' or 'output'
   temperature: float = 1.0
@@ -89,13 +109,13 @@ class MoeFFN(nn.Module):
                train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
     b, l, d = x_BLD.shape
     s = self.group_size
-    x_GSD = x_BLD.reshape(b * l // s, s, d)
-    x_GSD = nn.with_logical_constraint(x_GSD, ('group', 'length', 'embed'))
-    mask_GS = token_mask_BL.reshape(b * l // s, s)
+    x_GSD = nn.with_logical_constraint(to_groups(x_BLD, s), ('group', 'length', 'embed'))
+    mask_GS = to_groups(token_mask_BL[..., None], s)[..., 0]
     cf = self.capacity_factor_train if train else self.capacity_factor_eval
     capacity = routing_lib.expert_capacity(s, self.num_experts, self.top_k, cf, self.min_capacity)
     logits_GSE = Router(self.num_experts, self.init_std, name='router')(x_GSD)
-    routing = routing_lib.route(logits_GSE, mask_GS, top_k=self.top_k, capacity=capacity)
+    routing = routing_lib.route(logits_GSE, mask_GS, top_k=self.top_k, capacity=capacity,
+                                priority=self.priority)
 
     dispatcher = get_dispatcher(self.dispatch)
     x_EXD = dispatcher.dispatch(x_GSD.astype(self.dtype), routing)
@@ -116,4 +136,4 @@ class MoeFFN(nn.Module):
     aux['lb_loss'] = routing_lib.load_balancing_loss(routing, mask_GS)
     aux['z_loss'] = routing_lib.router_z_loss(routing, mask_GS)
     aux.update(routing_lib.routing_metrics(routing, mask_GS))
-    return y_GSD.reshape(b, l, d), aux
+    return from_groups(y_GSD, b, l), aux

@@ -50,16 +50,19 @@ def reference_moe(x_TD: jax.Array, router_DE: jax.Array, experts: ExpertWeights,
   return y_TD
 
 
-def reference_slots(expert_SK: np.ndarray, mask_S: np.ndarray, num_experts: int) -> np.ndarray:
-  """Slot of each (token, choice) in one group by explicit counting: all first choices in position order, then
-  all second choices, and so on. Masked tokens get slot 0 (they are never kept)."""
+def reference_slots(expert_SK: np.ndarray, mask_S: np.ndarray, num_experts: int,
+                    priority: str = 'position') -> np.ndarray:
+  """Slot of each (token, choice) in one group by explicit counting. 'position': tokens in order, each with its
+  choices in order; 'choice': all first choices in position order, then all second choices, and so on. Masked
+  tokens get slot 0 (they are never kept)."""
   s_count, k_count = expert_SK.shape
+  order = ([(s, k) for s in range(s_count) for k in range(k_count)] if priority == 'position' else
+           [(s, k) for k in range(k_count) for s in range(s_count)])
   slots = np.zeros((s_count, k_count), np.int64)
   used = np.zeros(num_experts, np.int64)
-  for k in range(k_count):
-    for s in range(s_count):
-      if mask_S[s]:
-        e = expert_SK[s, k]
-        slots[s, k] = used[e]
-        used[e] += 1
+  for s, k in order:
+    if mask_S[s]:
+      e = expert_SK[s, k]
+      slots[s, k] = used[e]
+      used[e] += 1
   return slots

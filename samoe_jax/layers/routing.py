@@ -7,10 +7,12 @@ Routing of one group (methods.md §1.1):
   p = softmax(router logits)                            # float32 ("selective precision", Switch)
   e_1 = argmax p, e_2 = argmax of the rest, ...         # top-k without replacement
   gates: top-1 keeps p[e_1]; k >= 2 renormalises over the chosen experts (GShard / fairseq)
-  slot of choice i = rank of the token among the tokens that chose that expert as choice i, offset by the
-  number of tokens that chose it with an earlier choice (so first choices always win); a slot >= C is dropped.
-Tokens are ranked by position, so a token's slot depends only on earlier tokens of its group: with groups that
-are whole sequences, routing is causal.
+  slots (a slot >= C is dropped), two priorities:
+    'position' (default): a (token, choice) ranks after every choice of the earlier tokens of its group. A
+        token's slot depends only on earlier tokens, so routing is causal: the decoder default.
+    'choice' (fairseq / GShard top-2): all first choices of the group rank before all second choices, so first
+        choices always win; but a later token's first choice can displace an earlier token's second choice,
+        which is NOT causal in a decoder (kept for encoders and for comparison).
 """
 
 from __future__ import annotations
@@ -69,8 +71,23 @@ def top_k_experts(probs_GSE: jax.Array, top_k: int) -> tuple[jax.Array, jax.Arra
   return jnp.stack(experts, axis=-1), jnp.stack(chosen, axis=-1)
 
 
-def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: int) -> jax.Array:
-  """Slot of every (token, choice) in its expert's buffer: rank by (choice, position). Returns int32 [G,S,K]."""
+SLOT_PRIORITIES = ('position', 'choice')
+
+
+def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: int,
+                 priority: str = 'position') -> jax.Array:
+  """Slot of every (token, choice) in its expert's buffer. Returns int32 [G, S, K].
+
+  'position' ranks by (position, choice); 'choice' ranks by (choice, position) (see the module docstring).
+  """
+  if priority == 'position':
+    mask_GSKE = jax.nn.one_hot(expert_GSK, num_experts, dtype=jnp.int32)
+    mask_GSKE = mask_GSKE * token_mask_GS[..., None, None].astype(jnp.int32)
+    per_token_GSE = jnp.sum(mask_GSKE, axis=2)   # a token picks an expert at most once
+    earlier_GSE = jnp.cumsum(per_token_GSE, axis=1) - per_token_GSE
+    return jnp.einsum('gse,gske->gsk', earlier_GSE, mask_GSKE).astype(jnp.int32)
+  if priority != 'choice':
+    raise ValueError(f'slot priority {priority!r} is not one of {SLOT_PRIORITIES}')
   slots = []
   offset_GE = jnp.zeros((expert_GSK.shape[0], num_experts), jnp.int32)
   for i in range(expert_GSK.shape[-1]):
@@ -82,14 +99,15 @@ def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: i
   return jnp.stack(slots, axis=-1).astype(jnp.int32)
 
 
-def route(logits_GSE: jax.Array, token_mask_GS: jax.Array, *, top_k: int, capacity: int) -> Routing:
+def route(logits_GSE: jax.Array, token_mask_GS: jax.Array, *, top_k: int, capacity: int,
+          priority: str = 'position') -> Routing:
   """Top-k token-choice routing with capacity; logits are cast to float32 first."""
   logits_GSE = logits_GSE.astype(jnp.float32)
   probs_GSE = jax.nn.softmax(logits_GSE, axis=-1)
   expert_GSK, prob_GSK = top_k_experts(probs_GSE, top_k)
   if top_k > 1:
     prob_GSK = prob_GSK / jnp.sum(prob_GSK, axis=-1, keepdims=True)
-  slot_GSK = assign_slots(expert_GSK, token_mask_GS, probs_GSE.shape[-1])
+  slot_GSK = assign_slots(expert_GSK, token_mask_GS, probs_GSE.shape[-1], priority)
   kept_GSK = (slot_GSK < capacity) & token_mask_GS[..., None]
   gate_GSK = jnp.where(kept_GSK, prob_GSK, 0.0)
   return Routing(expert_GSK=expert_GSK, slot_GSK=slot_GSK, gate_GSK=gate_GSK, kept_GSK=kept_GSK,

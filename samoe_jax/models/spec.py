@@ -35,6 +35,7 @@ class ModelSpec:
   group_size: int                      # resolved: 0 in the config means one sequence
   expert_d_ff: int
   dispatch: str
+  slot_priority: str
   pool_size: int
   mixing: str
   granularity: str
@@ -66,6 +67,7 @@ class ModelSpec:
         moe_layers=moe_layers, pool_entry=entries, num_experts=moe.num_experts, top_k=moe.top_k,
         capacity_factor_train=moe.capacity_factor_train, capacity_factor_eval=moe.capacity_factor_eval,
         min_capacity=moe.min_capacity, group_size=moe.group_size or config.data.seq_len,
-        expert_d_ff=moe.expert_d_ff or m.d_ff, dispatch=moe.dispatch, pool_size=pool.size, mixing=pool.mixing,
+        expert_d_ff=moe.expert_d_ff or m.d_ff, dispatch=moe.dispatch,
+        slot_priority=moe.slot_priority, pool_size=pool.size, mixing=pool.mixing,
         granularity=pool.granularity, space=pool.space, temperature=pool.temperature, mixing_init=pool.init,
         one_hot_scale=pool.one_hot_scale, lb_loss_coef=moe.lb_loss_coef, z_loss_coef=moe.z_loss_coef)

@@ -26,7 +26,7 @@ def make_moe_ffn(spec: ModelSpec, moe_index: int, name: str) -> MoeFFN:
   return MoeFFN(
       num_experts=spec.num_experts, top_k=spec.top_k, capacity_factor_train=spec.capacity_factor_train,
       capacity_factor_eval=spec.capacity_factor_eval, min_capacity=spec.min_capacity,
-      group_size=spec.group_size, dispatch=spec.dispatch, init_std=spec.init_std, pool_size=spec.pool_size,
+      group_size=spec.group_size, dispatch=spec.dispatch, priority=spec.slot_priority, init_std=spec.init_std, pool_size=spec.pool_size,
       mixing=spec.mixing, pool_index=spec.pool_entry[moe_index], granularity=spec.granularity,
       space=spec.space, temperature=spec.temperature, mixing_init=spec.mixing_init,
       one_hot_scale=spec.one_hot_scale, dtype=spec.compute_dtype, name=name)

@@ -1,0 +1,129 @@
+"""The MoE layer's fast paths against the plain-loop reference: outputs and gradients."""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from samoe_jax.layers.experts import ExpertPool, ExpertWeights
+from samoe_jax.layers.moe import MoeFFN
+from samoe_jax.layers.reference import reference_mix, reference_moe
+
+B, L, D, F, E, P = 2, 8, 8, 16, 4, 3
+
+
+def _setup(dispatch='gather', mixing='fixed', top_k=2, capacity_factor=float(E), granularity='layer',
+           space='weight', pool_index=1, mixing_init='uniform'):
+  x = jax.random.normal(jax.random.key(0), (B, L, D))
+  mask = jnp.ones((B, L), bool)
+  pool_mod = ExpertPool(P, E, D, F, 0.5, 0.5)
+  pool = ExpertWeights(**nn.meta.unbox(pool_mod.init(jax.random.key(1)))['params'])
+  # Non-zero biases so that they are tested too.
+  pool = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape), pool)
+  layer = MoeFFN(num_experts=E, top_k=top_k, capacity_factor_train=capacity_factor,
+                 capacity_factor_eval=capacity_factor, min_capacity=0, group_size=L, dispatch=dispatch, init_std=0.5,
+                 pool_size=P, mixing=mixing, pool_index=pool_index, granularity=granularity, space=space,
+                 temperature=0.7, mixing_init=mixing_init)
+  variables = nn.meta.unbox(layer.init(jax.random.key(2), x, pool, mask, train=True))
+  if mixing == 'learned':   # non-uniform mixing logits
+    alpha = variables['params']['mixing']['alpha']
+    variables['params']['mixing']['alpha'] = jax.random.normal(jax.random.key(3), alpha.shape)
+  return layer, variables, pool, x, mask
+
+
+def _reference(variables, pool, x, *, mixing, top_k, pool_index=1, space='weight'):
+  router = variables['params']['router']['kernel']
+  if mixing == 'fixed':
+    experts_list, weights = [pool.entry(pool_index)], [1.0]
+  elif space == 'weight':
+    experts_list, weights = [reference_mix(pool, variables['params']['mixing']['alpha'], 0.7)], [1.0]
+  else:
+    w = jax.nn.softmax(variables['params']['mixing']['alpha'] / 0.7)
+    experts_list, weights = [pool.entry(j) for j in range(P)], [w[j] for j in range(P)]
+  x_TD = x.reshape(B * L, D)
+  y = sum(w * reference_moe(x_TD, router, ex, top_k) for w, ex in zip(weights, experts_list))
+  return y.reshape(B, L, D)
+
+
+CASES = [
+    dict(dispatch='gather', mixing='fixed', top_k=2),
+    dict(dispatch='einsum', mixing='fixed', top_k=2),
+    dict(dispatch='gather', mixing='fixed', top_k=1),
+    dict(dispatch='einsum', mixing='learned', top_k=1),
+    dict(dispatch='gather', mixing='learned', top_k=2),
+    dict(dispatch='gather', mixing='learned', top_k=2, space='output'),
+]
+
+
+@pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(str(v) for v in c.values()))
+def test_fast_path_matches_reference_outputs_and_gradients(case):
+  layer, variables, pool, x, mask = _setup(**case)
+
+  def fast(variables, pool, x):
+    return layer.apply(variables, x, pool, mask, train=True)[0]
+
+  def ref(variables, pool, x):
+    return _reference(variables, pool, x, mixing=case['mixing'], top_k=case['top_k'],
+                      space=case.get('space', 'weight'))
+
+  y_fast, y_ref = fast(variables, pool, x), ref(variables, pool, x)
+  np.testing.assert_allclose(y_fast, y_ref, rtol=2e-5, atol=2e-5)
+  _, aux = layer.apply(variables, x, pool, mask, train=True)
+  assert float(aux['dropped_fraction']) == 0.0
+
+  probe = jax.random.normal(jax.random.key(5), y_ref.shape)
+  loss = lambda f: (lambda *a: jnp.sum(f(*a) * probe))
+  g_fast = jax.grad(loss(fast), argnums=(0, 1, 2))(variables, pool, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(variables, pool, x)
+  for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_expert_level_mixing_matches_reference():
+  layer, variables, pool, x, mask = _setup(mixing='learned', granularity='expert')
+  assert variables['params']['mixing']['alpha'].shape == (E, P)
+  y = layer.apply(variables, x, pool, mask, train=True)[0]
+  experts = reference_mix(pool, variables['params']['mixing']['alpha'], 0.7)
+  y_ref = reference_moe(x.reshape(B * L, D), variables['params']['router']['kernel'], experts, 2)
+  np.testing.assert_allclose(y, y_ref.reshape(B, L, D), rtol=2e-5, atol=2e-5)
+
+
+def test_gather_and_einsum_agree_when_dropping():
+  outs = {}
+  for dispatch in ('gather', 'einsum'):
+    layer, variables, pool, x, mask = _setup(dispatch=dispatch, capacity_factor=0.5)
+    y, aux = layer.apply(variables, x, pool, mask, train=True)
+    g = jax.grad(lambda v: jnp.sum(layer.apply(v, x, pool, mask, train=True)[0] ** 2))(variables)
+    outs[dispatch] = (y, aux['dropped_fraction'], g)
+  assert float(outs['gather'][1]) > 0.2
+  np.testing.assert_allclose(outs['gather'][0], outs['einsum'][0], rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(outs['gather'][1], outs['einsum'][1])
+  for a, b in zip(jax.tree.leaves(outs['gather'][2]), jax.tree.leaves(outs['einsum'][2])):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_fully_dropped_token_outputs_zero():
+  """A token none of whose choices got a slot gets y = 0: only the block's residual carries it."""
+  layer, variables, pool, x, mask = _setup(top_k=1, capacity_factor=0.01)   # capacity = 1 slot per expert
+  y, _ = layer.apply(variables, x, pool, mask, train=True)
+  probs = jax.nn.softmax(x.reshape(B, L, D) @ variables['params']['router']['kernel'], axis=-1)
+  first = np.asarray(jnp.argmax(probs, axis=-1))
+  for b in range(B):
+    seen = set()
+    for t in range(L):
+      if first[b, t] in seen:
+        np.testing.assert_array_equal(np.asarray(y[b, t]), 0.0)
+      else:
+        assert np.any(np.asarray(y[b, t]) != 0.0)
+      seen.add(first[b, t])
+
+
+def test_padding_tokens_take_no_capacity():
+  layer, variables, pool, x, _ = _setup(top_k=1, capacity_factor=0.01)
+  mask = jnp.ones((B, L), bool).at[:, 0].set(False)
+  y_masked, aux = layer.apply(variables, x, pool, mask, train=True)
+  np.testing.assert_array_equal(np.asarray(y_masked[:, 0]), 0.0)
+  # Token 0 no longer occupies its expert's single slot, so the next token choosing that expert is served.
+  y_full, _ = layer.apply(variables, x, pool, jnp.ones((B, L), bool), train=True)
+  assert not np.allclose(y_masked[:, 1:], y_full[:, 1:])
