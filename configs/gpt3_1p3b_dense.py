@@ -5,8 +5,8 @@ Recipe: seq 2048, batch 512, 300B tokens, 375M warm-up tokens, LR 2.0e-4 -> 2.0e
 wd 0.1, clip 1.0, init std 0.014. The moe and pool sections are ignored (layer_plan 'none').
 
 Run:  python -m samoe_jax.describe --config=configs/gpt3_1p3b_dense.py
-      python -m samoe_jax.train --config=configs/gpt3_1p3b_dense.py --workdir=runs/gpt3_1p3b_dense \
-          --config.data.tfds_data_dir=gs://...
+      python -m samoe_jax.train --config=configs/gpt3_1p3b_dense.py --workdir=runs/gpt3_1p3b_dense
+      (with --config.data.tfds_data_dir=<prepared TFDS directory>)
 """
 
 from samoe_jax.config.presets import gpt3

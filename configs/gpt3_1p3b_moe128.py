@@ -7,8 +7,8 @@ init std 0.014, MoE loss 0.01, capacity factor 1.0 (train and eval), min capacit
 Standard MoE in SaMoE terms: pool.size = 12 (one entry per MoE layer), fixed mixing, 'modulo' (identity) assignment.
 
 Run:  python -m samoe_jax.describe --config=configs/gpt3_1p3b_moe128.py
-      python -m samoe_jax.train --config=configs/gpt3_1p3b_moe128.py --workdir=runs/gpt3_1p3b_moe128 \
-          --config.data.tfds_data_dir=gs://...
+      python -m samoe_jax.train --config=configs/gpt3_1p3b_moe128.py --workdir=runs/gpt3_1p3b_moe128
+      (with --config.data.tfds_data_dir=<prepared TFDS directory>)
 """
 
 from samoe_jax.config.presets import gpt3

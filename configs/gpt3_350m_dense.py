@@ -5,8 +5,8 @@ Recipe: seq 2048, batch 256, 300B tokens, 375M warm-up tokens, LR 3.0e-4 -> 3.0e
 wd 0.1, clip 1.0, init std 0.014. The moe and pool sections are ignored (layer_plan 'none').
 
 Run:  python -m samoe_jax.describe --config=configs/gpt3_350m_dense.py
-      python -m samoe_jax.train --config=configs/gpt3_350m_dense.py --workdir=runs/gpt3_350m_dense \
-          --config.data.tfds_data_dir=gs://...
+      python -m samoe_jax.train --config=configs/gpt3_350m_dense.py --workdir=runs/gpt3_350m_dense
+      (with --config.data.tfds_data_dir=<prepared TFDS directory>)
 """
 
 from samoe_jax.config.presets import gpt3

@@ -8,8 +8,8 @@ stored parameters and reduction over the 13.15B baseline (methods.md §2.2 arith
 
 Run:  python -m samoe_jax.describe --config=configs/gpt3_350m_samoe.py          (P = 2, the default)
       python -m samoe_jax.describe --config=configs/gpt3_350m_samoe.py:4        (P = 4; or --config.pool.size=4)
-      python -m samoe_jax.train --config=configs/gpt3_350m_samoe.py --workdir=runs/gpt3_350m_samoe \
-          --config.data.tfds_data_dir=gs://...
+      python -m samoe_jax.train --config=configs/gpt3_350m_samoe.py --workdir=runs/gpt3_350m_samoe
+      (with --config.data.tfds_data_dir=<prepared TFDS directory>)
 """
 
 from samoe_jax.config.presets import gpt3, parse_pool_size
