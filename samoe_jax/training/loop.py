@@ -1,0 +1,341 @@
+"""The training loop: train(config, workdir) -> final metrics.
+
+Order of work: validate the config; refuse an incompatible checkpoint in the workdir before writing anything;
+write config.json and param_summary.json; build the mesh, partitioner, optimizer and state shardings; restore
+the latest checkpoint (state + data iterator position) or initialise; AOT-compile the train and eval steps
+once; then a thin Python loop. Step s+1 is dispatched before step s's metrics are fetched, and metrics reach
+the host only at log steps (one device_get per log interval). Validation runs every train.eval_every steps and
+at the end; checkpoints every train.checkpoint_every steps, at the end, and on SIGTERM (preemption).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import signal
+import threading
+import time
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+
+from samoe_jax import accounting
+from samoe_jax.config.validate import validate_config
+from samoe_jax.data import pipeline
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import describe_mesh, make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import state as state_lib
+from samoe_jax.training.checkpoint import Checkpointer, run_meta
+from samoe_jax.training.metrics_writer import MetricsWriter, to_json_value
+from samoe_jax.training.optimizer import make_optimizer
+from samoe_jax.training.step import make_eval_step, make_train_step
+
+BATCH_DTYPES = {'decoder_input_tokens': np.int32, 'decoder_target_tokens': np.int32,
+                'decoder_loss_weights': np.float32}
+
+
+@dataclasses.dataclass
+class Run:
+  """Everything built once per train() call."""
+  config: ml_collections.ConfigDict
+  workdir: str
+  model: LanguageModel
+  partitioner: Partitioner
+  optimizer: optax.GradientTransformation
+  schedule: Any
+  abstract: state_lib.TrainState         # ShapeDtypeStructs carrying the target shardings
+  shardings: state_lib.TrainState
+  checkpointer: Checkpointer
+  meta: dict[str, Any]
+
+  @property
+  def primary(self) -> bool:
+    return jax.process_index() == 0
+
+
+def check_trainer_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the train.* keys validate_config does not know (decay_steps)."""
+  t = config.train
+  decay = t.get('decay_steps', 0)
+  if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
+    raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
+                     f'train.warmup_steps={t.warmup_steps}')
+
+
+def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
+  """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints."""
+  model = LanguageModel(config)
+  abstract_params = model.abstract_params()
+  meta = run_meta(config, abstract_params)
+  checkpointer = Checkpointer(workdir, config.train)
+  latest = checkpointer.latest_step()
+  if latest is not None:
+    checkpointer.check_compatible(latest, meta)
+  mesh = make_mesh(config.mesh)
+  partitioner = Partitioner(mesh)
+  logging.info('mesh: %s', describe_mesh(mesh))
+  logging.info('logical axis rules:\n%s', partitioner.describe_rules())
+  param_axes = model.param_logical_axes()
+  optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes)
+  abstract = state_lib.abstract_state(model, optimizer)
+  shardings = state_lib.state_shardings(partitioner, optimizer, abstract, param_axes)
+  return Run(config, workdir, model, partitioner, optimizer, schedule, state_lib.with_shardings(abstract, shardings),
+             shardings, checkpointer, meta)
+
+
+def write_run_files(run: Run) -> dict[str, int]:
+  """Writes config.json and param_summary.json into the workdir; returns the parameter summary."""
+  summary = {k: int(v) for k, v in run.model.param_summary().items()}
+  if run.primary:
+    with open(os.path.join(run.workdir, 'config.json'), 'w') as f:
+      f.write(run.config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
+    with open(os.path.join(run.workdir, 'param_summary.json'), 'w') as f:
+      json.dump(summary, f, indent=2)
+  logging.info('parameters: %s', ', '.join(f'{k}={v:,}' for k, v in summary.items()))
+  return summary
+
+
+def initial_state(run: Run) -> tuple[state_lib.TrainState, dict[str, Any] | None, int]:
+  """(state, data iterator state or None, start step): the latest checkpoint, else a fresh initialisation."""
+  step = run.checkpointer.latest_step()
+  if step is not None:
+    state, data_state, _ = run.checkpointer.restore(step, run.abstract)
+    logging.info('resumed from checkpoint step %d in %s', step, run.checkpointer.directory)
+    return state, data_state, step
+  init = jax.jit(lambda rng: state_lib.init_state(run.model, run.optimizer, rng), out_shardings=run.shardings)
+  with run.partitioner.activate():
+    state = init(jax.random.key(run.meta['seed']))
+  return state, None, 0
+
+
+def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
+  """The global batch the steps are compiled for: [data.batch_size, data.seq_len] per feature."""
+  d = run.config.data
+  local = {k: np.zeros((d.batch_size // jax.process_count(), d.seq_len), v) for k, v in BATCH_DTYPES.items()}
+  return run.partitioner.batch_spec(local)
+
+
+def compile_steps(run: Run) -> tuple[Any, Any, float]:
+  """AOT-compiled (train_step, eval_step) and the compile time in seconds (logged with memory use)."""
+  start = time.time()
+  batch = abstract_batch(run)
+  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
+  train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings)
+  train_compiled = train_fn.lower(run.abstract, batch, rng).compile()
+  eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
+  eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()
+  seconds = time.time() - start
+  logging.info('compiled train and eval steps in %.1fs', seconds)
+  memory = train_compiled.memory_analysis()
+  if memory is not None:
+    logging.info('train step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB',
+                 memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
+                 memory.temp_size_in_bytes / 2**20)
+  return train_compiled, eval_compiled, seconds
+
+
+def shard_host_batch(run: Run, batch: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+  """Checks a host batch against the compiled shapes, then places it with the data sharding."""
+  d = run.config.data
+  expected = (d.batch_size // jax.process_count(), d.seq_len)
+  for key in BATCH_DTYPES:
+    if key not in batch or tuple(np.shape(batch[key])) != expected:
+      shape = None if key not in batch else tuple(np.shape(batch[key]))
+      raise ValueError(f'data batch feature {key!r} has shape {shape}, but the steps were compiled for '
+                       f'{expected} (data.batch_size / processes, data.seq_len)')
+  return run.partitioner.shard_batch({k: np.asarray(batch[k], BATCH_DTYPES[k]) for k in BATCH_DTYPES})
+
+
+def evaluate(eval_fn: Any, params: Any, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
+  """Token-weighted validation loss, cross-entropy, accuracy and perplexity = exp(cross-entropy)."""
+  outs = jax.device_get([eval_fn(params, b) for b in batches])
+  tokens = np.array([float(o['num_tokens']) for o in outs])
+  weights = tokens / max(tokens.sum(), 1.0)
+  mean = {k: float(np.sum(weights * np.array([float(o[k]) for o in outs])))
+          for k in ('loss', 'cross_entropy', 'accuracy')}
+  return {'eval/loss': mean['loss'], 'eval/cross_entropy': mean['cross_entropy'],
+          'eval/perplexity': float(math.exp(min(mean['cross_entropy'], 700.0))),
+          'eval/accuracy': mean['accuracy'], 'eval/num_tokens': float(tokens.sum())}
+
+
+def average_interval(host: list[dict[str, Any]]) -> dict[str, Any]:
+  """Mean over the interval's steps of every metric (elementwise for arrays); learning_rate of the last step."""
+  out = {k: np.mean(np.stack([np.asarray(m[k], np.float64) for m in host]), axis=0) for k in host[0]}
+  out['learning_rate'] = np.asarray(host[-1]['learning_rate'])
+  return out
+
+
+def check_finite(steps: list[int], losses: list[Any], last_checkpoint: int | None) -> None:
+  """Raises FloatingPointError naming the first step whose loss is NaN or Inf."""
+  for step, loss in zip(steps, losses):
+    if not np.isfinite(loss):
+      raise FloatingPointError(
+          f'loss is {float(loss)} at step {step}; stopping (last checkpoint: step {last_checkpoint}). '
+          'Lower train.learning_rate, raise train.warmup_steps or set train.grad_clip.')
+
+
+class MetricsBuffer:
+  """Device metrics of the steps since the last log, fetched in one device_get one step after the log step."""
+
+  def __init__(self, run: Run, writer: MetricsWriter, start_step: int):
+    self.run, self.writer = run, writer
+    self.pending: list[tuple[int, dict[str, jax.Array]]] = []
+    self.ready: list[tuple[int, dict[str, jax.Array]]] = []
+    self.clock, self.clock_step = time.time(), start_step
+    self.step_flops = accounting.flops_per_step(run.config)['train']
+    self.last: dict[str, Any] = {}
+
+  def add(self, step: int, metrics: dict[str, jax.Array], log_now: bool) -> None:
+    self.pending.append((step, metrics))
+    if log_now:
+      self.ready, self.pending = self.ready + self.pending, []
+
+  def pause(self, seconds: float) -> None:
+    """Excludes time spent outside training steps (eval, checkpoints) from throughput."""
+    self.clock += seconds
+
+  def check_finite(self) -> None:
+    """Fetches the losses of every unlogged step (a sync; used before checkpoints)."""
+    items = self.ready + self.pending
+    check_finite([s for s, _ in items], jax.device_get([m['loss'] for _, m in items]),
+                 self.run.checkpointer.latest_step())
+
+  def flush(self) -> None:
+    """Writes the ready interval (blocks until its last step has finished)."""
+    if not self.ready:
+      return
+    steps = [s for s, _ in self.ready]
+    host = jax.device_get([m for _, m in self.ready])
+    self.ready = []
+    check_finite(steps, [h['loss'] for h in host], self.run.checkpointer.latest_step())
+    now = time.time()
+    seconds = max(now - self.clock, 1e-9)
+    num_steps = steps[-1] - self.clock_step
+    metrics = average_interval(host)
+    metrics['perf/tokens_per_sec'] = sum(float(h['num_tokens']) for h in host) / seconds
+    metrics['perf/steps_per_sec'] = num_steps / seconds
+    metrics['perf/tflops_per_sec_per_device'] = self.step_flops * num_steps / seconds / 1e12 / jax.device_count()
+    self.clock, self.clock_step = now, steps[-1]
+    eta = (self.writer.total_steps - steps[-1]) * seconds / max(num_steps, 1)
+    self.writer.write_train(steps[-1], metrics, eta_s=eta)
+    self.last = dict(metrics, step=steps[-1])
+
+
+class StopSignal:
+  """Turns SIGTERM (a preempted VM) into a flag the loop checks after each step; installed in the main thread."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = None
+
+  def __enter__(self) -> 'StopSignal':
+    if threading.current_thread() is threading.main_thread():
+      self._previous = signal.signal(signal.SIGTERM, self._handle)
+    return self
+
+  def _handle(self, signum, frame) -> None:
+    del signum, frame
+    logging.warning('SIGTERM received: saving a checkpoint after the current step, then stopping')
+    self.requested = True
+
+  def __exit__(self, *exc) -> None:
+    if self._previous is not None:
+      signal.signal(signal.SIGTERM, self._previous)
+
+
+def save_checkpoint(run: Run, step: int, state: state_lib.TrainState, data_iter: Any,
+                    buffer: MetricsBuffer) -> None:
+  """Checks every unlogged loss is finite, then starts an (async) save of state + iterator position."""
+  buffer.check_finite()
+  start = time.time()
+  if run.checkpointer.save(step, state, data_iter.get_state(), run.meta):
+    logging.info('checkpoint of step %d started (%.2fs blocking)', step, time.time() - start)
+  buffer.pause(time.time() - start)
+
+
+def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: int, train_fn: Any,
+             eval_fn: Any, eval_batches: list, writer: MetricsWriter) -> tuple[state_lib.TrainState, dict, dict]:
+  """Steps start_step+1 .. train.steps with logging, validation and checkpoints; returns (state, last train
+  metrics, last eval metrics)."""
+  t = run.config.train
+  rng = jax.device_put(jax.random.key(run.meta['seed']), run.partitioner.replicated())
+  buffer = MetricsBuffer(run, writer, start_step)
+  last_eval: dict[str, float] = {}
+  with StopSignal() as stop:
+    for step in range(start_step + 1, t.steps + 1):
+      batch = shard_host_batch(run, next(data_iter))
+      state, metrics = train_fn(state, batch, rng)
+      buffer.flush()                   # the previous log step's metrics, now that this step is queued
+      buffer.add(step, metrics, log_now=step % t.log_every == 0 or step == t.steps)
+      if (t.eval_every and step % t.eval_every == 0 and eval_batches) or step == t.steps:
+        buffer.flush()
+        start = time.time()
+        if eval_batches:
+          last_eval = evaluate(eval_fn, state.params, eval_batches)
+          writer.write_eval(step, last_eval)
+        buffer.pause(time.time() - start)
+      if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop.requested:
+        save_checkpoint(run, step, state, data_iter, buffer)
+      if stop.requested:
+        buffer.flush()
+        run.checkpointer.wait()
+        raise SystemExit(f'stopped by SIGTERM after step {step}; checkpoint saved, rerun to resume')
+    buffer.flush()
+  return state, buffer.last, last_eval
+
+
+def final_metrics(run: Run, state: state_lib.TrainState, last_train: dict, last_eval: dict,
+                  start_step: int, compile_s: float, train_s: float) -> dict[str, Any]:
+  """The returned (and final_metrics.json) summary: last logged train metrics, last validation, timings."""
+  out: dict[str, Any] = {'step': int(run.config.train.steps), 'resumed_from_step': start_step,
+                         'compile_seconds': compile_s, 'train_seconds': train_s}
+  out.update({f'train/{k}': v for k, v in last_train.items() if k != 'step' and np.ndim(v) == 0})
+  out.update(last_eval)
+  mixing_fn = getattr(run.model, 'mixing_weights', None)
+  mixing = mixing_fn(state.params) if mixing_fn else last_train.get('pool/mixing_weights')
+  if mixing is not None:
+    out['pool/mixing_weights'] = np.asarray(mixing)
+  out = {k: to_json_value(v) if isinstance(v, (np.ndarray, np.generic, jax.Array)) else v for k, v in out.items()}
+  if run.primary:
+    with open(os.path.join(run.workdir, 'final_metrics.json'), 'w') as f:
+      json.dump(out, f, indent=2)
+  return out
+
+
+def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
+  """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'."""
+  validate_config(config)
+  check_trainer_config(config)
+  os.makedirs(workdir, exist_ok=True)
+  run = build_run(config, workdir)
+  write_run_files(run)
+  state, data_state, start_step = initial_state(run)
+  d = config.data
+  data_iter = pipeline.make_train_iterator(d, shard_index=jax.process_index(), num_shards=jax.process_count())
+  if data_state is not None:
+    data_iter.set_state(data_state)
+  train_fn, eval_fn, compile_s = compile_steps(run)
+  eval_batches = []
+  if config.train.eval_batches > 0:
+    eval_batches = [shard_host_batch(run, b) for b in pipeline.make_eval_batches(
+        d, config.train.eval_batches, shard_index=jax.process_index(), num_shards=jax.process_count())]
+  writer = MetricsWriter(workdir, config.train.steps)
+  writer.write_text('config', '```\n' + config.to_json_best_effort(indent=2) + '\n```')
+  start = time.time()
+  try:
+    state, last_train, last_eval = run_loop(run, state, data_iter, start_step, train_fn, eval_fn, eval_batches,
+                                            writer)
+    if start_step >= config.train.steps and eval_batches:
+      last_eval = evaluate(eval_fn, state.params, eval_batches)
+      writer.write_eval(start_step, last_eval)
+  finally:
+    writer.close()
+    run.checkpointer.close()
+  return final_metrics(run, state, last_train, last_eval, start_step, compile_s, time.time() - start)

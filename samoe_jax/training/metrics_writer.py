@@ -1,0 +1,149 @@
+"""Where metrics go: console progress lines, TensorBoard event files and WORKDIR/metrics.jsonl.
+
+metrics.jsonl holds one JSON object per logged step: {'kind': 'train' | 'eval', 'step': int, 'time': unix
+seconds, <metric>: float or nested list, ...}. Train records carry the model's metrics averaged over the steps
+since the previous log (loss, cross_entropy, aux_loss, accuracy, moe/..., pool/...), learning_rate, grad_norm
+and perf/...; eval records carry eval/loss, eval/cross_entropy, eval/perplexity, eval/accuracy. A resumed run
+appends; readers take the last record of a (kind, step) pair (see `read_metrics`).
+
+TensorBoard gets every scalar under its name and every array element as a scalar with its index appended
+('moe/layer1/expert_load/3', 'pool/mixing_weights/0/1'). Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+from absl import logging
+
+
+def flatten_arrays(metrics: Mapping[str, Any]) -> dict[str, float]:
+  """{'a': [E] array} -> {'a/0': float, ..., 'a/E-1': float}; scalars keep their names."""
+  out = {}
+  for name, value in metrics.items():
+    arr = np.asarray(value, dtype=np.float64)
+    if arr.ndim == 0:
+      out[name] = float(arr)
+      continue
+    for index in np.ndindex(arr.shape):
+      out[name + '/' + '/'.join(map(str, index))] = float(arr[index])
+  return out
+
+
+def to_json_value(value: Any) -> float | list:
+  arr = np.asarray(value)
+  return float(arr) if arr.ndim == 0 else arr.astype(np.float64).tolist()
+
+
+def format_duration(seconds: float) -> str:
+  seconds = int(max(seconds, 0))
+  h, rem = divmod(seconds, 3600)
+  m, s = divmod(rem, 60)
+  return f'{h}h{m:02d}m{s:02d}s' if h else (f'{m}m{s:02d}s' if m else f'{s}s')
+
+
+def progress_line(step: int, total: int, scalars: Mapping[str, float], eta_s: float | None) -> str:
+  """'step 20/600 (3%) | loss 5.1234 | ce 5.1000 | lr 1.20e-03 | 5.3k tok/s | ETA 1m23s'."""
+  parts = [f'step {step}/{total} ({100 * step // max(total, 1)}%)']
+  for key, label in (('loss', 'loss'), ('cross_entropy', 'ce'), ('aux_loss', 'aux'), ('grad_norm', 'gnorm')):
+    if key in scalars:
+      parts.append(f'{label} {scalars[key]:.4f}')
+  if 'learning_rate' in scalars:
+    parts.append(f'lr {scalars["learning_rate"]:.2e}')
+  if 'perf/tokens_per_sec' in scalars:
+    parts.append(f'{scalars["perf/tokens_per_sec"] / 1e3:.1f}k tok/s')
+  if eta_s is not None:
+    parts.append(f'ETA {format_duration(eta_s)}')
+  return ' | '.join(parts)
+
+
+class EventWriter:
+  """TensorBoard event files through TensorFlow's core summary ops (no `tensorboard` package needed)."""
+
+  def __init__(self, logdir: str):
+    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import; only process 0 pays it)
+    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
+    tf.config.set_visible_devices([], 'GPU')  # TensorFlow must never take the accelerator from JAX
+    self._tf = tf
+    self._writer = tf.summary.create_file_writer(logdir)
+    plugin = summary_pb2.SummaryMetadata.PluginData
+    self._scalar_meta = summary_pb2.SummaryMetadata(plugin_data=plugin(plugin_name='scalars'))
+    self._text_meta = summary_pb2.SummaryMetadata(plugin_data=plugin(plugin_name='text'))
+
+  def scalars(self, values: Mapping[str, float], step: int) -> None:
+    with self._writer.as_default():
+      for name, value in values.items():
+        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
+                               metadata=self._scalar_meta)
+    self._writer.flush()
+
+  def text(self, name: str, text: str, step: int) -> None:
+    with self._writer.as_default():
+      self._tf.summary.write(name, self._tf.constant(text), step=step, metadata=self._text_meta)
+    self._writer.flush()
+
+  def close(self) -> None:
+    self._writer.close()
+
+
+def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
+  """Records of metrics.jsonl sorted by step, the last one winning for a repeated (kind, step)."""
+  path = os.path.join(workdir, 'metrics.jsonl')
+  if not os.path.exists(path):
+    return []
+  latest: dict[tuple[str, int], dict[str, Any]] = {}
+  with open(path) as f:
+    for line in f:
+      if line.strip():
+        record = json.loads(line)
+        latest[(record.get('kind', 'train'), record['step'])] = record
+  records = [r for (k, _), r in latest.items() if kind is None or k == kind]
+  return sorted(records, key=lambda r: (r['step'], r.get('kind', 'train')))
+
+
+class MetricsWriter:
+  """Writes train/eval metrics of logged steps to the console, TensorBoard and metrics.jsonl."""
+
+  def __init__(self, workdir: str, total_steps: int):
+    self.total_steps = total_steps
+    self.primary = jax.process_index() == 0
+    self._jsonl = None
+    self._tb = None
+    if self.primary:
+      self._tb = EventWriter(os.path.join(workdir, 'tensorboard'))
+      self._jsonl = open(os.path.join(workdir, 'metrics.jsonl'), 'a')  # pylint: disable=consider-using-with
+
+  def _write(self, kind: str, step: int, metrics: Mapping[str, Any]) -> None:
+    if not self.primary:
+      return
+    record = {'kind': kind, 'step': int(step), 'time': time.time()}
+    record.update({k: to_json_value(v) for k, v in sorted(metrics.items())})
+    self._jsonl.write(json.dumps(record) + '\n')
+    self._jsonl.flush()
+    self._tb.scalars(flatten_arrays(metrics), step)
+
+  def write_train(self, step: int, metrics: Mapping[str, Any], eta_s: float | None = None) -> None:
+    """metrics: host values (floats / numpy arrays) of train step `step` (1-based, after the update)."""
+    self._write('train', step, metrics)
+    scalars = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+    logging.info('%s', progress_line(step, self.total_steps, scalars, eta_s))
+
+  def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
+    self._write('eval', step, metrics)
+    logging.info('eval at step %d: %s', step,
+                 ' | '.join(f'{k.split("/", 1)[-1]} {float(v):.4f}' for k, v in sorted(metrics.items())))
+
+  def write_text(self, tag: str, text: str) -> None:
+    """A text summary (e.g. the resolved config) at step 0."""
+    if self.primary:
+      self._tb.text(tag, text, 0)
+
+  def close(self) -> None:
+    if self.primary:
+      self._jsonl.close()
+      self._tb.close()
