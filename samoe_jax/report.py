@@ -1,0 +1,149 @@
+"""A run's report from its workdir: loss curves, SaMoE mixing weights and a markdown summary.
+
+Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe_jax.training.loop) and writes
+  loss_curves.png     train loss and cross-entropy, validation loss and cross-entropy, against step;
+  mixing_weights.png  every MoE layer's mixing weights over the pool (layer-level: one row per layer;
+                      expert-level: one heatmap of experts x pool entries per layer);
+  report.md           parameter summary table, final validation loss / perplexity, links to the figures.
+No model or checkpoint is loaded, so it is instant and can be rerun any time:
+
+  python -m samoe_jax.report --workdir=DIR
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+from typing import Any, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
+
+
+def _read_json(workdir: str, name: str) -> dict[str, Any]:
+  path = os.path.join(workdir, name)
+  if not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    return json.load(f)
+
+
+def plot_loss_curves(train: Sequence[dict], evals: Sequence[dict], path: str) -> None:
+  """Train loss / cross-entropy and validation loss / cross-entropy against step."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for records, key, label, style in ((train, 'loss', 'train loss', '-'),
+                                     (train, 'cross_entropy', 'train cross-entropy', '--'),
+                                     (evals, 'eval/loss', 'validation loss', 'o-'),
+                                     (evals, 'eval/cross_entropy', 'validation cross-entropy', 's--')):
+    points = [(r['step'], r[key]) for r in records if key in r]
+    if points:
+      steps, values = zip(*points)
+      ax.plot(steps, values, style, label=label, markersize=4)
+  ax.set_xlabel('step')
+  ax.set_ylabel('nats per token')
+  ax.set_title('Loss')
+  ax.grid(alpha=0.3)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_mixing_weights(weights: np.ndarray, layer_names: Sequence[str], path: str) -> None:
+  """weights: [L_moe, P] (layer-level) or [L_moe, E, P] (expert-level) softmax mixing weights."""
+  if weights.ndim == 2:
+    fig, ax = plt.subplots(figsize=(1.2 + 0.6 * weights.shape[1], 1.2 + 0.5 * weights.shape[0]))
+    panels = [(ax, weights, 'MoE layer', layer_names)]
+  else:
+    cols = min(len(weights), 4)
+    rows = math.ceil(len(weights) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 0.3 * weights.shape[1] * rows + 1.5), squeeze=False)
+    for ax in axes.flat[len(weights):]:
+      ax.axis('off')
+    panels = [(ax, w, f'expert ({name})', [str(e) for e in range(w.shape[0])])
+              for ax, w, name in zip(axes.flat, weights, layer_names)]
+  image = None
+  for ax, w, ylabel, yticks in panels:
+    image = ax.imshow(w, vmin=0.0, vmax=1.0, cmap='viridis', aspect='auto')
+    ax.set_xticks(range(w.shape[-1]), [str(p) for p in range(w.shape[-1])])
+    ax.set_yticks(range(w.shape[0]), yticks)
+    ax.set_xlabel('pool entry')
+    ax.set_ylabel(ylabel)
+    if w.size <= 64:
+      for (i, j), v in np.ndenumerate(w):
+        ax.text(j, i, f'{v:.2f}', ha='center', va='center', color='w' if v < 0.6 else 'k', fontsize=7)
+  fig.colorbar(image, ax=[p[0] for p in panels], shrink=0.8)
+  fig.suptitle('SaMoE mixing weights over the expert pool')
+  fig.savefig(path, dpi=120, bbox_inches='tight')
+  plt.close(fig)
+
+
+def moe_layer_names(record: dict[str, Any], count: int) -> list[str]:
+  """'block 1', 'block 3', ... from the 'moe/layer<i>/...' metric keys; 'MoE 0', ... when they do not match."""
+  blocks = sorted({int(m.group(1)) for k in record for m in [re.match(r'moe/layer(\d+)/', k)] if m})
+  return [f'block {b}' for b in blocks] if len(blocks) == count else [f'MoE {i}' for i in range(count)]
+
+
+def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str]) -> str:
+  lines = ['# Training report', '']
+  if final:
+    lines += [f'- steps: {final.get("step")} (resumed from step {final.get("resumed_from_step", 0)})']
+  for key, label in (('eval/loss', 'final validation loss'), ('eval/cross_entropy', 'final validation '
+                     'cross-entropy'), ('eval/perplexity', 'final validation perplexity'),
+                    ('eval/accuracy', 'final validation accuracy')):
+    if key in final:
+      lines.append(f'- {label}: {final[key]:.4f}')
+  if last_train:
+    lines.append(f'- last logged train loss: {last_train["loss"]:.4f} (cross-entropy '
+                 f'{last_train.get("cross_entropy", float("nan")):.4f}) at step {last_train["step"]}')
+  if summary:
+    lines += ['', '## Parameters', '', '| part | count |', '|---|---:|']
+    lines += [f'| {k} | {v:,} |' for k, v in summary.items()]
+  lines += ['', '## Figures', '']
+  lines += [f'![{name}]({name})' for name in figures] or ['(no metrics yet)']
+  return '\n'.join(lines) + '\n'
+
+
+def write_report(workdir: str) -> str:
+  """Writes loss_curves.png, mixing_weights.png (models with a learned pool) and report.md; returns report.md."""
+  train, evals = read_metrics(workdir, 'train'), read_metrics(workdir, 'eval')
+  summary = _read_json(workdir, 'param_summary.json')
+  final = _read_json(workdir, 'final_metrics.json')
+  figures = []
+  if train or evals:
+    plot_loss_curves(train, evals, os.path.join(workdir, 'loss_curves.png'))
+    figures.append('loss_curves.png')
+  mixing = final.get('pool/mixing_weights', train[-1].get('pool/mixing_weights') if train else None)
+  if mixing is not None:
+    weights = np.asarray(mixing, np.float64)
+    plot_mixing_weights(weights, moe_layer_names(train[-1] if train else {}, len(weights)),
+                        os.path.join(workdir, 'mixing_weights.png'))
+    figures.append('mixing_weights.png')
+  path = os.path.join(workdir, 'report.md')
+  with open(path, 'w') as f:
+    f.write(_markdown(summary, final, train[-1] if train else {}, figures))
+  return path
+
+
+def main() -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+
+  flags.DEFINE_string('workdir', None, 'A training run directory (holding metrics.jsonl).', required=True)
+
+  def _run(argv: Sequence[str]) -> None:
+    if len(argv) > 1:
+      raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+    print(write_report(flags.FLAGS.workdir))
+
+  app.run(_run)
+
+
+if __name__ == '__main__':
+  main()

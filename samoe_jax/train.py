@@ -1,0 +1,55 @@
+"""Training entrypoint.
+
+  python -m samoe_jax.train --config=configs/tiny_samoe.py --workdir=runs/tiny_samoe \
+      [--config.train.steps=1000 --config.pool.size=4 ...]
+
+The config is locked: an override of a key that does not exist is an error. Rerunning with the same workdir
+resumes from its latest checkpoint (see docs/training.md). At the end, report.md, loss_curves.png and
+mixing_weights.png are written into the workdir.
+"""
+
+from __future__ import annotations
+
+import logging as std_logging
+import os
+from typing import Sequence
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: config, metrics, TensorBoard, checkpoints.')
+
+
+class _DropLibraryInfo(std_logging.Filter):
+  """Keeps orbax's per-save INFO chatter out of the console (warnings and errors still show)."""
+
+  def filter(self, record: std_logging.LogRecord) -> bool:
+    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+
+
+def _run(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
+  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
+
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  workdir = _WORKDIR.value
+  final = loop.train(_CONFIG.value, workdir)
+  path = report.write_report(workdir)
+  logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),
+               final.get('eval/perplexity'), path)
+
+
+def main() -> None:
+  """Console-script entry point."""
+  flags.mark_flags_as_required(['config', 'workdir'])
+  app.run(_run)
+
+
+if __name__ == '__main__':
+  main()
