@@ -1,0 +1,153 @@
+"""The seqio pretraining tasks: the embedded Shakespeare corpus (full and tiny) and a prepared TFDS text corpus.
+
+Tasks are registered on first use, one per (task, vocabulary[, TFDS dataset]):
+
+  shakespeare_<vocab>        the embedded corpus (samoe_jax/data/corpus/shakespeare), splits train / validation
+  shakespeare_tiny_<vocab>   ~16 KB / ~4 KB slices of it, for fast tests and smoke runs
+  tfds_lm_<vocab>_<hash>     data.text_key of data.tfds_name read from the prepared directory data.tfds_data_dir
+
+<vocab> is `vocabularies.vocabulary_key(data.vocabulary)`. Every task yields {'targets': int32 [<= seq_len]}:
+documents are tokenized, end with EOS (id 1), are concatenated and cut into data.seq_len pieces.
+Nothing is ever downloaded: a missing TFDS directory or dataset is an error naming both.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+from typing import Any
+
+from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before seqio: quiet TF, no GPU
+
+import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
+import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+from samoe_jax.data import documents  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import preprocessors  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import vocabularies  # pylint: disable=g-import-not-at-top,wrong-import-order
+
+# Embedded corpora: task -> (directory under samoe_jax/data/corpus, file suffix).
+EMBEDDED = {'shakespeare': ('shakespeare', '.txt.gz'), 'shakespeare_tiny': ('shakespeare_tiny', '.txt')}
+EMBEDDED_SPLITS = ('train', 'validation')
+TASKS = (*EMBEDDED, 'tfds_lm')
+
+
+# ---------------------------------------------------------------------------------------------- embedded corpora
+
+
+def corpus_path(corpus: str, split: str) -> str:
+  """The file holding `split` of the embedded corpus `corpus`."""
+  directory, suffix = EMBEDDED[corpus]
+  return os.path.join(documents.CORPUS_DIR, directory, split + suffix)
+
+
+@functools.lru_cache(maxsize=None)
+def _documents(path: str) -> tuple[str, ...]:
+  return tuple(documents.read_documents(path))
+
+
+def embedded_dataset(split: str, shuffle_files: bool, seed: int | None = None, *, corpus: str) -> tf.data.Dataset:
+  """seqio dataset_fn: the documents of one split as {'text': string}, in corpus order (one file per split)."""
+  del shuffle_files, seed  # one file per split; the pipeline shuffles sequences
+  if split not in EMBEDDED_SPLITS:
+    raise ValueError(f'split {split!r} of corpus {corpus!r} does not exist: use one of {EMBEDDED_SPLITS}.')
+  return tf.data.Dataset.from_tensor_slices({'text': tf.constant(_documents(corpus_path(corpus, split)))})
+
+
+def _embedded_source(corpus: str) -> seqio.DataSource:
+  return seqio.FunctionDataSource(dataset_fn=functools.partial(embedded_dataset, corpus=corpus),
+                                  splits=EMBEDDED_SPLITS)
+
+
+# ---------------------------------------------------------------------------------------------- prepared TFDS
+
+
+def check_tfds_dataset(tfds_name: str, tfds_data_dir: str, text_key: str) -> Any:
+  """Checks that `tfds_name` is prepared in `tfds_data_dir` with a `text_key` feature; returns its builder.
+
+  Raises ValueError for empty or malformed settings and FileNotFoundError (naming the directory and dataset)
+  when the directory or the prepared dataset is missing. Never downloads or prepares anything.
+  """
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  if not tfds_name or ':' not in tfds_name:
+    raise ValueError(f"data.tfds_name={tfds_name!r}: task 'tfds_lm' needs a TFDS name with a version, "
+                     f"e.g. 'c4/en:3.1.0'.")
+  if not tfds_data_dir:
+    raise ValueError(f"data.tfds_data_dir is empty: task 'tfds_lm' reads {tfds_name!r} only from a prepared TFDS "
+                     f'directory (a local path or gs://...); nothing is downloaded.')
+  if not tf.io.gfile.isdir(tfds_data_dir):
+    raise FileNotFoundError(f'data.tfds_data_dir={tfds_data_dir!r} does not exist (looking for the prepared TFDS '
+                            f'dataset {tfds_name!r}; nothing is downloaded).')
+  not_found = FileNotFoundError(
+      f'TFDS dataset {tfds_name!r} is not prepared in data.tfds_data_dir={tfds_data_dir!r}: prepare it there '
+      f'first (e.g. `tfds build {tfds_name.split(":")[0]} --data_dir={tfds_data_dir}` on a machine with the raw '
+      f'data); nothing is downloaded.')
+  try:
+    builder = tfds.builder(tfds_name, data_dir=tfds_data_dir)
+  except (tfds.core.registered.DatasetNotFoundError, FileNotFoundError, ValueError, AssertionError) as e:
+    raise not_found from e
+  if not builder.is_prepared():
+    raise not_found
+  features = list(builder.info.features.keys())
+  if text_key not in features:
+    raise ValueError(f'data.text_key={text_key!r} is not a feature of TFDS dataset {tfds_name!r}: it has '
+                     f'{features}.')
+  return builder
+
+
+def _tfds_source(tfds_name: str, tfds_data_dir: str) -> seqio.DataSource:
+  # read_only=True: seqio reads with builder.as_dataset and never calls tfds.load(download=True).
+  return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, read_only=True)
+
+
+# ---------------------------------------------------------------------------------------------- registration
+
+
+def _register(name: str, source: seqio.DataSource, text_key: str, vocab: seqio.Vocabulary) -> None:
+  seqio.TaskRegistry.add(
+      name,
+      source=source,
+      preprocessors=[
+          functools.partial(seqio.preprocessors.rekey, key_map={'targets': text_key}),
+          seqio.preprocessors.tokenize,
+          seqio.preprocessors.append_eos,
+          preprocessors.concatenate_and_split,
+      ],
+      output_features={'targets': seqio.Feature(vocabulary=vocab, add_eos=True, dtype=tf.int32)},
+      metric_fns=[],
+  )
+
+
+def get_task_name(data_cfg: Any) -> str:
+  """Registers (once) and returns the seqio task for data_cfg.task / .vocabulary (/ .tfds_* for 'tfds_lm')."""
+  task = data_cfg.task
+  if task not in TASKS:
+    raise ValueError(f'data.task={task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
+  vocab_key = vocabularies.vocabulary_key(data_cfg.vocabulary)
+  if task in EMBEDDED:
+    name = f'{task}_{vocab_key}'
+  else:
+    tfds_name, data_dir, text_key = data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key
+    check_tfds_dataset(tfds_name, data_dir, text_key)
+    digest = hashlib.sha256(f'{tfds_name}\n{data_dir}\n{text_key}'.encode()).hexdigest()[:12]
+    name = f'tfds_lm_{vocab_key}_{digest}'
+  if name not in seqio.TaskRegistry.names():
+    vocab = vocabularies.get_vocabulary(data_cfg.vocabulary)
+    if task in EMBEDDED:
+      _register(name, _embedded_source(task), 'text', vocab)
+    else:
+      _register(name, _tfds_source(data_cfg.tfds_name, data_cfg.tfds_data_dir), data_cfg.text_key, vocab)
+  return name
+
+
+def get_task(data_cfg: Any) -> seqio.Task:
+  """The registered seqio task for `data_cfg`."""
+  return seqio.get_mixture_or_task(get_task_name(data_cfg))
+
+
+def check_split(task: seqio.Task, split: str, key: str) -> None:
+  """Raises ValueError when `split` (the value of data.`key`) is not a split of `task`."""
+  splits = tuple(task.splits)
+  if split not in splits:
+    raise ValueError(f'data.{key}={split!r} is not a split of task {task.name!r}: use one of {splits}.')
