@@ -27,4 +27,8 @@ def get_config():
   c.pool.init = 'uniform'
   c.data.task = 'shakespeare'
   c.data.vocabulary = 'sentencepiece'
+  c.train.steps = 2000               # 4.1M tokens, about 3 epochs of the training split
+  c.train.warmup_steps = 100
+  c.train.eval_every = 500
+  c.train.checkpoint_every = 500
   return c
