@@ -10,6 +10,7 @@ mixing_weights.png are written into the workdir.
 
 from __future__ import annotations
 
+import functools
 import logging as std_logging
 import os
 from typing import Sequence
@@ -19,10 +20,6 @@ from ml_collections import config_flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
 
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, 'Run directory: config, metrics, TensorBoard, checkpoints.')
-
 
 class _DropLibraryInfo(std_logging.Filter):
   """Keeps orbax's per-save INFO chatter out of the console (warnings and errors still show)."""
@@ -31,24 +28,27 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
 
-def _run(argv: Sequence[str]) -> None:
+def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
 
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
-  workdir = _WORKDIR.value
-  final = loop.train(_CONFIG.value, workdir)
+  workdir = workdir_flag.value
+  final = loop.train(config_flag.value, workdir)
   path = report.write_report(workdir)
   logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),
                final.get('eval/perplexity'), path)
 
 
 def main() -> None:
-  """Console-script entry point."""
+  """Console-script entry point. Flags are defined here, not at import, so importing this module is harmless."""
+  config_flag = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
+                                                lock_config=True)
+  workdir_flag = flags.DEFINE_string('workdir', None, 'Run directory: config, metrics, TensorBoard, checkpoints.')
   flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(_run)
+  app.run(functools.partial(_run, config_flag, workdir_flag))
 
 
 if __name__ == '__main__':

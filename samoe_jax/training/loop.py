@@ -63,7 +63,7 @@ class Run:
 def check_trainer_config(config: ml_collections.ConfigDict) -> None:
   """Checks the train.* keys validate_config does not know (decay_steps)."""
   t = config.train
-  decay = t.get('decay_steps', 0)
+  decay = t.decay_steps
   if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
     raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
                      f'train.warmup_steps={t.warmup_steps}')
@@ -122,18 +122,20 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
   return run.partitioner.batch_spec(local)
 
 
-def compile_steps(run: Run) -> tuple[Any, Any, float]:
-  """AOT-compiled (train_step, eval_step) and the compile time in seconds (logged with memory use)."""
+def compile_steps(run: Run, with_train: bool = True) -> tuple[Any, Any, float]:
+  """AOT-compiled (train_step or None, eval_step) and the compile time in seconds (logged with memory use)."""
   start = time.time()
   batch = abstract_batch(run)
-  rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
-  train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings)
-  train_compiled = train_fn.lower(run.abstract, batch, rng).compile()
+  train_compiled = None
+  if with_train:
+    rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
+    train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings)
+    train_compiled = train_fn.lower(run.abstract, batch, rng).compile()
   eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
   eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()
   seconds = time.time() - start
-  logging.info('compiled train and eval steps in %.1fs', seconds)
-  memory = train_compiled.memory_analysis()
+  logging.info('compiled %s in %.1fs', 'train and eval steps' if with_train else 'the eval step', seconds)
+  memory = train_compiled.memory_analysis() if with_train else None
   if memory is not None:
     logging.info('train step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB',
                  memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
@@ -294,7 +296,7 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
 def final_metrics(run: Run, state: state_lib.TrainState, last_train: dict, last_eval: dict,
                   start_step: int, compile_s: float, train_s: float) -> dict[str, Any]:
   """The returned (and final_metrics.json) summary: last logged train metrics, last validation, timings."""
-  out: dict[str, Any] = {'step': int(run.config.train.steps), 'resumed_from_step': start_step,
+  out: dict[str, Any] = {'step': max(start_step, int(run.config.train.steps)), 'resumed_from_step': start_step,
                          'compile_seconds': compile_s, 'train_seconds': train_s}
   out.update({f'train/{k}': v for k, v in last_train.items() if k != 'step' and np.ndim(v) == 0})
   out.update(last_eval)
@@ -309,6 +311,17 @@ def final_metrics(run: Run, state: state_lib.TrainState, last_train: dict, last_
   return out
 
 
+def make_data(run: Run, data_state: dict[str, Any] | None) -> tuple[Any, list[dict[str, jax.Array]]]:
+  """(training iterator at the restored position, validation batches placed on the mesh)."""
+  d, shard = run.config.data, {'shard_index': jax.process_index(), 'num_shards': jax.process_count()}
+  data_iter = pipeline.make_train_iterator(d, **shard)
+  if data_state is not None:
+    data_iter.set_state(data_state)
+  num = run.config.train.eval_batches
+  eval_batches = [shard_host_batch(run, b) for b in pipeline.make_eval_batches(d, num, **shard)] if num else []
+  return data_iter, eval_batches
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'."""
   validate_config(config)
@@ -317,22 +330,19 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   run = build_run(config, workdir)
   write_run_files(run)
   state, data_state, start_step = initial_state(run)
-  d = config.data
-  data_iter = pipeline.make_train_iterator(d, shard_index=jax.process_index(), num_shards=jax.process_count())
-  if data_state is not None:
-    data_iter.set_state(data_state)
-  train_fn, eval_fn, compile_s = compile_steps(run)
-  eval_batches = []
-  if config.train.eval_batches > 0:
-    eval_batches = [shard_host_batch(run, b) for b in pipeline.make_eval_batches(
-        d, config.train.eval_batches, shard_index=jax.process_index(), num_shards=jax.process_count())]
+  data_iter, eval_batches = make_data(run, data_state)
+  to_train = start_step < config.train.steps
+  train_fn, eval_fn, compile_s = compile_steps(run, with_train=to_train)
   writer = MetricsWriter(workdir, config.train.steps)
   writer.write_text('config', '```\n' + config.to_json_best_effort(indent=2) + '\n```')
   start = time.time()
+  last_train, last_eval = {}, {}
   try:
-    state, last_train, last_eval = run_loop(run, state, data_iter, start_step, train_fn, eval_fn, eval_batches,
-                                            writer)
-    if start_step >= config.train.steps and eval_batches:
+    if to_train:
+      state, last_train, last_eval = run_loop(run, state, data_iter, start_step, train_fn, eval_fn, eval_batches,
+                                              writer)
+    elif eval_batches:
+      logging.info('the checkpoint is at step %d >= train.steps=%d: evaluating only', start_step, config.train.steps)
       last_eval = evaluate(eval_fn, state.params, eval_batches)
       writer.write_eval(start_step, last_eval)
   finally:

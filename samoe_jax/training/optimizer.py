@@ -55,7 +55,7 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> Schedule:
   peak = float(train_cfg.learning_rate)
   floor = peak * float(train_cfg.min_lr_ratio)
   warmup = int(train_cfg.warmup_steps)
-  total = int(train_cfg.get('decay_steps', 0) or train_cfg.steps)
+  total = int(train_cfg.decay_steps or train_cfg.steps)
 
   def schedule(count):
     step = jnp.asarray(count, jnp.float32) + 1.0

@@ -33,7 +33,7 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Ca
   (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.global_norm(grads))
+  metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
