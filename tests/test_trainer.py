@@ -1,0 +1,210 @@
+"""End-to-end trainer tests on the tiny config: exact resume, one compilation, run files, refusals, report.
+
+One module-scoped fixture trains three times on 'shakespeare_tiny' (byte vocabulary): an uninterrupted 6-step
+run, and a 3-step run that a second train() call on the same workdir resumes to step 6.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import logging
+import math
+import os
+import pathlib
+import subprocess
+import sys
+
+import jax
+import numpy as np
+import pytest
+
+from samoe_jax import report
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.training import loop
+from samoe_jax.training.checkpoint import IncompatibleCheckpointError
+from samoe_jax.training.metrics_writer import read_metrics
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+STEPS = 6
+# On top of configs/test_tiny.py. Dropout is on so that resuming must reproduce the dropout keys too.
+OVERRIDES = {
+    'model.dropout_rate': 0.1, 'train.steps': STEPS, 'train.decay_steps': STEPS, 'train.warmup_steps': 2,
+    'train.log_every': 1, 'train.eval_every': 3, 'train.eval_batches': 2, 'train.checkpoint_every': 2,
+    'train.keep_checkpoints': 2, 'train.async_checkpoint': True,
+}
+CONFIG_FILE = '''
+import importlib.util
+def get_config():
+  spec = importlib.util.spec_from_file_location('configs_test_tiny', {path!r})
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict({overrides!r})
+  return config
+'''
+
+
+def tiny_config(**overrides):
+  spec_path = ROOT / 'configs' / 'test_tiny.py'
+  namespace: dict = {}
+  exec(CONFIG_FILE.format(path=str(spec_path), overrides={**OVERRIDES, **overrides}), namespace)  # pylint: disable=exec-used
+  return namespace['get_config']()
+
+
+class _Records(logging.Handler):
+  """Keeps every log message (absl progress lines and jax compile logs) in order."""
+
+  def __init__(self):
+    super().__init__(logging.DEBUG)
+    self.messages: list[str] = []
+
+  def emit(self, record: logging.LogRecord) -> None:
+    self.messages.append(record.getMessage())
+
+
+@pytest.fixture(scope='module')
+def compilation_cache(tmp_path_factory):
+  """A persistent compilation cache for this module: the later runs load the first run's executables."""
+  from jax._src import compilation_cache as cc  # pylint: disable=g-import-not-at-top
+  options = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jax_cache')),
+             'jax_persistent_cache_min_compile_time_secs': 0.0, 'jax_persistent_cache_min_entry_size_bytes': 0}
+  saved = {k: getattr(jax.config, k) for k in options}
+  for key, value in options.items():
+    jax.config.update(key, value)
+  cc.reset_cache()
+  yield
+  for key, value in saved.items():
+    jax.config.update(key, value)
+  cc.reset_cache()
+
+
+@pytest.fixture(scope='module')
+def runs(tmp_path_factory, compilation_cache):  # pylint: disable=redefined-outer-name,unused-argument
+  base = tmp_path_factory.mktemp('trainer')
+  full, part = str(base / 'full'), str(base / 'part')
+  records = _Records()
+  root = logging.getLogger()
+  old_level = root.level
+  root.addHandler(records)
+  root.setLevel(logging.INFO)
+  jax.config.update('jax_log_compiles', True)
+  try:
+    full_result = loop.train(tiny_config(), full)
+  finally:
+    jax.config.update('jax_log_compiles', False)
+    root.removeHandler(records)
+    root.setLevel(old_level)
+  first_result = loop.train(tiny_config(**{'train.steps': 3}), part)
+  resumed_result = loop.train(tiny_config(), part)
+  return {'full': full, 'part': part, 'full_result': full_result, 'first_result': first_result,
+          'resumed_result': resumed_result, 'messages': records.messages}
+
+
+def test_resumed_run_matches_uninterrupted_run(runs):
+  assert runs['first_result']['resumed_from_step'] == 0
+  assert runs['resumed_result']['resumed_from_step'] == 3
+  full, part = read_metrics(runs['full'], 'train'), read_metrics(runs['part'], 'train')
+  assert [r['step'] for r in full] == [r['step'] for r in part] == list(range(1, STEPS + 1))
+  for a, b in zip(full, part):
+    for key in ('loss', 'cross_entropy', 'aux_loss', 'grad_norm', 'learning_rate', 'moe/layer1/expert_load'):
+      np.testing.assert_allclose(b[key], a[key], rtol=1e-6, atol=0, err_msg=f'{key} at step {a["step"]}')
+  full_eval, part_eval = read_metrics(runs['full'], 'eval'), read_metrics(runs['part'], 'eval')
+  assert full_eval[-1]['step'] == part_eval[-1]['step'] == STEPS
+  np.testing.assert_allclose(part_eval[-1]['eval/loss'], full_eval[-1]['eval/loss'], rtol=1e-6)
+
+
+def test_steps_compile_once_and_never_again(runs):
+  messages = runs['messages']
+  compiles = [i for i, m in enumerate(messages) if m.startswith('Compiling ')]
+  assert sum('jit(train_step)' in messages[i] for i in compiles) == 1
+  assert sum('jit(eval_step)' in messages[i] for i in compiles) == 1
+  first_step = next(i for i, m in enumerate(messages) if m.startswith(f'step 1/{STEPS}'))
+  last_eval = max(i for i, m in enumerate(messages) if m.startswith(f'eval at step {STEPS}'))
+  during = [messages[i] for i in compiles if first_step < i < last_eval]
+  assert not during, f'compilations while training: {during}'
+
+
+def test_run_files_metrics_and_tensorboard(runs):
+  workdir = runs['full']
+  config = tiny_config()
+  with open(os.path.join(workdir, 'config.json')) as f:
+    saved = json.load(f)
+  assert saved['model']['d_model'] == config.model.d_model and saved['train']['steps'] == STEPS
+  with open(os.path.join(workdir, 'param_summary.json')) as f:
+    assert json.load(f) == LanguageModel(config).param_summary()
+  train = read_metrics(workdir, 'train')
+  for key in ('loss', 'cross_entropy', 'aux_loss', 'accuracy', 'learning_rate', 'grad_norm',
+              'perf/tokens_per_sec', 'moe/layer1/dropped_fraction', 'moe/layer1/router_entropy'):
+    assert all(math.isfinite(r[key]) for r in train), key
+  assert np.shape(train[-1]['moe/layer1/expert_load']) == (config.moe.num_experts,)
+  assert np.shape(train[-1]['pool/mixing_weights']) == (1, config.pool.size)
+  evals = read_metrics(workdir, 'eval')
+  assert [r['step'] for r in evals] == [3, 6]
+  for r in evals:
+    np.testing.assert_allclose(r['eval/perplexity'], math.exp(r['eval/cross_entropy']), rtol=1e-6)
+  events = glob.glob(os.path.join(workdir, 'tensorboard', 'events.out.tfevents.*'))
+  assert len(events) == 1
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top  (already imported by the data pipeline)
+  tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
+  assert {'loss', 'cross_entropy', 'learning_rate', 'eval/perplexity', 'moe/layer1/expert_load/3',
+          'pool/mixing_weights/0/1'} <= tags
+  assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()) == [4, 6]
+
+
+def test_final_metrics(runs):
+  result = runs['full_result']
+  assert result['step'] == STEPS
+  assert result['eval/loss'] > 0
+  np.testing.assert_allclose(result['eval/perplexity'], math.exp(result['eval/cross_entropy']), rtol=1e-6)
+  with open(os.path.join(runs['full'], 'final_metrics.json')) as f:
+    assert json.load(f)['eval/perplexity'] == pytest.approx(result['eval/perplexity'])
+
+
+@pytest.mark.parametrize('overrides, message', [
+    ({'model.d_model': 64}, r"parameter \['block_0'\]\['attention'\]\['out_bias'\]: checkpoint \[\[32\], 'float32'\], "
+                            r"config \[\[64\], 'float32'\]"),
+    ({'train.seed': 7}, r'train.seed: checkpoint 0, config 7'),
+])
+def test_incompatible_checkpoint_is_refused_untouched(runs, overrides, message):
+  workdir = runs['full']
+  before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+  with pytest.raises(IncompatibleCheckpointError, match=message):
+    loop.train(tiny_config(**overrides), workdir)
+  after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+  assert after == before
+
+
+def test_non_finite_loss_names_the_step():
+  with pytest.raises(FloatingPointError, match=r'loss is nan at step 12; stopping \(last checkpoint: step 10\)'):
+    loop.check_finite([11, 12, 13], [1.0, float('nan'), float('inf')], 10)
+  loop.check_finite([1, 2], [0.5, 0.25], None)
+
+
+def test_report_figures(runs, tmp_path):
+  path = report.write_report(runs['full'])
+  text = pathlib.Path(path).read_text()
+  assert 'final validation perplexity' in text and '| total |' in text and '(mixing_weights.png)' in text
+  for name in ('loss_curves.png', 'mixing_weights.png'):
+    with open(os.path.join(runs['full'], name), 'rb') as f:
+      assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+  expert_level = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 4))   # [L_moe, E, P]
+  report.plot_mixing_weights(expert_level, ['block 1', 'block 3'], str(tmp_path / 'expert.png'))
+  assert (tmp_path / 'expert.png').stat().st_size > 0
+
+
+def test_command_line_rerun_evaluates_and_reports(runs, tmp_path):
+  """`python -m samoe_jax.train` on a finished workdir evaluates only and rewrites the report; unknown keys fail."""
+  config_file = tmp_path / 'tiny.py'
+  config_file.write_text(CONFIG_FILE.format(path=str(ROOT / 'configs' / 'test_tiny.py'), overrides=OVERRIDES))
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  report_md = pathlib.Path(runs['full']) / 'report.md'
+  report_md.unlink(missing_ok=True)
+  cmd = [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={runs["full"]}']
+  done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert 'evaluating only' in done.stderr
+  assert report_md.exists()
+  bad = subprocess.run(cmd + ['--config.train.no_such_key=1'], cwd=ROOT, env=env, capture_output=True, text=True,
+                       timeout=120, check=False)
+  assert bad.returncode != 0 and 'no_such_key' in bad.stderr
