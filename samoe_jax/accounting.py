@@ -34,6 +34,7 @@ import math
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.layers.routing import expert_capacity
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,13 +171,6 @@ def flops_per_step(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 # -------------------------------------------------------------------------------------------------- capacity
-def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int, capacity_factor: float,
-                    min_capacity: int) -> int:
-  """C = max(ceil(k * T * CF / E), min_capacity), at most k * T (same rule as samoe_jax.layers.routing)."""
-  c = math.ceil(top_k * tokens_per_group * capacity_factor / num_experts)
-  return int(min(max(c, min_capacity), top_k * tokens_per_group))
-
-
 def capacity(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Routing group size T, groups per global batch, and expert capacity C per group in training and evaluation."""
   moe = config.moe
