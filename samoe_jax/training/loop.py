@@ -26,6 +26,7 @@ import optax
 from absl import logging
 
 from samoe_jax import accounting
+from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data import pipeline
 from samoe_jax.models.model import LanguageModel
@@ -69,6 +70,21 @@ def check_trainer_config(config: ml_collections.ConfigDict) -> None:
                      f'train.warmup_steps={t.warmup_steps}')
 
 
+def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner, has_moe: bool) -> None:
+  """Divisibility checks that need the resolved mesh (a -1 axis), naming the sizes involved."""
+  sizes = ' '.join(f'{a}={n}' for a, n in partitioner.mesh.shape.items())
+  shards = partitioner.num_data_shards
+  if config.data.batch_size % shards:
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {shards} data shards '
+                     f'of the mesh ({sizes}; the batch is split over data x expert)')
+  if config.data.batch_size % jax.process_count():
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {jax.process_count()} '
+                     'processes')
+  expert = partitioner.mesh.shape['expert']
+  if has_moe and config.moe.num_experts % expert:
+    raise ValueError(f'moe.num_experts={config.moe.num_experts} must be divisible by the expert axis ({sizes})')
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints."""
   model = LanguageModel(config)
@@ -80,6 +96,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
     checkpointer.check_compatible(latest, meta)
   mesh = make_mesh(config.mesh)
   partitioner = Partitioner(mesh)
+  check_mesh_fits(config, partitioner, has_moe=bool(moe_layer_indices(config.model)))
   logging.info('mesh: %s', describe_mesh(mesh))
   logging.info('logical axis rules:\n%s', partitioner.describe_rules())
   param_axes = model.param_logical_axes()
