@@ -7,6 +7,7 @@ run, and a 3-step run that a second train() call on the same workdir resumes to 
 from __future__ import annotations
 
 import glob
+import importlib.util
 import json
 import logging
 import math
@@ -46,10 +47,13 @@ def get_config():
 
 
 def tiny_config(**overrides):
-  spec_path = ROOT / 'configs' / 'test_tiny.py'
-  namespace: dict = {}
-  exec(CONFIG_FILE.format(path=str(spec_path), overrides={**OVERRIDES, **overrides}), namespace)  # pylint: disable=exec-used
-  return namespace['get_config']()
+  """configs/test_tiny.py with OVERRIDES and `overrides` (dotted keys), as CONFIG_FILE builds it."""
+  spec = importlib.util.spec_from_file_location('configs_test_tiny', ROOT / 'configs' / 'test_tiny.py')
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict({**OVERRIDES, **overrides})
+  return config
 
 
 class _Records(logging.Handler):

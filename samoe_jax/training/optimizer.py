@@ -17,7 +17,6 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import optax
-from jax.sharding import PartitionSpec
 
 STACKING_AXES = frozenset({'pool', 'expert', 'moe_layer', 'layers'})
 NO_DECAY_AXES = frozenset({'mixing'})
