@@ -212,3 +212,17 @@ def test_command_line_rerun_evaluates_and_reports(runs, tmp_path):
   bad = subprocess.run(cmd + ['--config.train.no_such_key=1'], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120, check=False)
   assert bad.returncode != 0 and 'no_such_key' in bad.stderr
+
+
+def test_files_of_a_run_without_checkpoint_are_archived_not_overwritten(runs, tmp_path):  # pylint: disable=unused-argument
+  workdir = tmp_path / 'crashed_before_first_checkpoint'
+  workdir.mkdir()
+  (workdir / 'metrics.jsonl').write_text('{"kind": "train", "step": 1, "loss": 123.0}\n')
+  (workdir / 'config.json').write_text('{"old": true}\n')
+  loop.train(tiny_config(**{'train.steps': 2}), str(workdir))
+  archives = sorted(workdir.glob('stale_*'))
+  assert len(archives) == 1
+  assert (archives[0] / 'metrics.jsonl').read_text() == '{"kind": "train", "step": 1, "loss": 123.0}\n'
+  assert (archives[0] / 'config.json').read_text() == '{"old": true}\n'
+  assert '123.0' not in (workdir / 'metrics.jsonl').read_text()
+  assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 2

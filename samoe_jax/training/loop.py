@@ -107,6 +107,30 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
              shardings, checkpointer, meta)
 
 
+RUN_FILES = ('metrics.jsonl', 'config.json', 'param_summary.json', 'final_metrics.json', 'report.md',
+             'loss_curves.png', 'mixing_weights.png', 'tensorboard')
+
+
+def archive_stale_run_files(run: Run) -> str | None:
+  """Moves the files of an earlier run that never saved a checkpoint into WORKDIR/stale_<time>/.
+
+  A fresh start would otherwise append to (metrics.jsonl) or overwrite (config.json, report) that run's files;
+  nothing is ever deleted. Returns the archive directory, or None when there was nothing to move.
+  """
+  if not run.primary or run.checkpointer.latest_step() is not None:
+    return None
+  present = [name for name in RUN_FILES if os.path.exists(os.path.join(run.workdir, name))]
+  if not present:
+    return None
+  archive = os.path.join(run.workdir, time.strftime('stale_%Y%m%d_%H%M%S'))
+  os.makedirs(archive, exist_ok=False)
+  for name in present:
+    os.rename(os.path.join(run.workdir, name), os.path.join(archive, name))
+  logging.warning('workdir %s held files of a run without a checkpoint (%s): moved them to %s', run.workdir,
+                  ', '.join(present), archive)
+  return archive
+
+
 def write_run_files(run: Run) -> dict[str, int]:
   """Writes config.json and param_summary.json into the workdir; returns the parameter summary."""
   summary = {k: int(v) for k, v in run.model.param_summary().items()}
@@ -345,6 +369,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   check_trainer_config(config)
   os.makedirs(workdir, exist_ok=True)
   run = build_run(config, workdir)
+  archive_stale_run_files(run)
   write_run_files(run)
   state, data_state, start_step = initial_state(run)
   data_iter, eval_batches = make_data(run, data_state)
