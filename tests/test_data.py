@@ -217,6 +217,18 @@ def test_batch_shapes_dtypes_and_shift():
     assert pipeline.count_tokens(batch) == int((targets != 0).sum())
 
 
+def test_numpy_decoder_features_equal_seqio_feature_converter():
+  import seqio  # pylint: disable=g-import-not-at-top
+  import tensorflow as tf  # pylint: disable=g-import-not-at-top
+  rows = np.array([[5, 6, 7, 1], [8, 1, 0, 0], [9, 10, 11, 12]], np.int32)
+  ds = tf.data.Dataset.from_tensor_slices({'targets': rows})
+  expected = list(seqio.DecoderFeatureConverter(pack=False)(ds, {'targets': 4}).batch(3).as_numpy_iterator())[0]
+  got = sequences.decoder_features(rows)
+  for key, value in got.items():
+    np.testing.assert_array_equal(value, expected[key])
+    assert value.dtype == {'decoder_loss_weights': np.float32}.get(key, np.int32)
+
+
 def test_determinism_and_reshuffling():
   first = take(pipeline.make_train_iterator(cfg()), 4)
   assert_same_batches(first, take(pipeline.make_train_iterator(cfg()), 4))

@@ -126,6 +126,12 @@ class TrainIterator:
       self._served += 1
       return batch
 
+  def close(self) -> None:
+    """Releases the current epoch's stream now (a tf.data iterator for TFDS corpora), not at some later GC."""
+    if self._epoch_iter is not None and hasattr(self._epoch_iter, 'close'):
+      self._epoch_iter.close()
+    self._epoch_iter = None
+
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position (plus the settings it is only valid for)."""
     cfg = self._cfg

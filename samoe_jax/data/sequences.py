@@ -77,12 +77,25 @@ def _numpy_batches(ds: tf.data.Dataset) -> Iterator[Batch]:
     }
 
 
+def decoder_features(targets_BL: np.ndarray) -> Batch:
+  """Decoder features of unpacked target rows, as seqio.DecoderFeatureConverter(pack=False) makes them:
+  inputs are the targets shifted right with 0 first, loss weights are 1 where the target is not padding."""
+  targets_BL = np.asarray(targets_BL, np.int32)
+  inputs_BL = np.zeros_like(targets_BL)
+  inputs_BL[:, 1:] = targets_BL[:, :-1]
+  return {'decoder_input_tokens': inputs_BL, 'decoder_target_tokens': targets_BL,
+          'decoder_loss_weights': (targets_BL != 0).astype(np.float32)}
+
+
 def row_batches(rows: np.ndarray, seq_len: int, batch_size: int) -> Iterator[Batch]:
-  """Numpy batches of `batch_size` consecutive rows of `rows` (int32 [N, seq_len]); a partial last batch is dropped."""
-  if len(rows) < batch_size:
-    return iter(())
-  ds = tf.data.Dataset.from_tensor_slices({'targets': rows})
-  return _numpy_batches(_feature_batches(ds, seq_len, batch_size))
+  """Numpy batches of `batch_size` consecutive rows of `rows` (int32 [N, seq_len]); a partial last batch is dropped.
+
+  Pure numpy (the rows are in memory already): no tf.data iterator whose finalisation could run inside an
+  unrelated garbage collection at the end of a run.
+  """
+  del seq_len
+  for start in range(0, len(rows) - batch_size + 1, batch_size):
+    yield decoder_features(rows[start:start + batch_size])
 
 
 def stream_batches(task: seqio.Task, split: str, seq_len: int, batch_size: int, *, seed: int, shuffle_buffer: int,

@@ -388,6 +388,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       last_eval = evaluate(eval_fn, state.params, eval_batches)
       writer.write_eval(start_step, last_eval)
   finally:
+    data_iter.close()
     writer.close()
     run.checkpointer.close()
   return final_metrics(run, state, last_train, last_eval, start_step, compile_s, time.time() - start)
