@@ -30,7 +30,11 @@ def num_chunks(tokens: int) -> int:
 
 def plain_output_cross_entropy(h_TD: jax.Array, emb_VD: jax.Array, targets_T: jax.Array,
                                weights_T: jax.Array) -> tuple[jax.Array, jax.Array]:
-  """Reference: (sum_t w_t * CE_t, sum_t w_t * [argmax logits_t == target_t]) with full logits."""
+  """Reference: (sum_t w_t * CE_t, sum_t w_t * [argmax logits_t == target_t]) with full logits.
+
+  (The fused version counts a token as correct when its target's logit is the maximum, so it differs only for
+  exact ties.)
+  """
   logits_TV = jnp.dot(h_TD, emb_VD.T, preferred_element_type=jnp.float32)
   target_logit_T = jnp.take_along_axis(logits_TV, targets_T[:, None], axis=-1)[:, 0]
   ce_T = jax.nn.logsumexp(logits_TV, axis=-1) - target_logit_T
@@ -51,9 +55,11 @@ def _fused_fwd(h_TD, emb_VD, targets_T, weights_T, chunks):
     h_CD, targets_C, w_C = inputs
     h_CD = h_CD.astype(jnp.float32)
     logits_CV = h_CD @ emb_f32.T
-    lse_C = jax.nn.logsumexp(logits_CV, axis=-1)
+    max_C = jnp.max(logits_CV, axis=-1)
+    lse_C = max_C + jnp.log(jnp.sum(jnp.exp(logits_CV - max_C[:, None]), axis=-1))
     target_logit_C = jnp.take_along_axis(logits_CV, targets_C[:, None], axis=-1)[:, 0]
-    correct_C = (jnp.argmax(logits_CV, axis=-1) == targets_C).astype(jnp.float32)
+    # 'target logit is the maximum' instead of argmax: XLA's variadic argmax reduce is ~10x slower on CPU.
+    correct_C = (target_logit_C >= max_C).astype(jnp.float32)
     one_hot_CV = jax.nn.one_hot(targets_C, logits_CV.shape[-1], dtype=jnp.float32)
     d_logits_CV = (jnp.exp(logits_CV - lse_C[:, None]) - one_hot_CV) * w_C[:, None]
     d_h_CD = d_logits_CV @ emb_f32
