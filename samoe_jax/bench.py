@@ -4,11 +4,11 @@
                             [--steps=10] [--repeats=3] [--json_out=bench.json]
 
 For every config: build the real trainer pieces (mesh, partitioner, model, AdamW, sharded state, the jitted
-train step with donation), compile once, then time `steps` steps on a fixed synthetic batch, `repeats` times,
-and report the best repeat. Model FLOPs per step come from samoe_jax.accounting (top-k active experts, causal
+train step with donation) and compile once; then time `steps` steps on a fixed synthetic batch, `repeats`
+rounds, the configs round-robin within each round, and report each config's best round. Model FLOPs per step come from samoe_jax.accounting (top-k active experts, causal
 half of attention, logits; SaMoE's per-step mixing included), never from what the implementation happens to
 execute (capacity padding is overhead). The reference rate is a jitted 2048x2048 float32 `jnp.matmul`, measured
-in the same process just before each config so that machine load affects both alike. The last line compares the
+in the same process just before each timing, and reported for the round the config's figure comes from. The last line compares the
 SaMoE step time with the standard MoE's (the target: within 5 %).
 """
 
@@ -38,7 +38,7 @@ MATMUL_N = 2048
 
 _CONFIGS = flags.DEFINE_string('configs', DEFAULT_CONFIGS, 'Comma-separated config files to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps per repeat.')
-_REPEATS = flags.DEFINE_integer('repeats', 3, 'Repeats; the best (least disturbed) is reported.')
+_REPEATS = flags.DEFINE_integer('repeats', 5, 'Rounds; each config reports its best (least disturbed).')
 _JSON_OUT = flags.DEFINE_string('json_out', '', 'Also write the results as JSON to this path.')
 
 
@@ -67,47 +67,61 @@ def synthetic_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
           'decoder_loss_weights': np.ones((b, l), np.float32)}
 
 
-def time_train_step(config, steps: int, repeats: int) -> dict[str, float]:
-  """Compiles the real train step for `config` and returns compile time and the best seconds per step."""
-  validate_config(config)
-  model = LanguageModel(config)
-  partitioner = Partitioner(make_mesh(config.mesh))
-  axes = model.param_logical_axes()
-  optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
-  abstract = state_lib.abstract_state(model, optimizer)
-  shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
-  step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
-  with partitioner.activate():
-    state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
-        jax.random.key(config.train.seed))
-    batch = partitioner.shard_batch(synthetic_batch(config))
-    rng = jax.random.key(1)
-    start = time.perf_counter()
-    compiled = step_fn.lower(state, batch, rng).compile()
-    compile_s = time.perf_counter() - start
-    state, metrics = compiled(state, batch, rng)   # warm-up
-    jax.block_until_ready(metrics)
-    best = float('inf')
-    for _ in range(repeats):
+class CompiledStep:
+  """The real train step of one config (mesh, partitioner, model, AdamW, sharded state), compiled once."""
+
+  def __init__(self, config):
+    validate_config(config)
+    model = LanguageModel(config)
+    self.partitioner = Partitioner(make_mesh(config.mesh))
+    axes = model.param_logical_axes()
+    optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
+    abstract = state_lib.abstract_state(model, optimizer)
+    shardings = state_lib.state_shardings(self.partitioner, optimizer, abstract, axes)
+    step_fn = make_train_step(model, optimizer, schedule, self.partitioner, shardings)
+    with self.partitioner.activate():
+      self.state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
+          jax.random.key(config.train.seed))
+      self.batch = self.partitioner.shard_batch(synthetic_batch(config))
+      self.rng = jax.random.key(1)
+      start = time.perf_counter()
+      self.compiled = step_fn.lower(self.state, self.batch, self.rng).compile()
+      self.compile_s = time.perf_counter() - start
+    self.loss = float('nan')
+    self.time(1)   # warm-up
+
+  def time(self, steps: int) -> float:
+    """Seconds per step over `steps` consecutive steps."""
+    with self.partitioner.activate():
       start = time.perf_counter()
       for _ in range(steps):
-        state, metrics = compiled(state, batch, rng)
+        self.state, metrics = self.compiled(self.state, self.batch, self.rng)
       jax.block_until_ready(metrics)
-      best = min(best, (time.perf_counter() - start) / steps)
-  return {'compile_s': compile_s, 'step_s': best, 'loss': float(metrics['loss'])}
+    self.loss = float(metrics['loss'])
+    return (time.perf_counter() - start) / steps
 
 
 def benchmark(config_paths: Sequence[str], steps: int, repeats: int) -> list[dict]:
+  """Compiles every config, then times them round-robin (with the matmul rate in every round), so that a change
+  in machine load hits all of them alike; each config reports its best round and that round's matmul rate."""
+  parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
+  configs = [parser.parse(path) for path in config_paths]
+  compiled = [CompiledStep(config) for config in configs]
+  best = [(float('inf'), 0.0)] * len(configs)
+  for _ in range(repeats):
+    for i, step in enumerate(compiled):
+      rate = matmul_rate()
+      step_s = step.time(steps)
+      if step_s < best[i][0]:
+        best[i] = (step_s, rate)
   results = []
-  for path in config_paths:
-    config = config_flags.config_flags._ConfigFileParser(name='config').parse(path)  # pylint: disable=protected-access
-    rate = matmul_rate()
-    timing = time_train_step(config, steps, repeats)
+  for path, config, step, (step_s, rate) in zip(config_paths, configs, compiled, best):
     flops = accounting.flops_per_step(config)['train']
     tokens = config.data.batch_size * config.data.seq_len
-    row = {'config': path, 'tokens_per_step': tokens, 'tokens_per_s': tokens / timing['step_s'],
-           'model_flops_per_step': flops, 'achieved_flops_per_s': flops / timing['step_s'],
-           'matmul_flops_per_s': rate, 'ratio_to_matmul': flops / timing['step_s'] / rate, **timing}
+    row = {'config': path, 'tokens_per_step': tokens, 'tokens_per_s': tokens / step_s,
+           'model_flops_per_step': flops, 'achieved_flops_per_s': flops / step_s, 'matmul_flops_per_s': rate,
+           'ratio_to_matmul': flops / step_s / rate, 'compile_s': step.compile_s, 'step_s': step_s,
+           'loss': step.loss}
     results.append(row)
     print(format_row(row), flush=True)
   return results

@@ -77,8 +77,7 @@ def test_standard_moe_is_samoe_with_one_hot_mixing():
     if isinstance(params[name], dict) and 'moe' in params[name]:
       lparams[name]['moe']['router'] = params[name]['moe']['router']
   lparams['expert_pool'] = params['expert_pool']
-  for i, layer in enumerate(fixed.spec.moe_layers):
-    lparams[f'block_{layer}']['moe']['mixing']['alpha'] = 1e4 * jax.nn.one_hot(fixed.spec.pool_entry[i], 2)
+  lparams['mixing_logits']['alpha'] = 1e4 * jax.nn.one_hot(jnp.asarray(fixed.spec.pool_entry), 2)
   h_fixed, _ = _hidden_and_aux(fixed, params)
   h_learned, _ = _hidden_and_aux(learned, lparams)
   np.testing.assert_allclose(h_fixed, h_learned, rtol=1e-5, atol=1e-5)
@@ -93,9 +92,7 @@ def test_pool_of_one_is_fully_tied_experts():
   lparams = learned.init_params(jax.random.key(0))
   assert lparams['expert_pool']['w_in'].shape[0] == 1
   np.testing.assert_allclose(learned.mixing_weights(lparams), np.ones((4, 1)))
-  fparams = jax.tree.map(lambda x: x, lparams)
-  for layer in learned.spec.moe_layers:
-    fparams[f'block_{layer}']['moe'] = {'router': lparams[f'block_{layer}']['moe']['router']}
+  fparams = {k: v for k, v in lparams.items() if k != 'mixing_logits'}
   np.testing.assert_allclose(_hidden_and_aux(learned, lparams)[0], _hidden_and_aux(fixed, fparams)[0],
                              rtol=1e-6, atol=1e-6)
   experts = learned.materialize(lparams)

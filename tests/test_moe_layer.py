@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samoe_jax.layers.experts import ExpertPool, ExpertWeights
+from samoe_jax.layers.experts import ExpertPool, ExpertWeights, mix_all_layers, mix_weight_space, mixing_weights
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.layers.reference import reference_mix, reference_moe
 
@@ -14,7 +14,9 @@ B, L, D, F, E, P = 2, 8, 8, 16, 4, 3
 
 
 def _setup(dispatch='gather', mixing='fixed', top_k=2, capacity_factor=float(E), granularity='layer',
-           space='weight', pool_index=1, mixing_init='uniform'):
+           space='weight'):
+  """(layer, variables, pool, alpha, x, mask). alpha: random mixing logits ([P] or [E, P]), None when fixed."""
+  del mixing, space
   x = jax.random.normal(jax.random.key(0), (B, L, D))
   mask = jnp.ones((B, L), bool)
   pool_mod = ExpertPool(P, E, D, F, 0.5, 0.5)
@@ -22,24 +24,30 @@ def _setup(dispatch='gather', mixing='fixed', top_k=2, capacity_factor=float(E),
   # Non-zero biases so that they are tested too.
   pool = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape), pool)
   layer = MoeFFN(num_experts=E, top_k=top_k, capacity_factor_train=capacity_factor,
-                 capacity_factor_eval=capacity_factor, min_capacity=0, group_size=L, dispatch=dispatch, init_std=0.5,
-                 pool_size=P, mixing=mixing, pool_index=pool_index, granularity=granularity, space=space,
-                 temperature=0.7, mixing_init=mixing_init)
-  variables = nn.meta.unbox(layer.init(jax.random.key(2), x, pool, mask, train=True))
-  if mixing == 'learned':   # non-uniform mixing logits
-    alpha = variables['params']['mixing']['alpha']
-    variables['params']['mixing']['alpha'] = jax.random.normal(jax.random.key(3), alpha.shape)
-  return layer, variables, pool, x, mask
+                 capacity_factor_eval=capacity_factor, min_capacity=0, group_size=L, dispatch=dispatch, init_std=0.5)
+  variables = nn.meta.unbox(layer.init(jax.random.key(2), x, pool.entry(0), mask, train=True))
+  alpha = jax.random.normal(jax.random.key(3), (P,) if granularity == 'layer' else (E, P))
+  return layer, variables, pool, alpha, x, mask
 
 
-def _reference(variables, pool, x, *, mixing, top_k, pool_index=1, space='weight'):
+def _fast(layer, variables, pool, alpha, x, mask, *, mixing, space='weight', pool_index=1, train=True):
+  """The model's path: fixed mixing selects a pool entry; learned mixing mixes in weight or output space."""
+  if mixing == 'fixed':
+    return layer.apply(variables, x, pool.entry(pool_index), mask, train=train)
+  weights = mixing_weights(alpha, 0.7)
+  if space == 'weight':
+    return layer.apply(variables, x, mix_weight_space(pool, weights), mask, train=train)
+  return layer.apply(variables, x, pool, mask, train=train, output_mix_weights=weights)
+
+
+def _reference(variables, pool, alpha, x, *, mixing, top_k, pool_index=1, space='weight'):
   router = variables['params']['router']['kernel']
   if mixing == 'fixed':
     experts_list, weights = [pool.entry(pool_index)], [1.0]
   elif space == 'weight':
-    experts_list, weights = [reference_mix(pool, variables['params']['mixing']['alpha'], 0.7)], [1.0]
+    experts_list, weights = [reference_mix(pool, alpha, 0.7)], [1.0]
   else:
-    w = jax.nn.softmax(variables['params']['mixing']['alpha'] / 0.7)
+    w = jax.nn.softmax(alpha / 0.7)
     experts_list, weights = [pool.entry(j) for j in range(P)], [w[j] for j in range(P)]
   x_TD = x.reshape(B * L, D)
   y = sum(w * reference_moe(x_TD, router, ex, top_k) for w, ex in zip(weights, experts_list))
@@ -58,43 +66,55 @@ CASES = [
 
 @pytest.mark.parametrize('case', CASES, ids=lambda c: '-'.join(str(v) for v in c.values()))
 def test_fast_path_matches_reference_outputs_and_gradients(case):
-  layer, variables, pool, x, mask = _setup(**case)
+  layer, variables, pool, alpha, x, mask = _setup(**case)
+  mixing, space = case['mixing'], case.get('space', 'weight')
 
-  def fast(variables, pool, x):
-    return layer.apply(variables, x, pool, mask, train=True)[0]
+  def fast(variables, pool, alpha, x):
+    return _fast(layer, variables, pool, alpha, x, mask, mixing=mixing, space=space)[0]
 
-  def ref(variables, pool, x):
-    return _reference(variables, pool, x, mixing=case['mixing'], top_k=case['top_k'],
-                      space=case.get('space', 'weight'))
+  def ref(variables, pool, alpha, x):
+    return _reference(variables, pool, alpha, x, mixing=mixing, top_k=case['top_k'], space=space)
 
-  y_fast, y_ref = fast(variables, pool, x), ref(variables, pool, x)
+  y_fast, y_ref = fast(variables, pool, alpha, x), ref(variables, pool, alpha, x)
   np.testing.assert_allclose(y_fast, y_ref, rtol=2e-5, atol=2e-5)
-  _, aux = layer.apply(variables, x, pool, mask, train=True)
+  _, aux = _fast(layer, variables, pool, alpha, x, mask, mixing=mixing, space=space)
   assert float(aux['dropped_fraction']) == 0.0
 
   probe = jax.random.normal(jax.random.key(5), y_ref.shape)
   loss = lambda f: (lambda *a: jnp.sum(f(*a) * probe))
-  g_fast = jax.grad(loss(fast), argnums=(0, 1, 2))(variables, pool, x)
-  g_ref = jax.grad(loss(ref), argnums=(0, 1, 2))(variables, pool, x)
+  g_fast = jax.grad(loss(fast), argnums=(0, 1, 2, 3))(variables, pool, alpha, x)
+  g_ref = jax.grad(loss(ref), argnums=(0, 1, 2, 3))(variables, pool, alpha, x)
   for a, b in zip(jax.tree.leaves(g_fast), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+  if mixing == 'learned':
+    assert float(jnp.max(jnp.abs(g_fast[2]))) > 0   # the mixing logits get a gradient
 
 
 def test_expert_level_mixing_matches_reference():
-  layer, variables, pool, x, mask = _setup(mixing='learned', granularity='expert')
-  assert variables['params']['mixing']['alpha'].shape == (E, P)
-  y = layer.apply(variables, x, pool, mask, train=True)[0]
-  experts = reference_mix(pool, variables['params']['mixing']['alpha'], 0.7)
+  layer, variables, pool, alpha, x, mask = _setup(mixing='learned', granularity='expert')
+  assert alpha.shape == (E, P)
+  y = _fast(layer, variables, pool, alpha, x, mask, mixing='learned')[0]
+  experts = reference_mix(pool, alpha, 0.7)
   y_ref = reference_moe(x.reshape(B * L, D), variables['params']['router']['kernel'], experts, 2)
   np.testing.assert_allclose(y, y_ref.reshape(B, L, D), rtol=2e-5, atol=2e-5)
+
+
+def test_all_layer_mixing_equals_per_layer_mixing():
+  _, _, pool, _, _, _ = _setup()
+  for shape in ((5, P), (5, E, P)):
+    weights = jax.nn.softmax(jax.random.normal(jax.random.key(4), shape), axis=-1)
+    stacked = mix_all_layers(pool, weights)
+    for i in range(shape[0]):
+      for a, b in zip(jax.tree.leaves(stacked.entry(i)), jax.tree.leaves(reference_mix(pool, jnp.log(weights[i]), 1.0))):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_gather_and_einsum_agree_when_dropping():
   outs = {}
   for dispatch in ('gather', 'einsum'):
-    layer, variables, pool, x, mask = _setup(dispatch=dispatch, capacity_factor=0.5)
-    y, aux = layer.apply(variables, x, pool, mask, train=True)
-    g = jax.grad(lambda v: jnp.sum(layer.apply(v, x, pool, mask, train=True)[0] ** 2))(variables)
+    layer, variables, pool, _, x, mask = _setup(dispatch=dispatch, capacity_factor=0.5)
+    y, aux = layer.apply(variables, x, pool.entry(1), mask, train=True)
+    g = jax.grad(lambda v: jnp.sum(layer.apply(v, x, pool.entry(1), mask, train=True)[0] ** 2))(variables)
     outs[dispatch] = (y, aux['dropped_fraction'], g)
   assert float(outs['gather'][1]) > 0.2
   np.testing.assert_allclose(outs['gather'][0], outs['einsum'][0], rtol=1e-5, atol=1e-6)
@@ -105,8 +125,8 @@ def test_gather_and_einsum_agree_when_dropping():
 
 def test_fully_dropped_token_outputs_zero():
   """A token none of whose choices got a slot gets y = 0: only the block's residual carries it."""
-  layer, variables, pool, x, mask = _setup(top_k=1, capacity_factor=0.01)   # capacity = 1 slot per expert
-  y, _ = layer.apply(variables, x, pool, mask, train=True)
+  layer, variables, pool, _, x, mask = _setup(top_k=1, capacity_factor=0.01)   # capacity = 1 slot per expert
+  y, _ = layer.apply(variables, x, pool.entry(1), mask, train=True)
   probs = jax.nn.softmax(x.reshape(B, L, D) @ variables['params']['router']['kernel'], axis=-1)
   first = np.asarray(jnp.argmax(probs, axis=-1))
   for b in range(B):
@@ -120,9 +140,10 @@ def test_fully_dropped_token_outputs_zero():
 
 
 def test_padding_tokens_take_no_capacity():
-  layer, variables, pool, x, _ = _setup(top_k=1, capacity_factor=0.01)
+  layer, variables, pool, _, x, _ = _setup(top_k=1, capacity_factor=0.01)
+  pool = pool.entry(1)
   mask = jnp.ones((B, L), bool).at[:, 0].set(False)
-  y_masked, aux = layer.apply(variables, x, pool, mask, train=True)
+  y_masked, _ = layer.apply(variables, x, pool, mask, train=True)
   np.testing.assert_array_equal(np.asarray(y_masked[:, 0]), 0.0)
   # Token 0 no longer occupies its expert's single slot, so the next token choosing that expert is served.
   y_full, _ = layer.apply(variables, x, pool, jnp.ones((B, L), bool), train=True)

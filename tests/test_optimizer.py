@@ -52,7 +52,8 @@ def test_decay_mask_covers_matrices_only(granularity):
     if 'mixing' in logical:
       assert not decayed, f'mixing logits {path} {shape} must not decay'
   mixing = [p for p in names if 'mixing' in names[p]]
-  assert mixing and all(len(shapes[p].shape) == (2 if granularity == 'expert' else 1) for p in mixing)
+  # Stacked per-MoE-layer logits: [L_moe, P] or [L_moe, E, P].
+  assert mixing and all(len(shapes[p].shape) == (3 if granularity == 'expert' else 2) for p in mixing)
   # Pool biases are rank 3 but still biases; the pool's matrices, attention, FFN and embeddings decay.
   assert not mask["['expert_pool']['b_in']"] and not mask["['expert_pool']['b_out']"]
   assert mask["['expert_pool']['w_in']"] and mask["['expert_pool']['w_out']"]

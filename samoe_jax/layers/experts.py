@@ -65,16 +65,55 @@ class ExpertPool(nn.Module):
         b_out=self.param('b_out', initializers.zeros(('pool', 'expert', 'embed')), (p, e, d)))
 
 
+class MixingLogits(nn.Module):
+  """Every MoE layer's own mixing logits, stored stacked: alpha [L_moe, P] (layer-level) or [L_moe, E, P]
+  (expert-level). Row l belongs to MoE layer l. Returns softmax(alpha / tau) over the pool axis."""
+  num_moe_layers: int
+  pool_size: int
+  num_experts: int
+  granularity: str          # 'layer' or 'expert'
+  temperature: float
+  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
+  init_entries: tuple[int, ...]   # per MoE layer: the pool entry a one-hot init favours
+  one_hot_scale: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    l, p = self.num_moe_layers, self.pool_size
+    if self.granularity == 'layer':
+      shape, names = (l, p), ('moe_layer', 'mixing')
+    else:
+      shape, names = (l, self.num_experts, p), ('moe_layer', 'expert', 'mixing')
+
+    def init_fn(key, shape, dtype=jnp.float32):
+      del key
+      if self.init_mode == 'uniform':
+        return jnp.zeros(shape, dtype)
+      one_hot_LP = self.one_hot_scale * jax.nn.one_hot(jnp.asarray(self.init_entries), p, dtype=dtype)
+      return one_hot_LP if len(shape) == 2 else jnp.broadcast_to(one_hot_LP[:, None, :], shape)
+
+    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
+    return mixing_weights(alpha, self.temperature)
+
+
 def mixing_weights(alpha: jax.Array, temperature: float) -> jax.Array:
-  """softmax(alpha / tau) over the last (pool) axis: [P] -> [P] or [E, P] -> [E, P]."""
+  """softmax(alpha / tau) over the last (pool) axis: [..., P] -> [..., P]."""
   return jax.nn.softmax(alpha.astype(jnp.float32) / temperature, axis=-1)
 
 
 def mix_weight_space(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
-  """Effective experts sum_j w_j W_j. pool: leading [P, E]; weights: [P] (layer-level) or [E, P] (expert-level)."""
-  if weights.ndim == 1:
-    return jax.tree.map(lambda a: jnp.einsum('p,pe...->e...', weights.astype(a.dtype), a), pool)
-  return jax.tree.map(lambda a: jnp.einsum('ep,pe...->e...', weights.astype(a.dtype), a), pool)
+  """One layer's effective experts sum_j w_j W_j. pool: leading [P, E]; weights: [P] or [E, P] -> leading [E]."""
+  subscripts = 'p,pe...->e...' if weights.ndim == 1 else 'ep,pe...->e...'
+  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
+
+
+def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
+  """Every MoE layer's effective experts at once. pool: leading [P, E]; weights: [L, P] or [L, E, P] -> [L, E].
+
+  One contraction per array: the backward pass reads the layers' gradients once and writes the pool's once.
+  """
+  subscripts = 'lp,pe...->le...' if weights.ndim == 2 else 'lep,pe...->le...'
+  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
 
 
 def expert_ffn(x_EXD: jax.Array, w: ExpertWeights) -> jax.Array:

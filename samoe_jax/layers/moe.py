@@ -3,10 +3,7 @@
 Einsum letters: B batch, L length, G groups, S tokens per group, D width, E experts, P pool entries.
 
 One layer of a standard MoE (GShard/Switch, methods.md §1), a SaMoE layer (§2) and a fully tied layer are the
-same module: only the pool size and the mixing mode differ.
-  mixing='learned': alpha ([P], or [E, P] for expert-level mixing) is a parameter of this layer; experts are
-                    mix_weight_space(pool, softmax(alpha / tau)) (or output-space mixing as an ablation).
-  mixing='fixed':   the layer uses pool entry `pool_index` (a one-hot alpha without parameters).
+same module: it receives its effective experts, which the decoder mixed from the global pool (experts.py).
 Dropped tokens get a zero output, so only the block's residual carries them.
 """
 
@@ -19,8 +16,7 @@ import jax.numpy as jnp
 from samoe_jax.layers import initializers
 from samoe_jax.layers import routing as routing_lib
 from samoe_jax.layers.dispatch import get_dispatcher
-from samoe_jax.layers.experts import (ExpertWeights, expert_ffn, expert_ffn_output_mixed, mix_weight_space,
-                                      mixing_weights)
+from samoe_jax.layers.experts import ExpertWeights, expert_ffn, expert_ffn_output_mixed
 
 
 def to_groups(x_BLD: jax.Array, group_size: int) -> jax.Array:
@@ -54,36 +50,12 @@ class Router(nn.Module):
     return jnp.einsum('gsd,de->gse', x_GSD.astype(jnp.float32), w_DE)
 
 
-class MixingLogits(nn.Module):
-  """This layer's mixing logits alpha ([P] or [E, P]); returns softmax(alpha / tau) over the pool axis."""
-  pool_size: int
-  num_experts: int
-  granularity: str          # 'layer' or 'expert'
-  temperature: float
-  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
-  init_index: int           # pool entry favoured by the one-hot init
-  one_hot_scale: float
-
-  @nn.compact
-  def __call__(self) -> jax.Array:
-    if self.granularity == 'layer':
-      shape, names = (self.pool_size,), ('mixing',)
-    else:
-      shape, names = (self.num_experts, self.pool_size), ('expert', 'mixing')
-
-    def init_fn(key, shape, dtype=jnp.float32):
-      del key
-      if self.init_mode == 'uniform':
-        return jnp.zeros(shape, dtype)
-      return jnp.broadcast_to(self.one_hot_scale * jax.nn.one_hot(self.init_index, self.pool_size, dtype=dtype),
-                              shape)
-
-    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
-    return mixing_weights(alpha, self.temperature)
-
-
 class MoeFFN(nn.Module):
-  """One MoE layer: x_BLD -> (y_BLD, aux). aux holds 'lb_loss', 'z_loss', routing metrics and mixing weights."""
+  """One MoE layer: x_BLD -> (y_BLD, aux). aux holds 'lb_loss', 'z_loss' and the routing metrics.
+
+  experts: this layer's effective experts (leading axis E), already mixed from the pool; or, for output-space
+  mixing, the whole pool (leading axes [P, E]) with `output_mix_weights` ([P] or [E, P]).
+  """
   num_experts: int
   top_k: int
   capacity_factor_train: float
@@ -92,21 +64,12 @@ class MoeFFN(nn.Module):
   group_size: int           # tokens per routing group (divides B*L; a multiple or divisor of L)
   dispatch: str
   init_std: float
-  # Pool mixing.
-  pool_size: int
-  mixing: str               # 'learned' or 'fixed'
-  pool_index: int           # fixed mixing: the pool entry used; learned: the one-hot init's entry
   priority: str = 'position'  # slot priority, see routing.py ('choice' is fairseq's, not causal)
-  granularity: str = 'layer'
-  space: str = 'weight'     # 'weight' or 'output'
-  temperature: float = 1.0
-  mixing_init: str = 'uniform'
-  one_hot_scale: float = 3.0
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, pool: ExpertWeights, token_mask_BL: jax.Array, *,
-               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
+  def __call__(self, x_BLD: jax.Array, experts: ExpertWeights, token_mask_BL: jax.Array, *, train: bool,
+               output_mix_weights: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     b, l, d = x_BLD.shape
     s = self.group_size
     x_GSD = nn.with_logical_constraint(to_groups(x_BLD, s), ('group', 'length', 'embed'))
@@ -120,20 +83,13 @@ class MoeFFN(nn.Module):
     dispatcher = get_dispatcher(self.dispatch)
     x_EXD = dispatcher.dispatch(x_GSD.astype(self.dtype), routing)
     x_EXD = nn.with_logical_constraint(x_EXD, ('expert', None, 'embed'))
-    aux: dict[str, jax.Array] = {}
-    if self.mixing == 'fixed':
-      y_EXD = expert_ffn(x_EXD, pool.entry(self.pool_index).astype(self.dtype))
+    if output_mix_weights is None:
+      y_EXD = expert_ffn(x_EXD, experts.astype(self.dtype))
     else:
-      weights = MixingLogits(self.pool_size, self.num_experts, self.granularity, self.temperature,
-                             self.mixing_init, self.pool_index, self.one_hot_scale, name='mixing')()
-      aux['mixing_weights'] = weights
-      if self.space == 'weight':
-        y_EXD = expert_ffn(x_EXD, mix_weight_space(pool, weights).astype(self.dtype))
-      else:
-        y_EXD = expert_ffn_output_mixed(x_EXD, pool.astype(self.dtype), weights)
+      y_EXD = expert_ffn_output_mixed(x_EXD, experts.astype(self.dtype), output_mix_weights)
     y_EXD = nn.with_logical_constraint(y_EXD, ('expert', None, 'embed'))
     y_GSD = dispatcher.combine(y_EXD, routing)
-    aux['lb_loss'] = routing_lib.load_balancing_loss(routing, mask_GS)
+    aux = {'lb_loss': routing_lib.load_balancing_loss(routing, mask_GS)}
     aux['z_loss'] = routing_lib.router_z_loss(routing, mask_GS)
     aux.update(routing_lib.routing_metrics(routing, mask_GS))
     return from_groups(y_GSD, b, l), aux

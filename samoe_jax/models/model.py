@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from samoe_jax.layers.experts import ExpertWeights, mix_weight_space, mixing_weights
+from samoe_jax.layers.experts import ExpertWeights, mix_all_layers, mixing_weights
 from samoe_jax.models.losses import output_cross_entropy
 from samoe_jax.models.spec import ModelSpec
 from samoe_jax.models.transformer import Decoder
@@ -140,21 +140,20 @@ class LanguageModel:
     spec = self.spec
     if not spec.moe_layers:
       return None
-    rows = []
-    for i, layer in enumerate(spec.moe_layers):
-      if spec.mixing == 'fixed':
-        w = np.eye(spec.pool_size, dtype=np.float32)[spec.pool_entry[i]]
-        rows.append(w if spec.granularity == 'layer' else np.tile(w, (spec.num_experts, 1)))
-      else:
-        alpha = params[f'block_{layer}']['moe']['mixing']['alpha']
-        rows.append(np.asarray(mixing_weights(alpha, spec.temperature)))
-    return np.stack(rows)
+    if spec.mixing == 'learned':
+      return np.asarray(mixing_weights(params['mixing_logits']['alpha'], spec.temperature))
+    one_hot_LP = np.eye(spec.pool_size, dtype=np.float32)[list(spec.pool_entry)]
+    if spec.granularity == 'layer':
+      return one_hot_LP
+    return np.repeat(one_hot_LP[:, None, :], spec.num_experts, axis=1)
 
   def materialize(self, params: Params) -> list[ExpertWeights]:
     """Every MoE layer's effective experts (leading axis E) in MoE-layer order, for serving or analysis."""
-    pool = ExpertWeights(**params['expert_pool'])
     weights = self.mixing_weights(params)
-    return [mix_weight_space(pool, jnp.asarray(w)) for w in weights] if weights is not None else []
+    if weights is None:
+      return []
+    mixed = mix_all_layers(ExpertWeights(**params['expert_pool']), jnp.asarray(weights))
+    return [mixed.entry(i) for i in range(len(self.spec.moe_layers))]
 
   def param_summary(self) -> dict[str, int]:
     """Parameter counts by shape evaluation: total stored, its parts, materialized, and active per token.

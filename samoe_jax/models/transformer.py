@@ -10,35 +10,44 @@ every MoE block.
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from samoe_jax.layers import initializers
 from samoe_jax.layers.attention import CausalSelfAttention
-from samoe_jax.layers.experts import ExpertPool, ExpertWeights
+from samoe_jax.layers.experts import ExpertPool, ExpertWeights, MixingLogits, mix_all_layers
 from samoe_jax.layers.mlp import DenseFFN, LayerNorm
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.models.spec import ModelSpec
 
 
-def make_moe_ffn(spec: ModelSpec, moe_index: int, name: str) -> MoeFFN:
+def make_moe_ffn(spec: ModelSpec, name: str) -> MoeFFN:
   return MoeFFN(
       num_experts=spec.num_experts, top_k=spec.top_k, capacity_factor_train=spec.capacity_factor_train,
       capacity_factor_eval=spec.capacity_factor_eval, min_capacity=spec.min_capacity,
-      group_size=spec.group_size, dispatch=spec.dispatch, priority=spec.slot_priority, init_std=spec.init_std, pool_size=spec.pool_size,
-      mixing=spec.mixing, pool_index=spec.pool_entry[moe_index], granularity=spec.granularity,
-      space=spec.space, temperature=spec.temperature, mixing_init=spec.mixing_init,
-      one_hot_scale=spec.one_hot_scale, dtype=spec.compute_dtype, name=name)
+      group_size=spec.group_size, dispatch=spec.dispatch, init_std=spec.init_std, priority=spec.slot_priority,
+      dtype=spec.compute_dtype, name=name)
+
+
+@dataclasses.dataclass(frozen=True)
+class LayerExperts:
+  """What one MoE block receives: its effective experts, or (output-space mixing) the pool and its weights."""
+  experts: ExpertWeights
+  output_mix_weights: jax.Array | None = None
+
+
+jax.tree_util.register_dataclass(LayerExperts, data_fields=['experts', 'output_mix_weights'], meta_fields=[])
 
 
 class Block(nn.Module):
-  """One pre-LN block: x_BLD -> (x_BLD, aux or None). moe_index is None for a dense FFN."""
+  """One pre-LN block: x_BLD -> (x_BLD, aux or None). `experts` is None for a dense FFN."""
   spec: ModelSpec
-  moe_index: int | None
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, pool: ExpertWeights | None, token_mask_BL: jax.Array, *,
+  def __call__(self, x_BLD: jax.Array, experts: LayerExperts | None, token_mask_BL: jax.Array, *,
                train: bool) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     spec = self.spec
     dropout = nn.Dropout(spec.dropout_rate, deterministic=not train or spec.dropout_rate == 0)
@@ -49,11 +58,12 @@ class Block(nn.Module):
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
     h_BLD = LayerNorm(dtype=spec.compute_dtype, name='ffn_norm')(x_BLD)
     aux = None
-    if self.moe_index is None:
+    if experts is None:
       h_BLD = DenseFFN(spec.d_ff, spec.init_std, spec.out_init_std, spec.compute_dtype, name='ffn')(
           h_BLD, train=train)
     else:
-      h_BLD, aux = make_moe_ffn(spec, self.moe_index, 'moe')(h_BLD, pool, token_mask_BL, train=train)
+      h_BLD, aux = make_moe_ffn(spec, 'moe')(h_BLD, experts.experts, token_mask_BL, train=train,
+                                             output_mix_weights=experts.output_mix_weights)
     x_BLD = x_BLD + dropout(h_BLD)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed')), aux
 
@@ -75,12 +85,14 @@ class Decoder(nn.Module):
     if not spec.tie_embeddings:
       self.output_embedding = self.param('output_embedding', initializers.normal(spec.init_std, ('vocab', 'embed')),
                                          (spec.vocab_size, spec.d_model))
-    self.expert_pool = None
+    self.expert_pool = self.mixing_logits = None
     if spec.moe_layers:
       self.expert_pool = ExpertPool(spec.pool_size, spec.num_experts, spec.d_model, spec.expert_d_ff,
                                     spec.init_std, spec.out_init_std)
-    moe_index = {layer: i for i, layer in enumerate(spec.moe_layers)}
-    self.blocks = [Block(spec, moe_index.get(i), name=f'block_{i}') for i in range(spec.num_layers)]
+      if spec.mixing == 'learned':
+        self.mixing_logits = MixingLogits(len(spec.moe_layers), spec.pool_size, spec.num_experts, spec.granularity,
+                                          spec.temperature, spec.mixing_init, spec.pool_entry, spec.one_hot_scale)
+    self.blocks = [Block(spec, name=f'block_{i}') for i in range(spec.num_layers)]
     self.final_norm = LayerNorm(dtype=spec.compute_dtype)
     self.embedding_dropout = nn.Dropout(spec.dropout_rate)
 
@@ -92,11 +104,26 @@ class Decoder(nn.Module):
         spec.compute_dtype)
     x_BLD = self.embedding_dropout(x_BLD, deterministic=not train or spec.dropout_rate == 0)
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
-    pool = self.expert_pool() if self.expert_pool is not None else None
+    layer_experts, weights = self.layer_experts()
     auxes = []
-    for block in self.blocks:
-      x_BLD, aux = block(x_BLD, pool, token_mask_BL, train=train)
+    for i, block in enumerate(self.blocks):
+      x_BLD, aux = block(x_BLD, layer_experts.get(i), token_mask_BL, train=train)
       if aux is not None:
-        auxes.append(aux)
+        auxes.append(aux if weights is None else dict(aux, mixing_weights=weights[len(auxes)]))
     return self.final_norm(x_BLD), auxes
+
+  def layer_experts(self) -> tuple[dict[int, LayerExperts], jax.Array | None]:
+    """Per MoE block: its experts, mixed from the pool once per forward pass (so once per optimizer step) in a
+    single contraction for all layers; and the mixing weights [L_moe, P] / [L_moe, E, P] (None when fixed)."""
+    spec = self.spec
+    if self.expert_pool is None:
+      return {}, None
+    pool = self.expert_pool()
+    if self.mixing_logits is None:   # fixed one-hot mixing: layer l uses pool entry pool_entry[l]
+      return {b: LayerExperts(pool.entry(j)) for b, j in zip(spec.moe_layers, spec.pool_entry)}, None
+    weights = self.mixing_logits()
+    if spec.space == 'output':
+      return {b: LayerExperts(pool, weights[i]) for i, b in enumerate(spec.moe_layers)}, weights
+    mixed = mix_all_layers(pool, weights)
+    return {b: LayerExperts(mixed.entry(i)) for i, b in enumerate(spec.moe_layers)}, weights
 
