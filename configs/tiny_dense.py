@@ -8,14 +8,8 @@ Run:  python -m samoe_jax.describe --config=configs/tiny_dense.py
       python -m samoe_jax.train --config=configs/tiny_dense.py --workdir=runs/tiny_dense
 """
 
-from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.presets import tiny
 
 
 def get_config():
-  c = get_base_config()
-  c.model.d_model = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.d_ff = 512
-  c.model.layer_plan = 'none'
-  return c
+  return tiny('dense')

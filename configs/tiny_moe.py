@@ -9,19 +9,8 @@ Run:  python -m samoe_jax.describe --config=configs/tiny_moe.py
       python -m samoe_jax.train --config=configs/tiny_moe.py --workdir=runs/tiny_moe
 """
 
-from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.presets import tiny
 
 
 def get_config():
-  c = get_base_config()
-  c.model.d_model = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.d_ff = 512
-  c.model.layer_plan = 'every_other'
-  c.moe.num_experts = 8
-  c.moe.top_k = 2
-  c.pool.size = 2                 # = number of MoE layers
-  c.pool.mixing = 'fixed'
-  c.pool.assignment = 'modulo'    # MoE layer l -> pool entry l
-  return c
+  return tiny('moe')

@@ -8,18 +8,8 @@ Run:  python -m samoe_jax.describe --config=configs/tiny_tied.py
       python -m samoe_jax.train --config=configs/tiny_tied.py --workdir=runs/tiny_tied
 """
 
-from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.presets import tiny
 
 
 def get_config():
-  c = get_base_config()
-  c.model.d_model = 128
-  c.model.num_layers = 4
-  c.model.num_heads = 4
-  c.model.d_ff = 512
-  c.model.layer_plan = 'every_other'
-  c.moe.num_experts = 8
-  c.moe.top_k = 2
-  c.pool.size = 1
-  c.pool.mixing = 'fixed'         # a softmax over one entry is 1: no mixing logits needed
-  return c
+  return tiny('tied')

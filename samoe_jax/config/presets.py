@@ -1,4 +1,6 @@
-"""Shared builders for the config files in configs/: the paper-scale GPT-3 + MoE-128 recipe (methods.md §3).
+"""Shared builders for the config files in configs/: the tiny Shakespeare models, the benchmark workload, and
+the paper-scale GPT-3 + MoE-128 recipe (methods.md §3). One builder per family, so the members of a comparison
+differ only in how their experts are shared (`set_sharing`).
 
 DeepSpeed-MoE (Rajbhandari et al. 2022; Megatron-DeepSpeed `ds_pretrain_gpt_{350M,1.3B}_MoE128.sh`):
   bases      350M: 24 layers, d_model 1024, 16 heads; 1.3B: 24 layers, d_model 2048, 16 heads; d_ff = 4 d_model.
@@ -32,6 +34,55 @@ GPT3_BASES: dict[str, tuple[int, int, int, int, tuple[float, float], tuple[float
     '1p3b': (24, 2048, 16, 512, (2.0e-4, 2.0e-5), (1.2e-4, 1.0e-6), 64),
 }
 KINDS = ('dense', 'moe128', 'samoe')
+
+
+SHARING_KINDS = ('dense', 'moe', 'samoe', 'tied')
+
+
+def set_sharing(c: ml_collections.ConfigDict, kind: str, num_moe_layers: int, pool_size: int = 2) -> None:
+  """dense: no MoE layers; moe: standard MoE (one fixed pool entry per MoE layer); samoe: a learned pool of
+  `pool_size`; tied: one fixed pool entry shared by every MoE layer (P = 1)."""
+  if kind not in SHARING_KINDS:
+    raise ValueError(f'kind={kind!r} is not one of {SHARING_KINDS}')
+  if kind == 'dense':
+    c.model.layer_plan = 'none'
+  elif kind == 'moe':
+    c.pool.size, c.pool.mixing, c.pool.assignment = num_moe_layers, 'fixed', 'modulo'
+  elif kind == 'samoe':
+    c.pool.size, c.pool.mixing = pool_size, 'learned'
+  else:
+    c.pool.size, c.pool.mixing = 1, 'fixed'
+
+
+def tiny(kind: str) -> ml_collections.ConfigDict:
+  """The tiny models on the embedded Shakespeare corpus (8k SentencePiece vocabulary): 4 layers, d_model 128,
+  4 heads, d_ff 512, 8 experts top-2 on blocks 1 and 3, seq 128, batch 16, 2000 steps (4.1M tokens, about 3
+  epochs of the training split; ~8 minutes on 2 CPU cores for the SaMoE model)."""
+  c = get_base_config()
+  c.model.d_model, c.model.num_layers, c.model.num_heads, c.model.d_ff = 128, 4, 4, 512
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts, c.moe.top_k = 8, 2
+  c.data.task, c.data.vocabulary = 'shakespeare', 'sentencepiece'
+  c.train.steps, c.train.warmup_steps = 2000, 100
+  c.train.eval_every = c.train.checkpoint_every = 500
+  set_sharing(c, kind, num_moe_layers=2)
+  return c
+
+
+def bench(kind: str) -> ml_collections.ConfigDict:
+  """The benchmark reference workload: d_model 256, 4 layers, 4 heads, FFN 1024, 8 experts top-2 (blocks 1, 3),
+  capacity factor 1.25, seq 256, batch 8, vocab 32000, float32 (synthetic tokens; the byte vocabulary setting is
+  only there to validate)."""
+  c = get_base_config()
+  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 32000, 256, 4, 4
+  c.model.d_ff, c.model.max_len, c.model.dtype = 1024, 256, 'float32'
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts, c.moe.top_k = 8, 2
+  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.25
+  c.data.vocabulary, c.data.seq_len, c.data.batch_size = 'byte', 256, 8
+  c.mesh.data, c.mesh.expert, c.mesh.model = -1, 1, 1
+  set_sharing(c, kind, num_moe_layers=2)
+  return c
 
 
 def gpt3(base: str, kind: str, pool_size: int = 2) -> ml_collections.ConfigDict:
