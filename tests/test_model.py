@@ -168,3 +168,18 @@ def test_param_summary_by_hand():
   assert s['active_per_token'] == non_expert + 2 * d * e + 2 * 2 * per_expert
   params = model.init_params(jax.random.key(0))
   assert sum(x.size for x in jax.tree.leaves(params)) == s['total']
+
+
+@pytest.mark.parametrize('dispatch', ['gather', 'einsum'])
+def test_bfloat16_compute_matches_float32(dispatch):
+  """The paper-scale configs compute in bfloat16 (parameters, router and loss stay float32)."""
+  f32 = LanguageModel(tiny(**{'pool.size': 2, 'moe.dispatch': dispatch}))
+  bf16 = LanguageModel(tiny(**{'pool.size': 2, 'moe.dispatch': dispatch, 'model.dtype': 'bfloat16'}))
+  params = f32.init_params(jax.random.key(0))
+  batch = _batch()
+  loss32, _ = f32.loss_fn(params, batch, None, train=True)
+  (loss16, metrics16), grads16 = jax.value_and_grad(bf16.loss_fn, has_aux=True)(params, batch, None, True)
+  assert jax.tree.leaves(grads16)[0].dtype == jnp.float32
+  np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
+  assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads16))
+  assert float(metrics16['moe/dropped_fraction']) >= 0.0
