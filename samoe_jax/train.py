@@ -13,10 +13,13 @@ from __future__ import annotations
 import functools
 import logging as std_logging
 import os
+import sys
 from typing import Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
+
+from samoe_jax.config.validate import validate_config
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
 
@@ -36,6 +39,10 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
 
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   workdir = workdir_flag.value
+  try:
+    validate_config(config_flag.value)
+  except ValueError as err:   # a bad config is the user's input: the message, no traceback
+    sys.exit(f'samoe_jax.train: {err}')
   final = loop.train(config_flag.value, workdir)
   path = report.write_report(workdir)
   logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),

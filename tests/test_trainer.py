@@ -212,6 +212,14 @@ def test_command_line_rerun_evaluates_and_reports(runs, tmp_path):
   bad = subprocess.run(cmd + ['--config.train.no_such_key=1'], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120, check=False)
   assert bad.returncode != 0 and 'no_such_key' in bad.stderr
+  new_workdir = tmp_path / 'never_created'
+  invalid = subprocess.run(
+      [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={new_workdir}',
+       '--config.moe.top_k=9', '--config.pool.size=0'],
+      cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
+  assert invalid.returncode == 1 and 'Traceback' not in invalid.stderr
+  assert 'moe.top_k=9' in invalid.stderr and 'pool.size=0' in invalid.stderr
+  assert not new_workdir.exists()
 
 
 def test_files_of_a_run_without_checkpoint_are_archived_not_overwritten(runs, tmp_path):  # pylint: disable=unused-argument
