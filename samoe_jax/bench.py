@@ -15,6 +15,7 @@ SaMoE step time with the standard MoE's (the target: within 5 %).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Sequence
 
@@ -147,7 +148,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     print(f'devices: {jax.devices()}')
-    results = benchmark(_CONFIGS.value.split(','), _STEPS.value, _REPEATS.value)
+    try:
+      results = benchmark(_CONFIGS.value.split(','), _STEPS.value, _REPEATS.value)
+    except ValueError as err:   # an invalid config: the message, no traceback
+      sys.exit(f'samoe_jax.bench: {err}')
     ratio = samoe_vs_moe(results)
     if ratio is not None:
       print(f'SaMoE / MoE step time: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; target within 5 %)')
