@@ -1,0 +1,122 @@
+"""Eight-device checks, run in their own process by tests/test_multidevice.py (never imported by pytest).
+
+    XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_checks.py OUT.json
+
+For the dense, standard-MoE and SaMoE variants of a tiny config, one real train step (AdamW, clipping, donated
+state) on meshes (data, expert, model) = 8x1x1, 2x4x1, 1x4x2 and 1x8x1 is compared with the same step on one
+device; it also records the parameter / optimizer-state shardings, the collectives of the compiled step, and the
+per-device bytes of the expert pool. Results go to OUT.json; the assertions live in the pytest file.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+
+import jax
+import numpy as np
+
+from samoe_jax.config.presets import set_sharing
+from samoe_jax.config.defaults import get_base_config
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import optimizer as optimizer_lib
+from samoe_jax.training import state as state_lib
+from samoe_jax.training.step import make_train_step
+
+MESHES = ((8, 1, 1), (2, 4, 1), (1, 4, 2), (1, 8, 1))
+KINDS = ('dense', 'moe', 'samoe')
+COLLECTIVES = ('all-to-all', 'all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute')
+
+
+def tiny(kind: str, mesh: tuple[int, int, int]):
+  c = get_base_config()
+  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads, c.model.d_ff = 256, 32, 4, 4, 64
+  c.model.max_len = c.data.seq_len = 16
+  c.data.batch_size, c.data.vocabulary = 8, 'byte'
+  c.moe.num_experts, c.moe.top_k = 8, 2
+  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.0   # some tokens are dropped
+  c.train.warmup_steps, c.train.steps = 1, 10
+  c.mesh.data, c.mesh.expert, c.mesh.model = mesh
+  set_sharing(c, kind, num_moe_layers=2)
+  return c
+
+
+def batch(config) -> dict[str, np.ndarray]:
+  rng = np.random.default_rng(0)
+  b, l = config.data.batch_size, config.data.seq_len
+  tokens = rng.integers(1, config.model.vocab_size, size=(b, l + 1), dtype=np.int32)
+  weights = np.ones((b, l), np.float32)
+  weights[-1, -5:] = 0.0   # a little padding
+  return {'decoder_input_tokens': tokens[:, :-1], 'decoder_target_tokens': tokens[:, 1:],
+          'decoder_loss_weights': weights}
+
+
+def one_step(config, devices) -> dict:
+  """Runs one train step on a mesh over `devices`; returns host copies of its results and what it compiled to."""
+  model = LanguageModel(config)
+  partitioner = Partitioner(make_mesh(config.mesh, devices))
+  axes = model.param_logical_axes()
+  optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
+  abstract = state_lib.abstract_state(model, optimizer)
+  shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
+  step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
+  with partitioner.activate():
+    state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
+        jax.random.key(0))
+    pool_shards = ({str(s.device): s.data.nbytes for s in state.params['expert_pool']['w_in'].addressable_shards}
+                   if 'expert_pool' in state.params else {})
+    data = partitioner.shard_batch(batch(config))
+    grad_fn = jax.jit(lambda p, b: jax.grad(lambda q: model.loss_fn(q, b, None, True)[0])(p),
+                      in_shardings=(shardings.params, partitioner.data_sharding()), out_shardings=shardings.params)
+    grads = jax.tree.map(np.asarray, jax.device_get(grad_fn(state.params, data)))
+    compiled = step_fn.lower(state, data, jax.random.key(1)).compile()
+    new_state, metrics = compiled(state, data, jax.random.key(1))
+    hlo = compiled.as_text()
+  specs = jax.tree.map(lambda s: str(s.spec), shardings.params)
+  opt_specs = [str(s.spec) for s in jax.tree.leaves(shardings.opt_state)]
+  return {
+      'loss': float(metrics['loss']), 'grad_norm': float(metrics['grad_norm']),
+      'params': jax.tree.map(np.asarray, jax.device_get(new_state.params)), 'grads': grads,
+      'param_specs': specs, 'opt_specs': opt_specs,
+      'collectives': {c: len(re.findall(rf'\b{c}(?:-start)?\(', hlo)) for c in COLLECTIVES},
+      'all_gather_shapes': sorted(set(re.findall(r'= \w+\[([\d,]*)\][^ ]* all-gather(?:-start)?\(', hlo))),
+      # The pool's arrays [P, E, ...] and one layer's effective experts [E, ...], as shape strings.
+      'expert_weight_shapes': sorted({','.join(map(str, a.shape[i:])) for a in jax.tree.leaves(
+          abstract.params.get('expert_pool', {})) for i in (0, 1)}),
+      'pool_bytes_per_device': pool_shards,
+  }
+
+
+def max_rel_diff(a, b) -> float:
+  diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)), a, b)
+  return max(jax.tree.leaves(diffs))
+
+
+def main(out_path: str) -> None:
+  devices = jax.devices()
+  assert len(devices) == 8, f'expected 8 host devices, got {len(devices)}: set XLA_FLAGS'
+  results = {}
+  for kind in KINDS:
+    reference = one_step(tiny(kind, (1, 1, 1)), devices[:1])
+    for mesh in MESHES:
+      got = one_step(tiny(kind, mesh), devices)
+      results[f'{kind}/{"x".join(map(str, mesh))}'] = {
+          'loss': got['loss'], 'reference_loss': reference['loss'],
+          'grad_norm': got['grad_norm'], 'reference_grad_norm': reference['grad_norm'],
+          'params_max_rel_diff': max_rel_diff(got['params'], reference['params']),
+          'grads_max_rel_diff': max_rel_diff(got['grads'], reference['grads']),
+          'param_specs': got['param_specs'], 'opt_specs': got['opt_specs'],
+          'collectives': got['collectives'], 'pool_bytes_per_device': got['pool_bytes_per_device'],
+          'all_gather_shapes': got['all_gather_shapes'], 'expert_weight_shapes': got['expert_weight_shapes'],
+          'reference_pool_bytes': sum(reference['pool_bytes_per_device'].values()),
+      }
+      print(kind, mesh, 'loss', got['loss'], reference['loss'], 'collectives', got['collectives'], flush=True)
+  with open(out_path, 'w') as f:
+    json.dump(results, f, indent=1, sort_keys=True)
+
+
+if __name__ == '__main__':
+  main(sys.argv[1])

@@ -1,0 +1,83 @@
+"""Sharded training on 8 fake CPU devices equals one device; shardings, collectives and memory as intended.
+
+The checks run once, in a subprocess with XLA_FLAGS=--xla_force_host_platform_device_count=8
+(tests/multidevice_checks.py), so this pytest process keeps its single device; the tests assert on its results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+GOLDEN = ROOT / 'tests' / 'golden' / 'shardings.json'
+MESHES = ('8x1x1', '2x4x1', '1x4x2', '1x8x1')
+KINDS = ('dense', 'moe', 'samoe')
+
+
+@pytest.fixture(scope='module')
+def results(tmp_path_factory):
+  out = tmp_path_factory.mktemp('multidevice') / 'results.json'
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+             PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+  done = subprocess.run([sys.executable, str(ROOT / 'tests' / 'multidevice_checks.py'), str(out)], cwd=ROOT,
+                        env=env, capture_output=True, text=True, timeout=1200, check=False)
+  assert done.returncode == 0, done.stderr[-4000:]
+  return json.loads(out.read_text())
+
+
+@pytest.mark.parametrize('mesh', MESHES)
+@pytest.mark.parametrize('kind', KINDS)
+def test_loss_and_gradients_match_one_device(results, kind, mesh):
+  r = results[f'{kind}/{mesh}']
+  assert abs(r['loss'] - r['reference_loss']) < 1e-5
+  assert abs(r['grad_norm'] - r['reference_grad_norm']) <= 1e-5 * r['reference_grad_norm']
+  assert r['grads_max_rel_diff'] < 1e-4          # every gradient leaf, relative to its largest entry
+  # After one AdamW step: Adam's first update is ~lr * sign(g), so entries whose gradient is ~0 amplify float
+  # noise up to the learning rate; everything else agrees to float precision.
+  assert r['params_max_rel_diff'] < 1e-2
+
+
+@pytest.mark.parametrize('kind', KINDS)
+def test_parameter_and_optimizer_shardings_match_golden(results, kind):
+  golden = json.loads(GOLDEN.read_text())[kind]
+  for mesh in MESHES:
+    r = results[f'{kind}/{mesh}']
+    assert r['param_specs'] == golden['param_specs'], f'{kind}/{mesh}: parameter shardings changed'
+    assert r['opt_specs'] == golden['opt_specs'], f'{kind}/{mesh}: optimizer-state shardings changed'
+  if kind != 'dense':
+    pool = golden['param_specs']['expert_pool']
+    assert pool['w_in'] == "P(None, 'expert', None, 'model')"
+    assert pool['w_out'] == "P(None, 'expert', 'model', None)"
+    # Adam's mu and nu of every pool array are sharded exactly like the array.
+    for spec in pool.values():
+      assert golden['opt_specs'].count(spec) >= 2 * list(pool.values()).count(spec)
+
+
+@pytest.mark.parametrize('mesh', ['2x4x1', '1x4x2', '1x8x1'])
+@pytest.mark.parametrize('kind', ['moe', 'samoe'])
+def test_dispatch_is_all_to_all_and_expert_weights_are_never_gathered(results, kind, mesh):
+  r = results[f'{kind}/{mesh}']
+  assert r['collectives']['all-to-all'] > 0
+  gathered = set(r['all_gather_shapes']) & set(r['expert_weight_shapes'])
+  assert not gathered, f'{kind}/{mesh} all-gathers expert weights of shapes {gathered}'
+
+
+@pytest.mark.parametrize('mesh', MESHES)
+@pytest.mark.parametrize('kind', ['moe', 'samoe'])
+def test_expert_pool_memory_per_device_falls_with_the_expert_axis(results, kind, mesh):
+  r = results[f'{kind}/{mesh}']
+  _, expert, model = (int(x) for x in mesh.split('x'))
+  per_device = r['pool_bytes_per_device']
+  assert len(per_device) == 8
+  assert set(per_device.values()) == {r['reference_pool_bytes'] // (expert * model)}   # w_in: expert x model
+
+
+def test_dense_model_has_no_all_to_all(results):
+  for mesh in MESHES:
+    assert results[f'dense/{mesh}']['collectives']['all-to-all'] == 0
