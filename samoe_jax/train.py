@@ -35,15 +35,19 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
-  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
+  from samoe_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
 
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   workdir = workdir_flag.value
   try:
     validate_config(config_flag.value)
-  except ValueError as err:   # a bad config is the user's input: the message, no traceback
+    distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
+  except ValueError as err:   # a bad config or process layout is the user's input: the message, no traceback
     sys.exit(f'samoe_jax.train: {err}')
   final = loop.train(config_flag.value, workdir)
+  if jax.process_index() != 0:   # only process 0 writes the report
+    return
   path = report.write_report(workdir)
   logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),
                final.get('eval/perplexity'), path)
@@ -54,6 +58,9 @@ def main() -> None:
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
                                                 lock_config=True)
   workdir_flag = flags.DEFINE_string('workdir', None, 'Run directory: config, metrics, TensorBoard, checkpoints.')
+  flags.DEFINE_string('coordinator_address', '', 'Multi-process runs without a scheduler: host:port of process 0.')
+  flags.DEFINE_integer('num_processes', 0, 'Multi-process runs without a scheduler: the number of processes.')
+  flags.DEFINE_integer('process_id', -1, 'Multi-process runs without a scheduler: this process, 0-based.')
   flags.mark_flags_as_required(['config', 'workdir'])
   app.run(functools.partial(_run, config_flag, workdir_flag))
 

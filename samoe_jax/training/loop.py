@@ -308,7 +308,9 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
   """Steps start_step+1 .. train.steps with logging, validation and checkpoints; returns (state, last train
   metrics, last eval metrics)."""
   t = run.config.train
-  rng = jax.device_put(jax.random.key(run.meta['seed']), run.partitioner.replicated())
+  # Made under jit, not device_put: a replicated array spans other processes' devices in multi-process runs.
+  seed = int(run.meta['seed'])
+  rng = jax.jit(lambda: jax.random.key(seed), out_shardings=run.partitioner.replicated())()
   buffer = MetricsBuffer(run, writer, start_step)
   last_eval: dict[str, float] = {}
   with StopSignal() as stop:
