@@ -1,0 +1,61 @@
+"""launch/tpu_vm.py: every subcommand's dry run prints the intended gcloud commands and runs nothing."""
+
+from __future__ import annotations
+
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / 'launch' / 'tpu_vm.py'
+BASE = ['--name=samoe-v4', '--zone=us-central2-b', '--project=proj', '--dry-run']
+
+
+def dry_run(*args: str) -> list[list[str]]:
+  done = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60,
+                        check=False, env={'PATH': '/nonexistent'})   # no gcloud reachable: a dry run needs none
+  assert done.returncode == 0, done.stderr
+  return [shlex.split(line) for line in done.stdout.splitlines()]
+
+
+def test_create_single_host_pod_and_queued_spot():
+  (cmd,) = dry_run('create', *BASE, '--accelerator=v4-8')
+  assert cmd[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'create', 'samoe-v4']
+  assert {'--zone=us-central2-b', '--project=proj', '--accelerator-type=v4-8',
+          '--version=tpu-ubuntu2204-base'} <= set(cmd)
+  (cmd,) = dry_run('create', *BASE, '--accelerator=v4-32', '--queued', '--spot')
+  assert cmd[:5] == ['gcloud', 'compute', 'tpus', 'queued-resources', 'create']
+  assert {'--node-id=samoe-v4', '--accelerator-type=v4-32', '--runtime-version=tpu-ubuntu2204-base',
+          '--spot'} <= set(cmd)
+
+
+def test_copy_setup_run_logs_delete():
+  mkdir, scp = dry_run('copy', *BASE, '--source=/src')
+  assert '--worker=all' in mkdir and scp[:5] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'scp']
+  assert '/src/samoe_jax' in scp and 'samoe-v4:~/samoe-jax/' in scp and '--worker=all' in scp
+  (clone,) = dry_run('copy', *BASE, '--git_url=https://example.invalid/samoe-jax.git')
+  assert 'git clone --depth=1 https://example.invalid/samoe-jax.git ~/samoe-jax' in clone[-1]
+  (setup,) = dry_run('setup', *BASE)
+  assert '--worker=all' in setup and 'pip install -q "jax[tpu]==0.10.2"' in setup[-1]
+  (run,) = dry_run('run', *BASE, '--config=configs/gpt3_350m_samoe.py', '--workdir=gs://b/r', '--',
+                   '--config.pool.size=4')
+  assert '--worker=all' in run
+  assert ('samoe_jax.train --config=configs/gpt3_350m_samoe.py --workdir=gs://b/r --config.pool.size=4'
+          in run[-1])
+  (logs,) = dry_run('logs', *BASE)
+  assert '--worker=0' in logs and 'tail -n 100 -f ~/train.log' in logs[-1]
+  (delete,) = dry_run('delete', *BASE)
+  assert delete[:6] == ['gcloud', 'compute', 'tpus', 'tpu-vm', 'delete', 'samoe-v4'] and '--quiet' in delete
+
+
+def test_run_refuses_a_local_workdir_and_help_works():
+  done = subprocess.run([sys.executable, str(SCRIPT), 'run', *BASE, '--config=c.py', '--workdir=/tmp/x'],
+                        capture_output=True, text=True, timeout=60, check=False)
+  assert done.returncode != 0 and "--workdir='/tmp/x': use a gs:// path" in done.stderr
+  for sub in ('create', 'copy', 'setup', 'run', 'logs', 'delete'):
+    helped = subprocess.run([sys.executable, str(SCRIPT), sub, '--help'], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert helped.returncode == 0 and '--dry-run' in helped.stdout
