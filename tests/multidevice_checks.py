@@ -5,7 +5,7 @@
 For the dense, standard-MoE and SaMoE variants of a tiny config, one real train step (AdamW, clipping, donated
 state) on meshes (data, expert, model) = 8x1x1, 2x4x1, 1x4x2 and 1x8x1 is compared with the same step on one
 device; it also records the parameter / optimizer-state shardings, the collectives of the compiled step, and the
-per-device bytes of the expert pool. Results go to OUT.json; the assertions live in the pytest file.
+per-device bytes of the expert pool; and a checkpoint saved on 2x4x1 is restored onto 1x8x1 and onto 4 devices. Results go to OUT.json; the assertions live in the pytest file.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import re
 import sys
+import tempfile
 
 import jax
 import numpy as np
@@ -24,6 +25,7 @@ from samoe_jax.sharding.mesh import make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
+from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.step import make_train_step
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 4, 2), (1, 8, 1))
@@ -90,6 +92,51 @@ def one_step(config, devices) -> dict:
   }
 
 
+def restore_across_meshes(workdir: str) -> dict:
+  """Trains 2 steps of SaMoE on 2x4x1, checkpoints, takes a 3rd step; restores that checkpoint onto 1x8x1 (8
+  devices) and onto 1x4x1 (4 devices) and takes the 3rd step there. Returns the 3rd-step losses and the largest
+  parameter difference right after each restore."""
+  devices = jax.devices()
+
+  def build(mesh, devs):
+    config = tiny('samoe', mesh)
+    model = LanguageModel(config)
+    partitioner = Partitioner(make_mesh(config.mesh, devs))
+    axes = model.param_logical_axes()
+    optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
+    abstract = state_lib.abstract_state(model, optimizer)
+    shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
+    step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
+    return config, model, partitioner, optimizer, abstract, shardings, step_fn
+
+  config, model, partitioner, optimizer, abstract, shardings, step_fn = build((2, 4, 1), devices)
+  checkpointer = Checkpointer(workdir, config.train)
+  with partitioner.activate():
+    state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
+        jax.random.key(0))
+    data = partitioner.shard_batch(batch(config))
+    for _ in range(2):
+      state, _ = step_fn(state, data, jax.random.key(1))
+    checkpointer.save(2, state, {'epoch': 0}, run_meta(config, abstract.params))
+    checkpointer.wait()
+    saved_params = jax.tree.map(np.asarray, jax.device_get(state.params))
+    _, metrics = step_fn(state, data, jax.random.key(1))
+    out = {'2x4x1': float(metrics['loss'])}
+  checkpointer.close()
+  for name, mesh, devs in (('1x8x1', (1, 8, 1), devices), ('1x4x1', (1, 4, 1), devices[:4])):
+    config, model, partitioner, optimizer, abstract, shardings, step_fn = build(mesh, devs)
+    checkpointer = Checkpointer(workdir, config.train)
+    with partitioner.activate():
+      restored, _, _ = checkpointer.restore(2, state_lib.with_shardings(abstract, shardings))
+      out[f'{name}_restored_params_max_abs_diff'] = max(jax.tree.leaves(jax.tree.map(
+          lambda a, b: float(np.max(np.abs(np.asarray(a) - b))), jax.device_get(restored.params), saved_params)))
+      out[f'{name}_pool_spec'] = str(restored.params['expert_pool']['w_in'].sharding.spec)
+      _, metrics = step_fn(restored, partitioner.shard_batch(batch(config)), jax.random.key(1))
+      out[name] = float(metrics['loss'])
+    checkpointer.close()
+  return out
+
+
 def max_rel_diff(a, b) -> float:
   diffs = jax.tree.map(lambda x, y: float(np.max(np.abs(x - y)) / (np.max(np.abs(y)) + 1e-12)), a, b)
   return max(jax.tree.leaves(diffs))
@@ -114,6 +161,9 @@ def main(out_path: str) -> None:
           'reference_pool_bytes': sum(reference['pool_bytes_per_device'].values()),
       }
       print(kind, mesh, 'loss', got['loss'], reference['loss'], 'collectives', got['collectives'], flush=True)
+  with tempfile.TemporaryDirectory() as workdir:
+    results['restore'] = restore_across_meshes(workdir)
+  print('restore', results['restore'], flush=True)
   with open(out_path, 'w') as f:
     json.dump(results, f, indent=1, sort_keys=True)
 

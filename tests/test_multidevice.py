@@ -81,3 +81,12 @@ def test_expert_pool_memory_per_device_falls_with_the_expert_axis(results, kind,
 def test_dense_model_has_no_all_to_all(results):
   for mesh in MESHES:
     assert results[f'dense/{mesh}']['collectives']['all-to-all'] == 0
+
+
+def test_checkpoint_restores_onto_other_meshes_and_training_continues(results):
+  """Saved on 2x4x1 (8 devices), restored onto 1x8x1 and onto 4 devices: same parameters, same next step."""
+  r = results['restore']
+  for target in ('1x8x1', '1x4x1'):
+    assert r[f'{target}_restored_params_max_abs_diff'] == 0.0
+    assert r[f'{target}_pool_spec'] == "P(None, 'expert', None, 'model')"
+    assert abs(r[target] - r['2x4x1']) < 1e-5
