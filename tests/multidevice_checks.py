@@ -56,8 +56,8 @@ def batch(config) -> dict[str, np.ndarray]:
           'decoder_loss_weights': weights}
 
 
-def one_step(config, devices) -> dict:
-  """Runs one train step on a mesh over `devices`; returns host copies of its results and what it compiled to."""
+def build(config, devices):
+  """(model, partitioner, optimizer, abstract state, state shardings, jitted train step) on a mesh over devices."""
   model = LanguageModel(config)
   partitioner = Partitioner(make_mesh(config.mesh, devices))
   axes = model.param_logical_axes()
@@ -65,9 +65,18 @@ def one_step(config, devices) -> dict:
   abstract = state_lib.abstract_state(model, optimizer)
   shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
   step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
+  return model, partitioner, optimizer, abstract, shardings, step_fn
+
+
+def init(model, optimizer, shardings):
+  return jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(jax.random.key(0))
+
+
+def one_step(config, devices) -> dict:
+  """Runs one train step on a mesh over `devices`; returns host copies of its results and what it compiled to."""
+  model, partitioner, optimizer, abstract, shardings, step_fn = build(config, devices)
   with partitioner.activate():
-    state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
-        jax.random.key(0))
+    state = init(model, optimizer, shardings)
     pool_shards = ({str(s.device): s.data.nbytes for s in state.params['expert_pool']['w_in'].addressable_shards}
                    if 'expert_pool' in state.params else {})
     data = partitioner.shard_batch(batch(config))
@@ -97,23 +106,11 @@ def restore_across_meshes(workdir: str) -> dict:
   devices) and onto 1x4x1 (4 devices) and takes the 3rd step there. Returns the 3rd-step losses and the largest
   parameter difference right after each restore."""
   devices = jax.devices()
-
-  def build(mesh, devs):
-    config = tiny('samoe', mesh)
-    model = LanguageModel(config)
-    partitioner = Partitioner(make_mesh(config.mesh, devs))
-    axes = model.param_logical_axes()
-    optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
-    abstract = state_lib.abstract_state(model, optimizer)
-    shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
-    step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
-    return config, model, partitioner, optimizer, abstract, shardings, step_fn
-
-  config, model, partitioner, optimizer, abstract, shardings, step_fn = build((2, 4, 1), devices)
+  config = tiny('samoe', (2, 4, 1))
+  model, partitioner, optimizer, abstract, shardings, step_fn = build(config, devices)
   checkpointer = Checkpointer(workdir, config.train)
   with partitioner.activate():
-    state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
-        jax.random.key(0))
+    state = init(model, optimizer, shardings)
     data = partitioner.shard_batch(batch(config))
     for _ in range(2):
       state, _ = step_fn(state, data, jax.random.key(1))
@@ -124,7 +121,8 @@ def restore_across_meshes(workdir: str) -> dict:
     out = {'2x4x1': float(metrics['loss'])}
   checkpointer.close()
   for name, mesh, devs in (('1x8x1', (1, 8, 1), devices), ('1x4x1', (1, 4, 1), devices[:4])):
-    config, model, partitioner, optimizer, abstract, shardings, step_fn = build(mesh, devs)
+    config = tiny('samoe', mesh)
+    model, partitioner, optimizer, abstract, shardings, step_fn = build(config, devs)
     checkpointer = Checkpointer(workdir, config.train)
     with partitioner.activate():
       restored, _, _ = checkpointer.restore(2, state_lib.with_shardings(abstract, shardings))

@@ -12,21 +12,13 @@ import sys
 
 import pytest
 
+from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
 from samoe_jax.training import distributed
 from samoe_jax.training.metrics_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = '''
-import importlib.util
-def get_config():
-  spec = importlib.util.spec_from_file_location('configs_test_tiny', {path!r})
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update_from_flattened_dict({{'train.steps': 4, 'train.log_every': 1, 'train.eval_every': 2,
-                                      'train.checkpoint_every': 2, 'data.batch_size': 8}})
-  return config
-'''
+OVERRIDES = {'train.steps': 4, 'train.log_every': 1, 'train.eval_every': 2, 'train.checkpoint_every': 2,
+             'data.batch_size': 8}
 
 
 def _free_port() -> int:
@@ -41,8 +33,7 @@ def _env(devices: int) -> dict[str, str]:
 
 
 def test_two_processes_train_like_one(tmp_path):
-  config_file = tmp_path / 'tiny.py'
-  config_file.write_text(CONFIG.format(path=str(ROOT / 'configs' / 'test_tiny.py')))
+  config_file = write_tiny_config(tmp_path / 'tiny.py', OVERRIDES)
   base = [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}']
   single = subprocess.run(base + [f'--workdir={tmp_path / "single"}'], cwd=ROOT, env=_env(4), capture_output=True,
                           text=True, timeout=300, check=False)

@@ -9,20 +9,12 @@ import subprocess
 import sys
 import time
 
+from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
 from samoe_jax.training.metrics_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-CONFIG = '''
-import importlib.util
-def get_config():
-  spec = importlib.util.spec_from_file_location('configs_test_tiny', {path!r})
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update_from_flattened_dict({{'train.steps': 100000, 'train.decay_steps': 100000, 'train.log_every': 1,
-                                      'train.eval_every': 0, 'train.checkpoint_every': 50000}})
-  return config
-'''
+OVERRIDES = {'train.steps': 100000, 'train.decay_steps': 100000, 'train.log_every': 1, 'train.eval_every': 0,
+             'train.checkpoint_every': 50000}
 
 
 def _command(config_file, workdir, *extra):
@@ -30,8 +22,7 @@ def _command(config_file, workdir, *extra):
 
 
 def test_sigterm_saves_a_checkpoint_exits_and_the_next_start_resumes(tmp_path):
-  config_file = tmp_path / 'long.py'
-  config_file.write_text(CONFIG.format(path=str(ROOT / 'configs' / 'test_tiny.py')))
+  config_file = write_tiny_config(tmp_path / 'long.py', OVERRIDES)
   workdir = tmp_path / 'run'
   env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   proc = subprocess.Popen(_command(config_file, workdir), cwd=ROOT, env=env, stdout=subprocess.PIPE,

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 import pytest
 
+from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
 from samoe_jax import report
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.training import loop
@@ -34,20 +35,10 @@ OVERRIDES = {
     'train.log_every': 1, 'train.eval_every': 3, 'train.eval_batches': 2, 'train.checkpoint_every': 2,
     'train.keep_checkpoints': 2, 'train.async_checkpoint': True,
 }
-CONFIG_FILE = '''
-import importlib.util
-def get_config():
-  spec = importlib.util.spec_from_file_location('configs_test_tiny', {path!r})
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  config = module.get_config()
-  config.update_from_flattened_dict({overrides!r})
-  return config
-'''
 
 
 def tiny_config(**overrides):
-  """configs/test_tiny.py with OVERRIDES and `overrides` (dotted keys), as CONFIG_FILE builds it."""
+  """configs/test_tiny.py with OVERRIDES and `overrides` (dotted keys), as write_tiny_config builds it."""
   spec = importlib.util.spec_from_file_location('configs_test_tiny', ROOT / 'configs' / 'test_tiny.py')
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
@@ -199,8 +190,7 @@ def test_report_figures(runs, tmp_path):
 
 def test_command_line_rerun_evaluates_and_reports(runs, tmp_path):
   """`python -m samoe_jax.train` on a finished workdir evaluates only and rewrites the report; unknown keys fail."""
-  config_file = tmp_path / 'tiny.py'
-  config_file.write_text(CONFIG_FILE.format(path=str(ROOT / 'configs' / 'test_tiny.py'), overrides=OVERRIDES))
+  config_file = write_tiny_config(tmp_path / 'tiny.py', OVERRIDES)
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
   report_md = pathlib.Path(runs['full']) / 'report.md'
   report_md.unlink(missing_ok=True)
