@@ -59,3 +59,28 @@ def test_run_refuses_a_local_workdir_and_help_works():
     helped = subprocess.run([sys.executable, str(SCRIPT), sub, '--help'], capture_output=True, text=True,
                             timeout=60, check=False)
     assert helped.returncode == 0 and '--dry-run' in helped.stdout
+
+
+GPU_SCRIPT = ROOT / 'launch' / 'gpu_node.py'
+
+
+def test_gpu_node_dry_run_prints_setup_and_run_with_flags():
+  setup = subprocess.run([sys.executable, str(GPU_SCRIPT), 'setup', '--dry-run'], capture_output=True, text=True,
+                         timeout=60, check=False)
+  assert setup.returncode == 0, setup.stderr
+  lines = setup.stdout.splitlines()
+  assert any('pip install -q -r requirements.txt' in l for l in lines)
+  assert any("pip install -q 'jax[cuda12]==0.10.2'" in l for l in lines)
+  run = subprocess.run([sys.executable, str(GPU_SCRIPT), 'run', '--dry-run', '--config=configs/gpt3_350m_samoe.py',
+                        '--workdir=/data/r', '--expert=8', '--', '--config.pool.size=4'],
+                       capture_output=True, text=True, timeout=60, check=False)
+  assert run.returncode == 0, run.stderr
+  (line,) = run.stdout.splitlines()
+  words = shlex.split(line)
+  assert 'XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true' in words
+  assert words[words.index('-m') + 1] == 'samoe_jax.train'
+  assert {'--config=configs/gpt3_350m_samoe.py', '--workdir=/data/r', '--config.mesh.data=-1',
+          '--config.mesh.expert=8', '--config.pool.size=4'} <= set(words)
+  bad = subprocess.run([sys.executable, str(GPU_SCRIPT), 'run', '--dry-run', '--config=c.py', '--workdir=w',
+                        '--expert=0'], capture_output=True, text=True, timeout=60, check=False)
+  assert bad.returncode != 0 and '--expert=0: must be >= 1' in bad.stderr
