@@ -1,0 +1,206 @@
+"""Recommended mesh and batch settings for a config on a TPU slice or a GPU node, from a memory model.
+
+  python -m samoe_jax.mesh_plan --config=configs/gpt3_1p3b_moe128.py --hardware=tpu-v5p --devices=64
+  python -m samoe_jax.mesh_plan --readme        # the README table: paper-scale configs x TPU v4/v5e/v5p, 8xH100
+
+How a mesh (data, expert, model) is chosen, in order:
+  expert  = gcd(num_experts, devices / model): every expert lives on one expert shard, so expert weights, their gradients
+            and Adam moments are never replicated (no gradient all-reduce over expert weights, only the dispatch
+            all-to-all), as DeepSpeed-MoE and GShard place experts.
+  model   = the smallest power of two (dividing heads, d_ff and the vocabulary) with which the per-device
+            memory below fits in 90 % of the chip's HBM; tensor parallelism costs all-reduces on every layer, so
+            it is used only when memory needs it.
+  data    = the remaining devices. The global batch is split over data x expert (rows per device); when the
+            activations of those rows do not fit, the plan says how many gradient-accumulation microbatches
+            would be needed (the trainer has no accumulation yet: use a bigger slice or a smaller
+            data.batch_size).
+
+Per-device memory (an estimate, before XLA's own buffers; check with the compiled step's memory analysis):
+  state        (4 param + 4 + 4 Adam moments + 4 gradient) bytes per float32 parameter, + 2 for the bfloat16
+               compute copy when model.dtype is bfloat16; expert arrays divided by expert x model, the
+               model-sharded non-expert arrays (embedding, attention and dense FFN kernels) by model.
+  mixed        SaMoE with learned weight-space mixing materializes each MoE layer's local experts once per step
+               (compute dtype, plus their float32 gradient).
+  activations  per layer and sequence, Korthikanti et al. 2022 (arXiv:2205.05198) without recomputation:
+               s*h*(10 + 24/t) + 5*a*s^2/t bytes in 16-bit (x2 for float32), s = seq_len, h = d_model,
+               a = heads, t = model; an MoE layer's FFN share (19*s*h) scales with top_k x capacity factor, plus
+               its dispatch and combine buffers.
+Step time is the train FLOPs (samoe_jax.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from typing import Sequence
+
+import ml_collections
+
+from samoe_jax import accounting
+
+GIB = 1024 ** 3
+HEADROOM = 0.9        # fraction of HBM the plan may use
+ASSUMED_MFU = 0.4
+
+
+@dataclasses.dataclass(frozen=True)
+class Hardware:
+  name: str
+  hbm_bytes: float      # per device
+  peak_flops: float     # dense bfloat16 per device
+  device_word: str
+
+
+HARDWARE = {
+    'tpu-v4': Hardware('TPU v4', 32 * GIB, 275e12, 'chips'),
+    'tpu-v5e': Hardware('TPU v5e', 16 * GIB, 197e12, 'chips'),
+    'tpu-v5p': Hardware('TPU v5p', 95 * GIB, 459e12, 'chips'),
+    'h100': Hardware('H100 SXM 80GB', 80e9, 989e12, 'GPUs'),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """One mesh choice and its per-device memory (bytes) and time estimates."""
+  data: int
+  expert: int
+  model: int
+  rows_per_device: int
+  microbatches: int
+  state_bytes: float
+  mixed_bytes: float
+  activation_bytes: float      # for one microbatch
+  step_seconds: float
+  fits: bool
+
+  @property
+  def total_bytes(self) -> float:
+    return self.state_bytes + self.mixed_bytes + self.activation_bytes
+
+
+def _split_non_expert(s: accounting.Sizes) -> tuple[int, int]:
+  """(model-sharded, replicated) non-expert parameter counts (see samoe_jax/sharding/rules.py)."""
+  d = s.d_model
+  sharded = s.vocab * d * (1 if s.tied else 2) + s.num_layers * (4 * d * d + 3 * d)
+  sharded += s.num_dense * (2 * d * s.d_ff + s.d_ff)
+  replicated = s.max_len * d + 2 * d + s.num_layers * (4 * d + d) + s.num_dense * d
+  return sharded, replicated
+
+
+def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int) -> float:
+  """Saved activations of one sequence through the whole network (module docstring), bytes."""
+  s = accounting.resolve(config)
+  seq, h, a = s.seq_len, s.d_model, s.num_heads
+  word = 2 if config.model.dtype == 'bfloat16' else 4
+  dense_layer = seq * h * (10 + 24 / model) + 5 * a * seq * seq / model
+  moe_factor = s.top_k * config.moe.capacity_factor_train
+  ffn_share = 19 * seq * h / model
+  moe_layer = dense_layer + ffn_share * (moe_factor - 1) + 2 * moe_factor * seq * h
+  return (s.num_dense * dense_layer + s.num_moe * moe_layer) * word / 2
+
+
+def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: int, model: int) -> Plan | None:
+  """The plan with a given model-axis size, or None when the sizes do not divide."""
+  s = accounting.resolve(config)
+  experts = s.num_experts if s.num_moe else 1
+  if devices % model:
+    return None
+  expert = math.gcd(experts, devices // model)
+  if s.num_heads % model or s.d_ff % model or s.vocab % model:
+    return None
+  data = devices // (expert * model)
+  batch_shards = data * expert
+  if config.data.batch_size % batch_shards:
+    return None
+  counts = accounting.param_counts(config)
+  sharded, replicated = _split_non_expert(s)
+  per_param = 16 + (2 if config.model.dtype == 'bfloat16' else 0)
+  expert_out_bias = s.pool_size * s.num_experts * s.d_model if s.num_moe else 0    # [P, E, D]: not over model
+  expert_params = ((counts['expert_pool'] - expert_out_bias) / model + expert_out_bias) / expert
+  state = per_param * (sharded / model + replicated + expert_params + counts['routers'] + counts['mixing_logits'])
+  compute_word = 2 if config.model.dtype == 'bfloat16' else 4
+  mixed = 0.0
+  if s.learned and s.space == 'weight':
+    mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
+  rows = config.data.batch_size // batch_shards
+  per_row = activation_bytes_per_row(config, model)
+  budget = HEADROOM * hardware.hbm_bytes - state - mixed
+  microbatches = next((m for m in range(1, rows + 1) if rows % m == 0 and per_row * rows / m <= budget), rows)
+  activations = per_row * rows / microbatches
+  fits = state + mixed + activations <= HEADROOM * hardware.hbm_bytes
+  step = accounting.flops_per_step(config)['train'] / (devices * hardware.peak_flops * ASSUMED_MFU)
+  return Plan(data, expert, model, rows, microbatches, state, mixed, activations, step, fits)
+
+
+def recommend(config: ml_collections.ConfigDict, hardware: Hardware, devices: int) -> Plan:
+  """The smallest model axis that fits without accumulation, else the one needing the fewest microbatches."""
+  plans = [p for t in (1, 2, 4, 8, 16) if (p := plan_mesh(config, hardware, devices, t)) is not None]
+  if not plans:
+    raise ValueError(f'no (data, expert, model) mesh of {devices} devices divides data.batch_size='
+                     f'{config.data.batch_size}, moe.num_experts={config.moe.num_experts} and the model widths')
+  good = [p for p in plans if p.fits and p.microbatches == 1]
+  if good:
+    return good[0]
+  fitting = [p for p in plans if p.fits] or plans
+  return min(fitting, key=lambda p: (p.microbatches, p.model))
+
+
+def plan_row(label: str, config: ml_collections.ConfigDict, hw_key: str, devices: int) -> str:
+  hw = HARDWARE[hw_key]
+  p = recommend(config, hw, devices)
+  accumulate = '1' if p.microbatches == 1 else f'**{p.microbatches}**'
+  memory = f'{p.total_bytes / GIB:.1f}' + ('' if p.fits else ' (does not fit)')
+  return (f'| {label} | {devices} {hw.name} {hw.device_word} | {p.data} x {p.expert} x {p.model} | '
+          f'{p.rows_per_device} | {accumulate} | {p.state_bytes / GIB:.1f} + {p.mixed_bytes / GIB:.1f} + '
+          f'{p.activation_bytes / GIB:.1f} | {memory} | {p.step_seconds:.2f} |')
+
+
+README_CONFIGS = (('350M+MoE-128', '350m', 'moe128'), ('350M SaMoE P=2', '350m', 'samoe'),
+                  ('1.3B+MoE-128', '1p3b', 'moe128'), ('1.3B SaMoE P=2', '1p3b', 'samoe'))
+README_SLICES = (('tpu-v4', 64), ('tpu-v5e', 64), ('tpu-v5p', 64), ('h100', 8))
+
+
+def readme_table() -> str:
+  """The README's table: every paper-scale config on 64-chip TPU v4/v5e/v5p slices and one 8xH100 node."""
+  from samoe_jax.config.presets import gpt3  # pylint: disable=g-import-not-at-top
+  lines = ['| config | slice | mesh data x expert x model | sequences per device | accumulation | '
+           'GiB/device: state + mixed + activations | GiB total | step s at 40 % MFU |',
+           '|---|---|---|---:|---:|---|---:|---:|']
+  for label, base, kind in README_CONFIGS:
+    config = gpt3(base, kind)
+    for hw_key, devices in README_SLICES:
+      lines.append(plan_row(label, config, hw_key, devices))
+  return '\n'.join(lines)
+
+
+def main(argv: Sequence[str]) -> None:
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    sys.exit(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  if f.readme:
+    print(readme_table())
+  elif f.config is None:
+    sys.exit('give --config=FILE (with --hardware and --devices), or --readme')
+  elif f.devices < 1:
+    sys.exit(f'--devices={f.devices} must be >= 1')
+  else:
+    try:
+      print(plan_row('config', f.config, f.hardware, f.devices))
+    except ValueError as err:
+      sys.exit(str(err))
+
+
+def run() -> None:
+  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+  config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).')
+  flags.DEFINE_enum('hardware', 'tpu-v5p', sorted(HARDWARE), 'Device kind.')
+  flags.DEFINE_integer('devices', 64, 'Devices in the slice or node (chips / GPUs).')
+  flags.DEFINE_bool('readme', False, 'Print the README table of recommended settings and exit.')
+  app.run(main)
+
+
+if __name__ == '__main__':
+  run()

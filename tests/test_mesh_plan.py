@@ -1,0 +1,78 @@
+"""samoe_jax.mesh_plan: the per-device memory model against the real sharding rules, and the mesh choice."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+
+import jax
+import pytest
+
+from samoe_jax import mesh_plan
+from samoe_jax.config.presets import gpt3, tiny
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.rules import mesh_axes_of
+
+
+def per_device_params(config, sizes: dict[str, int]) -> float:
+  """Parameters one device stores under the rules table: each leaf's size over its sharded mesh axes."""
+  model = LanguageModel(config)
+  shapes = jax.tree.leaves(model.abstract_params())
+  specs = jax.tree.leaves(model.param_logical_axes(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
+  total = 0.0
+  for shape, names in zip(shapes, specs):
+    divisor = 1
+    for axes in mesh_axes_of(tuple(names)):
+      for axis in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
+        divisor *= sizes[axis]
+    total += math.prod(shape.shape) / divisor
+  return total
+
+
+@pytest.mark.parametrize('kind', ['dense', 'moe', 'samoe'])
+@pytest.mark.parametrize('model_axis', [1, 2, 4])
+def test_state_bytes_follow_the_rules_table(kind, model_axis):
+  config = tiny(kind)
+  plan = mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 16, model_axis)
+  expected_params = per_device_params(config, {'data': plan.data, 'expert': plan.expert, 'model': model_axis})
+  assert plan.state_bytes == pytest.approx(16 * expected_params, rel=1e-9)   # float32 params + 2 Adam + grad
+  assert plan.data * plan.expert * plan.model == 16
+  assert plan.expert == (math.gcd(8, 16 // model_axis) if kind != 'dense' else 1)   # 8 experts
+
+
+def test_expert_axis_and_rows():
+  config = gpt3('350m', 'moe128')               # 128 experts, batch 256
+  plan = mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 64, 1)
+  assert (plan.data, plan.expert, plan.model) == (1, 64, 1)
+  assert plan.rows_per_device == 256 // 64
+  assert mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 64, 3) is None      # 3 does not divide 64
+
+
+def test_activation_formula_by_hand():
+  config = tiny('dense')                        # 4 layers, seq 128, d 128, 4 heads, float32
+  per_layer_16bit = 128 * 128 * (10 + 24) + 5 * 4 * 128 * 128
+  assert mesh_plan.activation_bytes_per_row(config, 1) == pytest.approx(4 * per_layer_16bit * 2)
+
+
+def test_recommend_uses_tensor_parallelism_only_when_memory_needs_it():
+  config = gpt3('1p3b', 'samoe')
+  big = mesh_plan.recommend(config, mesh_plan.HARDWARE['tpu-v5p'], 64)
+  small = mesh_plan.recommend(config, mesh_plan.HARDWARE['tpu-v5e'], 64)
+  assert big.model == 1 and big.fits
+  assert small.model > 1 and small.fits
+  assert small.total_bytes <= mesh_plan.HEADROOM * mesh_plan.HARDWARE['tpu-v5e'].hbm_bytes
+
+
+def test_no_mesh_divides_is_a_clear_error():
+  config = tiny('moe')
+  config.data.batch_size = 3
+  with pytest.raises(ValueError, match='data.batch_size=3'):
+    mesh_plan.recommend(config, mesh_plan.HARDWARE['h100'], 8)
+
+
+def test_cli_prints_the_readme_table():
+  out = subprocess.run([sys.executable, '-m', 'samoe_jax.mesh_plan', '--readme'], capture_output=True, text=True,
+                       check=True).stdout
+  rows = [line for line in out.splitlines() if line.startswith('| ') and not line.startswith('| config')]
+  assert len(rows) == len(mesh_plan.README_CONFIGS) * len(mesh_plan.README_SLICES)
