@@ -2,6 +2,8 @@
 
   python -m samoe_jax.train --config=configs/tiny_samoe.py --workdir=runs/tiny_samoe \
       [--config.train.steps=1000 --config.pool.size=4 ...]
+  python -m samoe_jax.train --gin_file=configs/gin/tiny_samoe.gin --workdir=runs/tiny_samoe \
+      [--gin.samoe.train.steps=1000 --gin.POOL_SIZE=4 ...]     (gin front end: samoe_jax/config/gin_config.py)
 
 The config is locked: an override of a key that does not exist is an error. Rerunning with the same workdir
 resumes from its latest checkpoint (see docs/training.md). At the end, report.md, loss_curves.png and
@@ -14,7 +16,7 @@ import functools
 import logging as std_logging
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -31,6 +33,27 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
 
+def resolve_config(config_flag: flags.FlagHolder) -> Any:
+  """The run's ConfigDict from --config (ml-collections) or --gin_file/--gin_bindings (gin); exactly one."""
+  gin_files, gin_bindings = flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings or []
+  if config_flag.value is not None and (gin_files or gin_bindings):
+    raise ValueError('give either --config=FILE or --gin_file=FILE (with --gin.KEY=VALUE bindings), not both')
+  if config_flag.value is not None:
+    return config_flag.value
+  if not gin_files:
+    raise ValueError('give --config=FILE (e.g. configs/tiny_samoe.py) or --gin_file=FILE (e.g. '
+                     'configs/gin/tiny_samoe.gin)')
+  from samoe_jax.config import gin_config  # pylint: disable=g-import-not-at-top
+  return gin_config.config_from_gin(gin_files, gin_bindings)
+
+
+def _write_gin_config(workdir: str) -> None:
+  if flags.FLAGS.gin_file:
+    from samoe_jax.config import gin_config  # pylint: disable=g-import-not-at-top
+    with open(os.path.join(workdir, 'config.gin'), 'w') as f:
+      f.write(gin_config.operative_config())
+
+
 def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
@@ -41,13 +64,15 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
   workdir = workdir_flag.value
   try:
-    validate_config(config_flag.value)
+    config = resolve_config(config_flag)
+    validate_config(config)
     distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   except ValueError as err:   # a bad config or process layout is the user's input: the message, no traceback
     sys.exit(f'samoe_jax.train: {err}')
-  final = loop.train(config_flag.value, workdir)
+  final = loop.train(config, workdir)
   if jax.process_index() != 0:   # only process 0 writes the report
     return
+  _write_gin_config(workdir)
   path = report.write_report(workdir)
   logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),
                final.get('eval/perplexity'), path)
@@ -57,12 +82,16 @@ def main() -> None:
   """Console-script entry point. Flags are defined here, not at import, so importing this module is harmless."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
                                                 lock_config=True)
+  flags.DEFINE_multi_string('gin_file', None, 'gin front end instead of --config: gin files, e.g. '
+                            'configs/gin/tiny_samoe.gin.')
+  flags.DEFINE_multi_string('gin_bindings', None, 'gin bindings; --gin.KEY=VALUE is shorthand for these.')
   workdir_flag = flags.DEFINE_string('workdir', None, 'Run directory: config, metrics, TensorBoard, checkpoints.')
   flags.DEFINE_string('coordinator_address', '', 'Multi-process runs without a scheduler: host:port of process 0.')
   flags.DEFINE_integer('num_processes', 0, 'Multi-process runs without a scheduler: the number of processes.')
   flags.DEFINE_integer('process_id', -1, 'Multi-process runs without a scheduler: this process, 0-based.')
-  flags.mark_flags_as_required(['config', 'workdir'])
-  app.run(functools.partial(_run, config_flag, workdir_flag))
+  flags.mark_flags_as_required(['workdir'])
+  from samoe_jax.config.gin_config import rewrite_gin_args  # pylint: disable=g-import-not-at-top
+  app.run(functools.partial(_run, config_flag, workdir_flag), argv=rewrite_gin_args(sys.argv))
 
 
 if __name__ == '__main__':
