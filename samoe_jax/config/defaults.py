@@ -36,6 +36,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # 'first_half', 'second_half', or an explicit pattern such as 'DMDM' (one letter per block, D=dense, M=MoE).
   c.model.layer_plan = 'every_other'
   c.model.tie_embeddings = True
+  # Activation rematerialisation (samoe_jax/models/remat.py): 'none', 'block' (each block keeps only its inputs and
+  # is recomputed in the backward pass: ~1/3 more compute, far less activation memory) or 'dots' (keep matmuls).
+  c.model.remat = 'none'
 
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8

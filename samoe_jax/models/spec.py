@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
+from samoe_jax.models.remat import check_remat
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -45,6 +46,7 @@ class ModelSpec:
   one_hot_scale: float
   lb_loss_coef: float
   z_loss_coef: float
+  remat: str = 'none'                  # activation rematerialisation per block: 'none' | 'block' | 'dots' (remat.py)
 
   @property
   def compute_dtype(self):
@@ -70,4 +72,5 @@ class ModelSpec:
         expert_d_ff=moe.expert_d_ff or m.d_ff, dispatch=moe.dispatch,
         slot_priority=moe.slot_priority, pool_size=pool.size, mixing=pool.mixing,
         granularity=pool.granularity, space=pool.space, temperature=pool.temperature, mixing_init=pool.init,
-        one_hot_scale=pool.one_hot_scale, lb_loss_coef=moe.lb_loss_coef, z_loss_coef=moe.z_loss_coef)
+        one_hot_scale=pool.one_hot_scale, lb_loss_coef=moe.lb_loss_coef, z_loss_coef=moe.z_loss_coef,
+        remat=check_remat(m.get('remat', 'none')))

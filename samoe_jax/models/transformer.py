@@ -21,6 +21,7 @@ from samoe_jax.layers.attention import CausalSelfAttention
 from samoe_jax.layers.experts import ExpertPool, ExpertWeights, MixingLogits, mix_all_layers
 from samoe_jax.layers.mlp import DenseFFN, LayerNorm
 from samoe_jax.layers.moe import MoeFFN
+from samoe_jax.models.remat import remat_module
 from samoe_jax.models.spec import ModelSpec
 
 
@@ -47,7 +48,7 @@ class Block(nn.Module):
   spec: ModelSpec
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, experts: LayerExperts | None, token_mask_BL: jax.Array, *,
+  def __call__(self, x_BLD: jax.Array, experts: LayerExperts | None, token_mask_BL: jax.Array,
                train: bool) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     spec = self.spec
     dropout = nn.Dropout(spec.dropout_rate, deterministic=not train or spec.dropout_rate == 0)
@@ -92,7 +93,8 @@ class Decoder(nn.Module):
       if spec.mixing == 'learned':
         self.mixing_logits = MixingLogits(len(spec.moe_layers), spec.pool_size, spec.num_experts, spec.granularity,
                                           spec.temperature, spec.mixing_init, spec.pool_entry, spec.one_hot_scale)
-    self.blocks = [Block(spec, name=f'block_{i}') for i in range(spec.num_layers)]
+    block_cls = remat_module(Block, spec.remat, static_argnums=(4,))   # model.remat; `train` (arg 4) is static
+    self.blocks = [block_cls(spec, name=f'block_{i}') for i in range(spec.num_layers)]
     self.final_norm = LayerNorm(dtype=spec.compute_dtype)
     self.embedding_dropout = nn.Dropout(spec.dropout_rate)
 
@@ -107,7 +109,8 @@ class Decoder(nn.Module):
     layer_experts, weights = self.layer_experts()
     auxes = []
     for i, block in enumerate(self.blocks):
-      x_BLD, aux = block(x_BLD, layer_experts.get(i), token_mask_BL, train=train)
+      # positional: `train` is static under remat
+      x_BLD, aux = block(x_BLD, layer_experts.get(i), token_mask_BL, train)
       if aux is not None:
         auxes.append(aux if weights is None else dict(aux, mixing_weights=weights[len(auxes)]))
     return self.final_norm(x_BLD), auxes
