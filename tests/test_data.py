@@ -156,8 +156,8 @@ def test_bad_task_and_split_errors():
     pipeline.make_train_iterator(cfg(task='nonexistent'))
   with pytest.raises(ValueError, match=r"data.train_split='test'.*'train', 'validation'"):
     pipeline.make_train_iterator(cfg(train_split='test'))
-  with pytest.raises(ValueError, match=r"data.vocabulary='gpt2'"):
-    pipeline.make_train_iterator(cfg(vocabulary='gpt2'))
+  with pytest.raises(ValueError, match=r"data.vocabulary='gpt4'"):
+    pipeline.make_train_iterator(cfg(vocabulary='gpt4'))
   assert tasks.get_task_name(cfg()) == 'shakespeare_tiny_sentencepiece'
   assert tasks.get_task_name(cfg(vocabulary='byte')) == 'shakespeare_tiny_byte'
 

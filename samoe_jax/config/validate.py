@@ -23,6 +23,8 @@ SPACE = ('weight', 'output')
 MIXING_INIT = ('uniform', 'one_hot')
 MESH_AXES = ('data', 'expert', 'model')
 BYTE_VOCAB_SIZE = 259  # seqio.ByteVocabulary: 256 bytes + 3 special ids (pad, eos, unk)
+GPT2_VOCAB_SIZE = 50258  # GPT-2 BPE shifted by one: pad 0, 50256 tokens, <|endoftext|> (data/gpt2_vocabulary.py)
+NAMED_VOCAB_SIZES = {'byte': BYTE_VOCAB_SIZE, 'gpt2': GPT2_VOCAB_SIZE}
 
 
 class _Errors:
@@ -99,10 +101,12 @@ def _check_data(c: ml_collections.ConfigDict, e: _Errors) -> None:
   if d.task == 'tfds_lm' and not d.tfds_name:
     e.add('data.tfds_name', d.tfds_name, "must name a TFDS dataset (e.g. 'c4/en:3.1.0') when data.task='tfds_lm'")
   if not isinstance(d.vocabulary, str) or not d.vocabulary:
-    e.add('data.vocabulary', d.vocabulary, "must be 'sentencepiece', 'byte' or a path to a .model file")
-  if d.vocabulary == 'byte' and _is_int(m.vocab_size) and m.vocab_size < BYTE_VOCAB_SIZE:
+    e.add('data.vocabulary', d.vocabulary,
+          "must be 'sentencepiece', 'byte', 'gpt2' or a path to a .model or .tiktoken file")
+  size = NAMED_VOCAB_SIZES.get(d.vocabulary) if isinstance(d.vocabulary, str) else None
+  if size and _is_int(m.vocab_size) and m.vocab_size < size:
     e.add('model.vocab_size', m.vocab_size,
-          f"must be >= {BYTE_VOCAB_SIZE} (the byte vocabulary's size) when data.vocabulary='byte'")
+          f"must be >= {size} (the {d.vocabulary} vocabulary's size) when data.vocabulary={d.vocabulary!r}")
   e.non_negative('data.shuffle_buffer', d.shuffle_buffer, 'an integer')
 
 

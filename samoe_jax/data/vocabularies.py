@@ -1,4 +1,4 @@
-"""The vocabularies `data.vocabulary` may name: the shipped SentencePiece model, bytes, or a .model file."""
+"""The vocabularies `data.vocabulary` may name: the shipped SentencePiece model, bytes, GPT-2 BPE, or a file."""
 
 from __future__ import annotations
 
@@ -10,19 +10,24 @@ from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before s
 
 import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
 
+from samoe_jax.data import gpt2_vocabulary  # pylint: disable=g-import-not-at-top,wrong-import-order
+
 VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
 SHIPPED_MODEL = os.path.join(VOCAB_DIR, 'shakespeare_sp8k.model')
-NAMED_VOCABULARIES = ('sentencepiece', 'byte')
+SHIPPED_GPT2 = gpt2_vocabulary.GPT2_FILE
+NAMED_VOCABULARIES = ('sentencepiece', 'byte', 'gpt2')
 PAD_ID, EOS_ID, UNK_ID = 0, 1, 2
 
 
 def _allowed() -> str:
-  return f'{", ".join(map(repr, NAMED_VOCABULARIES))}, or a path to an existing SentencePiece .model file'
+  return (f'{", ".join(map(repr, NAMED_VOCABULARIES))}, or a path to an existing SentencePiece .model file or '
+          f'tiktoken BPE .tiktoken file')
 
 
-def _check_model_file(path: str) -> str:
-  if not path.endswith('.model') or not os.path.isfile(path):
-    why = 'does not end in .model' if not path.endswith('.model') else 'does not exist'
+def _check_file(path: str) -> str:
+  known_suffix = path.endswith(('.model', '.tiktoken'))
+  if not known_suffix or not os.path.isfile(path):
+    why = 'does not exist' if known_suffix else 'does not end in .model or .tiktoken'
     raise ValueError(f'data.vocabulary={path!r} is not a known vocabulary ({why}): use {_allowed()}.')
   return os.path.abspath(path)
 
@@ -40,34 +45,47 @@ def _check_layout(vocab: seqio.SentencePieceVocabulary, path: str) -> None:
 def _load(kind: str, path: str) -> seqio.Vocabulary:
   if kind == 'byte':
     return seqio.ByteVocabulary()
+  if kind == 'bpe':  # the shipped file must be GPT-2's (hash-checked); any other .tiktoken file is taken as is
+    return gpt2_vocabulary.Gpt2Vocabulary(path, gpt2_vocabulary.GPT2_SHA256 if path == SHIPPED_GPT2 else None)
   vocab = seqio.SentencePieceVocabulary(path)
   _check_layout(vocab, path)
   return vocab
 
 
 def _resolve(name: str) -> tuple[str, str]:
-  """(kind, absolute model path or '') for a data.vocabulary value; raises ValueError for a bad one."""
+  """(kind, absolute file path or '') for a data.vocabulary value; raises ValueError for a bad one."""
   if not isinstance(name, str) or not name:
     raise ValueError(f'data.vocabulary={name!r} is not a known vocabulary: use {_allowed()}.')
   if name == 'byte':
     return 'byte', ''
   if name == 'sentencepiece':
     return 'sentencepiece', SHIPPED_MODEL
-  return 'sentencepiece', _check_model_file(name)
+  if name == 'gpt2':
+    return 'bpe', SHIPPED_GPT2
+  path = _check_file(name)
+  return ('bpe' if path.endswith('.tiktoken') else 'sentencepiece'), path
 
 
 def get_vocabulary(name: str) -> seqio.Vocabulary:
-  """The seqio vocabulary for `name`: 'sentencepiece' (shipped 8k model), 'byte', or a path to a .model file.
+  """The seqio vocabulary for `name`: 'sentencepiece' (shipped 8k model), 'byte', 'gpt2' (shipped GPT-2 BPE,
+  hash-checked), or a path to a SentencePiece .model file or a tiktoken .tiktoken BPE file.
 
-  Ids follow seqio's layout: 0 = padding, 1 = EOS, 2 = UNK.
+  Ids follow seqio's layout: 0 = padding; SentencePiece and bytes have 1 = EOS, 2 = UNK; BPE files have every
+  tiktoken id shifted by +1 and EOS = <|endoftext|> + 1 (GPT-2: 50257 of 50258 ids), see gpt2_vocabulary.py.
   """
   return _load(*_resolve(name))
 
 
 def vocabulary_key(name: str) -> str:
-  """A short name for task registration: 'sentencepiece', 'byte', or 'spm_<content hash>' for a model file."""
+  """A short name for task registration: 'sentencepiece', 'byte', 'gpt2' (the shipped file, or any file with
+  GPT-2's content), or 'spm_<content hash>' / 'bpe_<content hash>' for a .model / .tiktoken file."""
   kind, path = _resolve(name)
   if kind == 'byte' or path == SHIPPED_MODEL:
     return kind
+  if path == SHIPPED_GPT2:
+    return 'gpt2'
   with open(path, 'rb') as f:
-    return 'spm_' + hashlib.sha256(f.read()).hexdigest()[:12]
+    digest = hashlib.sha256(f.read()).hexdigest()
+  if kind == 'bpe':
+    return 'gpt2' if digest == gpt2_vocabulary.GPT2_SHA256 else 'bpe_' + digest[:12]
+  return 'spm_' + digest[:12]
