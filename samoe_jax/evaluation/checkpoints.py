@@ -1,0 +1,87 @@
+"""Which checkpoints of a run to evaluate, and restoring only their parameters onto the evaluation mesh.
+
+`select_steps(workdir, 'latest' | 'all' | '<step>[,<step>...]')` names the checkpoints; `restore_params` reads the
+'params' subtree of a checkpoint's train state (the Adam moments are never read, so evaluation needs a third of
+training's memory) into arrays carrying the current mesh's shardings, so a run trained on one mesh is
+evaluated on another.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.partitioner import Partitioner
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(os.path.abspath(workdir), 'checkpoints')
+
+
+def available_steps(workdir: str) -> list[int]:
+  """Steps of the finished checkpoints in WORKDIR/checkpoints (ascending); [] when there are none."""
+  directory = checkpoint_dir(workdir)
+  if not os.path.isdir(directory):
+    return []
+  return sorted(int(name) for name in os.listdir(directory)
+                if name.isdigit() and os.path.isdir(os.path.join(directory, name, 'state')))
+
+
+def select_steps(workdir: str, which: str) -> list[int]:
+  """'latest' -> [last step]; 'all' -> every step; '500' or '500,1000' -> those steps (each must exist)."""
+  steps = available_steps(workdir)
+  if not steps:
+    raise ValueError(f'{checkpoint_dir(workdir)} holds no checkpoint: train first (python -m samoe_jax.train '
+                     f'--workdir={workdir} ...) or point --workdir at a trained run')
+  if which == 'latest':
+    return [steps[-1]]
+  if which == 'all':
+    return steps
+  try:
+    wanted = [int(part) for part in which.split(',') if part.strip()]
+  except ValueError:
+    wanted = []
+  if not wanted:
+    raise ValueError(f'--checkpoint={which!r}: use latest, all, or step numbers such as 1000 or 500,1000')
+  missing = [s for s in wanted if s not in steps]
+  if missing:
+    raise ValueError(f'--checkpoint={which!r}: no checkpoint of step(s) {missing} in {checkpoint_dir(workdir)}; '
+                     f'available: {steps}')
+  return wanted
+
+
+def run_config(workdir: str) -> ml_collections.ConfigDict:
+  """The config a run was trained with (WORKDIR/config.json, written by the trainer)."""
+  path = os.path.join(workdir, 'config.json')
+  if not os.path.isfile(path):
+    raise ValueError(f'{path} does not exist: give --config=FILE, or a --workdir written by samoe_jax.train')
+  with open(path) as f:
+    return ml_collections.ConfigDict(json.load(f))
+
+
+def param_shardings(model: LanguageModel, partitioner: Partitioner) -> Any:
+  return partitioner.logical_to_mesh(model.param_logical_axes())
+
+
+def restore_params(model: LanguageModel, partitioner: Partitioner, workdir: str, step: int) -> Any:
+  """The parameters of checkpoint `step`, placed with the model's shardings on the partitioner's mesh."""
+  shardings = param_shardings(model, partitioner)
+  target = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), model.abstract_params(),
+                        shardings)
+  path = os.path.join(checkpoint_dir(workdir), str(step), 'state')
+  restore_args = jax.tree.map(lambda t: ocp.ArrayRestoreArgs(sharding=t.sharding, global_shape=t.shape,
+                                                             dtype=t.dtype), target)
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    try:
+      restored = checkpointer.restore(path, args=ocp.args.PyTreeRestore(
+          item={'params': target}, restore_args={'params': restore_args}, partial_restore=True))
+    except (ValueError, KeyError) as err:
+      raise ValueError(f'checkpoint {path} does not hold parameters of this model config ({err}); evaluate '
+                       'with the config the run was trained with (its config.json)') from err
+  return restored['params']

@@ -1,0 +1,152 @@
+"""Evaluation results as a console/markdown table, JSON, PNG bar charts, accuracy-vs-step plots and TensorBoard.
+
+`scores` everywhere is {task: {metric: float}} (accuracy-like metrics in [0, 1], perplexity as is). Per
+checkpoint step, `write_step_results` writes WORKDIR/eval/step_<N>/{results.json, results.md, results.png};
+`write_summary` writes WORKDIR/eval/{summary.json, summary.md, metrics_vs_step.png} over every evaluated step.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping
+from typing import Any
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+Scores = Mapping[str, Mapping[str, float]]
+# Metrics drawn in the bar charts and step plots (fractions); perplexities only appear in tables and JSON.
+PLOTTED = ('acc', 'acc_norm', 'exact_match')
+
+
+def eval_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'eval')
+
+
+def _fmt(metric: str, value: float) -> str:
+  if value is None or (isinstance(value, float) and math.isnan(value)):
+    return 'n/a'
+  if metric in PLOTTED or metric.startswith('acc'):
+    return f'{100 * value:.2f}'
+  return f'{value:.4g}'
+
+
+def markdown_table(scores: Scores, title: str = '') -> str:
+  """| task | metric | value | rows; accuracy-like metrics in percent."""
+  lines = [f'## {title}', ''] if title else []
+  lines += ['| task | metric | value |', '|---|---|---:|']
+  for task in sorted(scores):
+    for metric in sorted(scores[task]):
+      unit = ' (%)' if metric in PLOTTED or metric.startswith('acc') else ''
+      lines.append(f'| {task} | {metric}{unit} | {_fmt(metric, scores[task][metric])} |')
+  return '\n'.join(lines) + '\n'
+
+
+def plot_bars(scores: Scores, path: str, title: str) -> bool:
+  """Grouped bars of the PLOTTED metrics per task; returns False (and writes nothing) when there are none."""
+  tasks = sorted(t for t in scores if any(m in scores[t] for m in PLOTTED))
+  metrics = [m for m in PLOTTED if any(m in scores[t] for t in tasks)]
+  if not tasks:
+    return False
+  width = 0.8 / len(metrics)
+  fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(tasks)), 4.0))
+  for i, metric in enumerate(metrics):
+    xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(tasks))]
+    values = [100 * scores[t].get(metric, float('nan')) for t in tasks]
+    bars = ax.bar(xs, values, width, label=metric)
+    ax.bar_label(bars, fmt='%.1f', fontsize=7)
+  ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha='right')
+  ax.set_ylabel('%')
+  ax.set_ylim(0, 100)
+  ax.set_title(title)
+  ax.legend(fontsize=8)
+  ax.grid(axis='y', alpha=0.3)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def plot_over_steps(by_step: Mapping[int, Scores], path: str) -> bool:
+  """One line per (task, plotted metric) against training step; False when nothing is plottable."""
+  steps = sorted(by_step)
+  series: dict[str, list[tuple[int, float]]] = {}
+  for step in steps:
+    for task, metrics in by_step[step].items():
+      for metric in PLOTTED:
+        if metric in metrics:
+          series.setdefault(f'{task} {metric}', []).append((step, 100 * metrics[metric]))
+  if not series:
+    return False
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for label, points in sorted(series.items()):
+    xs, ys = zip(*points)
+    ax.plot(xs, ys, 'o-', label=label, markersize=4)
+  ax.set_xlabel('training step')
+  ax.set_ylabel('%')
+  ax.set_title('Zero/few-shot scores during training')
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, ncol=2)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+  return True
+
+
+def _write_json(path: str, value: Any) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(value, f, indent=2, sort_keys=True)
+  os.replace(tmp, path)
+
+
+def write_step_results(workdir: str, step: int, scores: Scores, details: Mapping[str, Any]) -> str:
+  """WORKDIR/eval/step_<step>/{results.json, results.md, results.png}; returns the directory."""
+  out = os.path.join(eval_dir(workdir), f'step_{step}')
+  os.makedirs(out, exist_ok=True)
+  _write_json(os.path.join(out, 'results.json'), {'step': step, 'scores': scores, 'details': details})
+  with open(os.path.join(out, 'results.md'), 'w') as f:
+    f.write(markdown_table(scores, f'Evaluation of step {step}'))
+  plot_bars(scores, os.path.join(out, 'results.png'), f'step {step}')
+  return out
+
+
+def read_all_results(workdir: str) -> dict[int, dict[str, dict[str, float]]]:
+  """{step: scores} of every WORKDIR/eval/step_<N>/results.json (earlier invocations included)."""
+  root = eval_dir(workdir)
+  out = {}
+  if os.path.isdir(root):
+    for name in os.listdir(root):
+      path = os.path.join(root, name, 'results.json')
+      if name.startswith('step_') and os.path.isfile(path):
+        with open(path) as f:
+          record = json.load(f)
+        out[int(record['step'])] = record['scores']
+  return out
+
+
+def write_summary(workdir: str) -> str:
+  """WORKDIR/eval/{summary.json, summary.md, metrics_vs_step.png} over every evaluated step; returns summary.md."""
+  by_step = read_all_results(workdir)
+  root = eval_dir(workdir)
+  os.makedirs(root, exist_ok=True)
+  _write_json(os.path.join(root, 'summary.json'), {str(s): by_step[s] for s in sorted(by_step)})
+  lines = ['# Evaluation summary', '']
+  if plot_over_steps(by_step, os.path.join(root, 'metrics_vs_step.png')):
+    lines += ['![metrics vs step](metrics_vs_step.png)', '']
+  for step in sorted(by_step):
+    lines.append(markdown_table(by_step[step], f'step {step}'))
+  path = os.path.join(root, 'summary.md')
+  with open(path, 'w') as f:
+    f.write('\n'.join(lines))
+  return path
+
+
+def tensorboard_scalars(scores: Scores) -> dict[str, float]:
+  """{'tasks/<task>/<metric>': value} for the run's TensorBoard."""
+  return {f'tasks/{task}/{metric}': float(v) for task, metrics in scores.items() for metric, v in metrics.items()
+          if v is not None and not (isinstance(v, float) and math.isnan(v))}
