@@ -90,6 +90,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0
+  # Gradient accumulation: each step's data.batch_size sequences go through the model in this many slices (one
+  # optimizer update, same loss as one pass). data.batch_size must be divisible by microbatches x the data shards
+  # (mesh data x expert) x the sequences of one routing group. Use it when a step's activations do not fit.
+  c.train.microbatches = 1
   c.train.log_every = 20
   c.train.eval_every = 200
   c.train.eval_batches = 8

@@ -33,6 +33,7 @@ from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import state as state_lib
+from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.metrics_writer import MetricsWriter, to_json_value
 from samoe_jax.training.optimizer import make_optimizer
@@ -61,13 +62,26 @@ class Run:
     return jax.process_index() == 0
 
 
+def group_rows(config: ml_collections.ConfigDict) -> int:
+  """Sequences in one MoE routing group (moe.group_size > data.seq_len spans several), 1 for dense models."""
+  if not moe_layer_indices(config.model):
+    return 1
+  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
+
+
 def check_trainer_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the train.* keys validate_config does not know (decay_steps)."""
+  """Checks the train.* keys validate_config does not know (decay_steps, microbatches)."""
   t = config.train
   decay = t.decay_steps
   if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
     raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
                      f'train.warmup_steps={t.warmup_steps}')
+  micro = check_microbatches(t.get('microbatches', 1))
+  rows = group_rows(config)
+  if config.data.batch_size % (micro * rows):
+    group = f' x {rows} sequences per routing group (moe.group_size={config.moe.group_size})' if rows > 1 else ''
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro}'
+                     f'{group}, so that every microbatch has the same number of whole sequences')
 
 
 def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner, has_moe: bool) -> None:
@@ -77,6 +91,12 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
   if config.data.batch_size % shards:
     raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {shards} data shards '
                      f'of the mesh ({sizes}; the batch is split over data x expert)')
+  micro, rows = config.train.get('microbatches', 1), group_rows(config)
+  if micro > 1 and config.data.batch_size % (shards * micro * rows):
+    group = f' x {rows} sequences per routing group' if rows > 1 else ''
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro} x '
+                     f'the {shards} data shards of the mesh ({sizes}){group} = {shards * micro * rows}, so that '
+                     'every microbatch is split evenly over the devices without moving data')
   if config.data.batch_size % jax.process_count():
     raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {jax.process_count()} '
                      'processes')
@@ -170,7 +190,8 @@ def compile_steps(run: Run, with_train: bool = True) -> tuple[Any, Any, float]:
   train_compiled = None
   if with_train:
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
-    train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings)
+    train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
+                               microbatches=run.config.train.get('microbatches', 1))
     train_compiled = train_fn.lower(run.abstract, batch, rng).compile()
   eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
   eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()

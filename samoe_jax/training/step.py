@@ -3,7 +3,10 @@
 train_step(state, batch, rng) -> (state, metrics): one AdamW update on the batch. The dropout key is
 fold_in(rng, state.step), so a run resumed from a checkpoint at step s draws exactly the keys the uninterrupted
 run would. metrics are the model's (loss, cross_entropy, aux_loss, num_tokens, accuracy, moe/..., pool/...)
-plus 'learning_rate' (of this update) and 'grad_norm' (global norm before clipping).
+plus 'learning_rate' (of this update) and 'grad_norm' (global norm before clipping). With microbatches M > 1
+(train.microbatches) the gradient is accumulated over M slices of the batch before the one update, microbatch
+m drawing dropout from fold_in(fold_in(rng, state.step), m); loss and metrics keep their whole-batch meaning
+(samoe_jax/training/accumulate.py).
 eval_step(params, batch) -> metrics of model.loss_fn(train=False).
 
 Both are jitted once through the partitioner with explicit shardings (state and metrics stay on device; the
@@ -19,6 +22,7 @@ import jax
 import optax
 
 from samoe_jax.sharding.partitioner import PartitionedFn, Partitioner
+from samoe_jax.training import accumulate
 from samoe_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -26,11 +30,21 @@ Metrics = dict[str, jax.Array]
 
 
 def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable, state: TrainState,
-               batch: Batch, rng: jax.Array) -> tuple[TrainState, Metrics]:
-  """One update. batch: int32/float32 [B, L] decoder features; rng: the run's base key (fixed for the run)."""
+               batch: Batch, rng: jax.Array, microbatches: int = 1,
+               grad_shardings: Any | None = None) -> tuple[TrainState, Metrics]:
+  """One update. batch: int32/float32 [B, L] decoder features; rng: the run's base key (fixed for the run).
+
+  microbatches: M >= 1 gradient-accumulation passes (B divisible by M x rows per routing group);
+  grad_shardings: the parameters' shardings, kept by the accumulated gradients (M > 1 only).
+  """
   dropout_rng = jax.random.fold_in(rng, state.step)
-  grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
-  (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
+  if accumulate.check_microbatches(microbatches) == 1:
+    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
+  else:
+    unit_rows = accumulate.group_rows(model, batch['decoder_input_tokens'].shape[1])
+    grads, metrics = accumulate.accumulate_gradients(model.loss_fn, state.params, batch, dropout_rng, microbatches,
+                                                     unit_rows, grad_shardings)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
@@ -44,9 +58,12 @@ def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
 
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable,
-                    partitioner: Partitioner, state_shardings: TrainState) -> PartitionedFn:
-  """train_step jitted with (state, batch, rng) shardings, replicated metrics and the state donated."""
-  fn = functools.partial(train_step, model, optimizer, schedule)
+                    partitioner: Partitioner, state_shardings: TrainState, microbatches: int = 1) -> PartitionedFn:
+  """train_step (accumulating over `microbatches`) jitted with (state, batch, rng) shardings, replicated metrics
+  and the state donated."""
+  accumulate.check_microbatches(microbatches)
+  fn = functools.partial(train_step, model, optimizer, schedule, microbatches=microbatches,
+                         grad_shardings=state_shardings.params)
   replicated = partitioner.replicated()
   return partitioner.partition(fn, in_shardings=(state_shardings, partitioner.data_sharding(), replicated),
                                out_shardings=(state_shardings, replicated), donate_argnums=(0,))
