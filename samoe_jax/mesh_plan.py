@@ -9,11 +9,12 @@ How a mesh (data, expert, model) is chosen, in order:
             all-to-all), as DeepSpeed-MoE and GShard place experts.
   model   = the smallest power of two (dividing heads, d_ff and the vocabulary) with which the per-device
             memory below fits in 90 % of the chip's HBM; tensor parallelism costs all-reduces on every layer, so
-            it is used only when memory needs it.
-  data    = the remaining devices. The global batch is split over data x expert (rows per device); when the
-            activations of those rows do not fit, the plan says how many gradient-accumulation microbatches
-            would be needed (the trainer has no accumulation yet: use a bigger slice or a smaller
-            data.batch_size).
+            it is used only when memory needs it (but before recomputation, which costs a third more compute).
+  data    = the remaining devices. The global batch is split over data x expert (rows per device).
+  remat, microbatches: when the activations of those rows do not fit, first `model.remat='block'` (keep only
+            each block's input, recompute the rest: ~1/3 more compute), then `train.microbatches` M (gradient
+            accumulation over M slices of the rows; M divides the rows per device and keeps routing groups
+            whole). Per model axis the first that fits of: no remat with M = 1, 2, ...; remat with M = 1, 2, ...
 
 Per-device memory (an estimate, before XLA's own buffers; check with the compiled step's memory analysis):
   state        (4 param + 4 + 4 Adam moments + 4 gradient) bytes per float32 parameter, + 2 for the bfloat16
@@ -24,7 +25,8 @@ Per-device memory (an estimate, before XLA's own buffers; check with the compile
   activations  per layer and sequence, Korthikanti et al. 2022 (arXiv:2205.05198) without recomputation:
                s*h*(10 + 24/t) + 5*a*s^2/t bytes in 16-bit (x2 for float32), s = seq_len, h = d_model,
                a = heads, t = model; an MoE layer's FFN share (19*s*h) scales with top_k x capacity factor, plus
-               its dispatch and combine buffers.
+               its dispatch and combine buffers. With remat='block' only every block's input (s*h words) is
+               kept, plus one block's full activations while it is recomputed.
 Step time is the train FLOPs (samoe_jax.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
 """
 
@@ -67,6 +69,7 @@ class Plan:
   expert: int
   model: int
   rows_per_device: int
+  remat: str
   microbatches: int
   state_bytes: float
   mixed_bytes: float
@@ -88,7 +91,7 @@ def _split_non_expert(s: accounting.Sizes) -> tuple[int, int]:
   return sharded, replicated
 
 
-def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int) -> float:
+def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int, remat: str = 'none') -> float:
   """Saved activations of one sequence through the whole network (module docstring), bytes."""
   s = accounting.resolve(config)
   seq, h, a = s.seq_len, s.d_model, s.num_heads
@@ -97,6 +100,8 @@ def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int) -> f
   moe_factor = s.top_k * config.moe.capacity_factor_train
   ffn_share = 19 * seq * h / model
   moe_layer = dense_layer + ffn_share * (moe_factor - 1) + 2 * moe_factor * seq * h
+  if remat == 'block':
+    return (s.num_layers * seq * h * 2 + max(dense_layer, moe_layer if s.num_moe else 0.0)) * word / 2
   return (s.num_dense * dense_layer + s.num_moe * moe_layer) * word / 2
 
 
@@ -124,36 +129,51 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
   if s.learned and s.space == 'weight':
     mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
   rows = config.data.batch_size // batch_shards
-  per_row = activation_bytes_per_row(config, model)
+  unit = group_rows(config)
   budget = HEADROOM * hardware.hbm_bytes - state - mixed
-  microbatches = next((m for m in range(1, rows + 1) if rows % m == 0 and per_row * rows / m <= budget), rows)
-  activations = per_row * rows / microbatches
+  counts = [m for m in range(1, rows + 1) if rows % m == 0 and (rows // m) % unit == 0] or [1]
+  options = [('none', m) for m in counts] + [('block', m) for m in counts]
+  remat, microbatches = next(((r, m) for r, m in options
+                              if activation_bytes_per_row(config, model, r) * rows / m <= budget), options[-1])
+  activations = activation_bytes_per_row(config, model, remat) * rows / microbatches
   fits = state + mixed + activations <= HEADROOM * hardware.hbm_bytes
   step = accounting.flops_per_step(config)['train'] / (devices * hardware.peak_flops * ASSUMED_MFU)
-  return Plan(data, expert, model, rows, microbatches, state, mixed, activations, step, fits)
+  if remat == 'block':
+    step *= 4 / 3    # the forward pass runs twice
+  return Plan(data, expert, model, rows, remat, microbatches, state, mixed, activations, step, fits)
+
+
+def group_rows(config: ml_collections.ConfigDict) -> int:
+  """Sequences per MoE routing group (a microbatch must keep groups whole); 1 for dense models."""
+  if config.model.layer_plan == 'none':
+    return 1
+  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
+
+
+def _cost(p: Plan) -> tuple[bool, int, int]:
+  return (p.remat != 'none', p.model, p.microbatches)
 
 
 def recommend(config: ml_collections.ConfigDict, hardware: Hardware, devices: int) -> Plan:
-  """The smallest model axis that fits without accumulation, else the one needing the fewest microbatches."""
+  """The fitting plan without recomputation if any, then with the smallest model axis, then the fewest
+  microbatches; when nothing fits, the plan needing the least memory (marked as not fitting)."""
   plans = [p for t in (1, 2, 4, 8, 16) if (p := plan_mesh(config, hardware, devices, t)) is not None]
   if not plans:
     raise ValueError(f'no (data, expert, model) mesh of {devices} devices divides data.batch_size='
                      f'{config.data.batch_size}, moe.num_experts={config.moe.num_experts} and the model widths')
-  good = [p for p in plans if p.fits and p.microbatches == 1]
-  if good:
-    return good[0]
-  fitting = [p for p in plans if p.fits] or plans
-  return min(fitting, key=lambda p: (p.microbatches, p.model))
+  fitting = [p for p in plans if p.fits]
+  if fitting:
+    return min(fitting, key=_cost)
+  return min(plans, key=lambda p: p.total_bytes)
 
 
 def plan_row(label: str, config: ml_collections.ConfigDict, hw_key: str, devices: int) -> str:
   hw = HARDWARE[hw_key]
   p = recommend(config, hw, devices)
-  accumulate = '1' if p.microbatches == 1 else f'**{p.microbatches}**'
-  memory = f'{p.total_bytes / GIB:.1f}' + ('' if p.fits else ' (does not fit)')
+  memory = f'{p.total_bytes / GIB:.1f}' + ('' if p.fits else ' **does not fit**')
   return (f'| {label} | {devices} {hw.name} {hw.device_word} | {p.data} x {p.expert} x {p.model} | '
-          f'{p.rows_per_device} | {accumulate} | {p.state_bytes / GIB:.1f} + {p.mixed_bytes / GIB:.1f} + '
-          f'{p.activation_bytes / GIB:.1f} | {memory} | {p.step_seconds:.2f} |')
+          f'{p.rows_per_device} | {p.remat} | {p.microbatches} | {p.state_bytes / GIB:.1f} + '
+          f'{p.mixed_bytes / GIB:.1f} + {p.activation_bytes / GIB:.1f} | {memory} | {p.step_seconds:.2f} |')
 
 
 README_CONFIGS = (('350M+MoE-128', '350m', 'moe128'), ('350M SaMoE P=2', '350m', 'samoe'),
@@ -164,9 +184,9 @@ README_SLICES = (('tpu-v4', 64), ('tpu-v5e', 64), ('tpu-v5p', 64), ('h100', 8))
 def readme_table() -> str:
   """The README's table: every paper-scale config on 64-chip TPU v4/v5e/v5p slices and one 8xH100 node."""
   from samoe_jax.config.presets import gpt3  # pylint: disable=g-import-not-at-top
-  lines = ['| config | slice | mesh data x expert x model | sequences per device | accumulation | '
-           'GiB/device: state + mixed + activations | GiB total | step s at 40 % MFU |',
-           '|---|---|---|---:|---:|---|---:|---:|']
+  lines = ['| config | slice | mesh data x expert x model | sequences per device | model.remat | '
+           'train.microbatches | GiB/device: state + mixed + activations | GiB total | step s at 40 % MFU |',
+           '|---|---|---|---:|---|---:|---|---:|---:|']
   for label, base, kind in README_CONFIGS:
     config = gpt3(base, kind)
     for hw_key, devices in README_SLICES:
