@@ -67,7 +67,7 @@ def get_base_config() -> ml_collections.ConfigDict:
 
   c.data = ml_collections.ConfigDict()
   c.data.task = 'shakespeare'        # a task registered in samoe_jax.data.tasks
-  c.data.vocabulary = 'sentencepiece'  # 'sentencepiece' (shipped 8k model), 'byte', or a path to a .model file
+  c.data.vocabulary = 'sentencepiece'  # 'sentencepiece' (shipped 8k), 'byte', 'gpt2', or a .model / .tiktoken path
   c.data.seq_len = 128
   c.data.batch_size = 16             # global batch (sequences)
   c.data.shuffle_seed = 0
