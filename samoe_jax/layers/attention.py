@@ -10,10 +10,16 @@ import jax
 import jax.numpy as jnp
 
 from samoe_jax.layers import initializers
+from samoe_jax.layers.inference import InferenceMode
 
 
 class CausalSelfAttention(nn.Module):
-  """x_BLD -> y_BLD; position t attends to positions <= t only."""
+  """x_BLD -> y_BLD; position t attends to positions <= t only.
+
+  inference (layers/inference.py) 'prefill' also stores the keys and values in the 'cache' collection ('key',
+  'value': [B, H, M, K], M = cache_len, positions >= L zero); 'step' takes one token per row (x_B1D at positions
+  index_B), writes its key and value at that position and attends to the cached positions <= it.
+  """
   num_heads: int
   init_std: float
   out_init_std: float
@@ -21,7 +27,7 @@ class CausalSelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, *, train: bool) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, *, train: bool, inference: InferenceMode | None = None) -> jax.Array:
     d = x_BLD.shape[-1]
     k_dim = d // self.num_heads
     w_qkv = self.param('qkv_kernel', initializers.normal(self.init_std, ('embed', None, 'heads', 'kv')),
@@ -37,12 +43,44 @@ class CausalSelfAttention(nn.Module):
     # Heads-major layout [B, H, L, K]: the batched matmuls run ~15 % faster on CPU than with [B, L, H, K].
     q_BHLK, k_BHMK, v_BHMK = (jnp.swapaxes(qkv_BL3HK[:, :, i], 1, 2) for i in range(3))
     q_BHLK = nn.with_logical_constraint(q_BHLK, ('batch', 'heads', 'length', 'kv'))
+    if inference is not None and inference.cache == 'step':
+      k_BHMK, v_BHMK, visible_BLM = self._step_cache(k_BHMK, v_BHMK, inference)
+    else:
+      if inference is not None and inference.cache == 'prefill':
+        self._prefill_cache(k_BHMK, v_BHMK, inference.cache_len)
+      visible_BLM = jnp.tril(jnp.ones((length, length), jnp.bool_))[None]
     scores_BHLM = jnp.einsum('bhlk,bhmk->bhlm', q_BHLK, k_BHMK).astype(jnp.float32) / jnp.sqrt(k_dim)
-    causal_LM = jnp.tril(jnp.ones((length, length), jnp.bool_))
-    scores_BHLM = jnp.where(causal_LM, scores_BHLM, jnp.finfo(jnp.float32).min)
+    scores_BHLM = jnp.where(visible_BLM[:, None], scores_BHLM, jnp.finfo(jnp.float32).min)
     probs_BHLM = jax.nn.softmax(scores_BHLM, axis=-1).astype(self.dtype)
     if train and self.dropout_rate > 0:
       probs_BHLM = nn.Dropout(self.dropout_rate)(probs_BHLM, deterministic=False)
     out_BLHK = jnp.swapaxes(jnp.einsum('bhlm,bhmk->bhlk', probs_BHLM, v_BHMK), 1, 2)
     y_TD = out_BLHK.reshape(b * length, d) @ w_out.reshape(d, d).astype(self.dtype)
     return (y_TD + b_out.astype(self.dtype)).reshape(b, length, d)
+
+  def _cache_vars(self, b: int, cache_len: int, k_dim: int) -> tuple[nn.Variable, nn.Variable]:
+    shape = (b, self.num_heads, cache_len, k_dim)
+    return (self.variable('cache', 'key', jnp.zeros, shape, self.dtype),
+            self.variable('cache', 'value', jnp.zeros, shape, self.dtype))
+
+  def _prefill_cache(self, k_BHLK: jax.Array, v_BHLK: jax.Array, cache_len: int) -> None:
+    """Stores the prompt's keys and values at positions [0, L) of caches of cache_len positions."""
+    b, _, length, k_dim = k_BHLK.shape
+    if length > cache_len:
+      raise ValueError(f'CausalSelfAttention: prefill of {length} positions exceeds the cache of {cache_len}')
+    key, value = self._cache_vars(b, cache_len, k_dim)
+    pad = ((0, 0), (0, 0), (0, cache_len - length), (0, 0))
+    key.value, value.value = jnp.pad(k_BHLK, pad), jnp.pad(v_BHLK, pad)
+
+  def _step_cache(self, k_BH1K: jax.Array, v_BH1K: jax.Array,
+                  inference: InferenceMode) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Writes one token per row at its position; returns all cached keys/values and visible_B1M (<= position)."""
+    b, _, length, k_dim = k_BH1K.shape
+    if length != 1:
+      raise ValueError(f'CausalSelfAttention: a decoding step takes one token per row, got length {length}')
+    key, value = self._cache_vars(b, inference.cache_len, k_dim)
+    pos_M = jnp.arange(inference.cache_len)
+    at_BM = pos_M[None] == inference.index_B[:, None]
+    key.value = jnp.where(at_BM[:, None, :, None], k_BH1K, key.value)
+    value.value = jnp.where(at_BM[:, None, :, None], v_BH1K, value.value)
+    return key.value, value.value, (pos_M[None] <= inference.index_B[:, None])[:, None, :]

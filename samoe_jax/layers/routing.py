@@ -74,20 +74,32 @@ def top_k_experts(probs_GSE: jax.Array, top_k: int) -> tuple[jax.Array, jax.Arra
 SLOT_PRIORITIES = ('position', 'choice')
 
 
+def token_assignments(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: int) -> jax.Array:
+  """How many of each token's choices went to each expert (0 or 1; 0 for masked tokens): int32 [G, S, E]."""
+  mask_GSKE = jax.nn.one_hot(expert_GSK, num_experts, dtype=jnp.int32)
+  return jnp.sum(mask_GSKE * token_mask_GS[..., None, None].astype(jnp.int32), axis=2)
+
+
 def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: int,
-                 priority: str = 'position') -> jax.Array:
+                 priority: str = 'position', counts_GE: jax.Array | None = None) -> jax.Array:
   """Slot of every (token, choice) in its expert's buffer. Returns int32 [G, S, K].
 
   'position' ranks by (position, choice); 'choice' ranks by (choice, position) (see the module docstring).
+  counts_GE ('position' only): int32 [G, E] assignments that earlier tokens of each group (not in this call)
+  already made; every slot is offset by them, so a group can be routed in consecutive pieces.
   """
   if priority == 'position':
     mask_GSKE = jax.nn.one_hot(expert_GSK, num_experts, dtype=jnp.int32)
     mask_GSKE = mask_GSKE * token_mask_GS[..., None, None].astype(jnp.int32)
     per_token_GSE = jnp.sum(mask_GSKE, axis=2)   # a token picks an expert at most once
     earlier_GSE = jnp.cumsum(per_token_GSE, axis=1) - per_token_GSE
+    if counts_GE is not None:
+      earlier_GSE = earlier_GSE + counts_GE[:, None, :].astype(jnp.int32)
     return jnp.einsum('gse,gske->gsk', earlier_GSE, mask_GSKE).astype(jnp.int32)
   if priority != 'choice':
     raise ValueError(f'slot priority {priority!r} is not one of {SLOT_PRIORITIES}')
+  if counts_GE is not None:
+    raise ValueError("slot priority 'choice' cannot route a group in pieces (counts_GE): it is not causal")
   slots = []
   offset_GE = jnp.zeros((expert_GSK.shape[0], num_experts), jnp.int32)
   for i in range(expert_GSK.shape[-1]):
@@ -100,14 +112,17 @@ def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: i
 
 
 def route(logits_GSE: jax.Array, token_mask_GS: jax.Array, *, top_k: int, capacity: int,
-          priority: str = 'position') -> Routing:
-  """Top-k token-choice routing with capacity; logits are cast to float32 first."""
+          priority: str = 'position', counts_GE: jax.Array | None = None) -> Routing:
+  """Top-k token-choice routing with capacity; logits are cast to float32 first.
+
+  counts_GE: see assign_slots (the tokens continue groups that already made these assignments).
+  """
   logits_GSE = logits_GSE.astype(jnp.float32)
   probs_GSE = jax.nn.softmax(logits_GSE, axis=-1)
   expert_GSK, prob_GSK = top_k_experts(probs_GSE, top_k)
   if top_k > 1:
     prob_GSK = prob_GSK / jnp.sum(prob_GSK, axis=-1, keepdims=True)
-  slot_GSK = assign_slots(expert_GSK, token_mask_GS, probs_GSE.shape[-1], priority)
+  slot_GSK = assign_slots(expert_GSK, token_mask_GS, probs_GSE.shape[-1], priority, counts_GE)
   kept_GSK = (slot_GSK < capacity) & token_mask_GS[..., None]
   gate_GSK = jnp.where(kept_GSK, prob_GSK, 0.0)
   return Routing(expert_GSK=expert_GSK, slot_GSK=slot_GSK, gate_GSK=gate_GSK, kept_GSK=kept_GSK,

@@ -19,9 +19,10 @@ import ml_collections
 import numpy as np
 
 from samoe_jax.layers.experts import ExpertWeights, mix_all_layers, mixing_weights
+from samoe_jax.layers.inference import InferenceMode
 from samoe_jax.models.losses import output_cross_entropy
 from samoe_jax.models.spec import ModelSpec
-from samoe_jax.models.transformer import Decoder
+from samoe_jax.models.transformer import Decoder, LayerExperts
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -74,22 +75,64 @@ class LanguageModel:
     return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
 
   # ------------------------------------------------------------------------------------------------- forward
-  def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False,
-             rng: jax.Array | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """Final hidden states h_BLD and the MoE layers' aux dicts."""
+  def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
+             sequence_routing: bool = False,
+             experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """Final hidden states h_BLD and the MoE layers' aux dicts.
+
+    sequence_routing: evaluation routing (layers/inference.py): every sequence is routed on its own with a fixed
+    capacity, so a token's output depends on its own sequence's earlier tokens only, never on padding, the
+    padded length or the other rows. experts: `layer_experts(params)`, mixed beforehand (else mixed here).
+    """
+    if sequence_routing and train:
+      raise ValueError('LanguageModel.hidden: sequence_routing is for evaluation; it needs train=False')
     rngs = {'dropout': rng} if (train and rng is not None) else {}
-    return self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs)
+    inference = InferenceMode() if sequence_routing else None
+    return self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
+                             inference=inference, experts=experts)
 
   @staticmethod
   def output_embedding(params: Params) -> jax.Array:
     """The output layer's [V, D] matrix: the token embedding when tied."""
     return params['output_embedding'] if 'output_embedding' in params else params['token_embedding']
 
-  def logits(self, params: Params, tokens_BL: jax.Array) -> jax.Array:
-    """Evaluation logits, float32 [B, L, V]."""
-    h_BLD, _ = self.hidden(params, tokens_BL, train=False)
-    emb_VD = self.output_embedding(params).astype(h_BLD.dtype)
-    return jnp.einsum('bld,vd->blv', h_BLD, emb_VD, preferred_element_type=jnp.float32)
+  def project(self, params: Params, h_xD: jax.Array) -> jax.Array:
+    """Output logits of final hidden states: h [..., D] -> float32 [..., V]."""
+    emb_VD = self.output_embedding(params).astype(h_xD.dtype)
+    return jnp.einsum('...d,vd->...v', h_xD, emb_VD, preferred_element_type=jnp.float32)
+
+  def logits(self, params: Params, tokens_BL: jax.Array, *, sequence_routing: bool = False,
+             experts: dict[int, LayerExperts] | None = None) -> jax.Array:
+    """Evaluation logits, float32 [B, L, V] (sequence_routing, experts: see `hidden`)."""
+    h_BLD, _ = self.hidden(params, tokens_BL, train=False, sequence_routing=sequence_routing, experts=experts)
+    return self.project(params, h_BLD)
+
+  def layer_experts(self, params: Params) -> dict[int, LayerExperts]:
+    """Every MoE block's experts mixed from the pool ({block index: LayerExperts}; {} for a dense model), to pass
+    as `experts=` to many forward passes with the same parameters."""
+    return self.module.apply({'params': params}, method=lambda decoder: decoder.layer_experts()[0])
+
+  # ------------------------------------------------------------------------------------------------ decoding
+  def prefill(self, params: Params, tokens_BL: jax.Array, lengths_B: jax.Array, *,
+              experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, Params]:
+    """Greedy decoding's first pass over right-padded prompts (decoder inputs, row b real for its first
+    lengths_B[b] positions): (h_BLD, cache), the cache holding every layer's keys/values for max_len positions and
+    every MoE layer's slot counts (evaluation routing)."""
+    inference = InferenceMode.prefill(lengths_B, self.spec.max_len)
+    (h_BLD, _), variables = self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=False,
+                                              inference=inference, experts=experts, mutable=['cache'])
+    return h_BLD, variables['cache']
+
+  def decode_step(self, params: Params, cache: Params, tokens_B: jax.Array, positions_B: jax.Array, *,
+                  experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, Params]:
+    """One token per row at positions_B (int32 [B]) after `prefill`: (h_BD, updated cache). h_BD equals the full
+    forward pass's hidden state at that position of the whole sequence (evaluation routing)."""
+    inference = InferenceMode.step(positions_B, self.spec.max_len)
+    mask_B1 = ((tokens_B != 0) | (positions_B == 0))[:, None]   # token_mask at absolute positions
+    (h_B1D, _), variables = self.module.apply({'params': params, 'cache': cache}, tokens_B[:, None], mask_B1,
+                                              train=False, inference=inference, experts=experts,
+                                              mutable=['cache'])
+    return h_B1D[:, 0], variables['cache']
 
   def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None,
               train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:

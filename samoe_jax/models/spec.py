@@ -34,6 +34,7 @@ class ModelSpec:
   capacity_factor_eval: float
   min_capacity: int
   group_size: int                      # resolved: 0 in the config means one sequence
+  eval_group_size: int                 # evaluation routing run: min(group_size, data.seq_len) (layers/inference.py)
   expert_d_ff: int
   dispatch: str
   slot_priority: str
@@ -69,6 +70,7 @@ class ModelSpec:
         moe_layers=moe_layers, pool_entry=entries, num_experts=moe.num_experts, top_k=moe.top_k,
         capacity_factor_train=moe.capacity_factor_train, capacity_factor_eval=moe.capacity_factor_eval,
         min_capacity=moe.min_capacity, group_size=moe.group_size or config.data.seq_len,
+        eval_group_size=min(moe.group_size or config.data.seq_len, config.data.seq_len),
         expert_d_ff=moe.expert_d_ff or m.d_ff, dispatch=moe.dispatch,
         slot_priority=moe.slot_priority, pool_size=pool.size, mixing=pool.mixing,
         granularity=pool.granularity, space=pool.space, temperature=pool.temperature, mixing_init=pool.init,

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from samoe_jax.layers import initializers
 from samoe_jax.layers.attention import CausalSelfAttention
 from samoe_jax.layers.experts import ExpertPool, ExpertWeights, MixingLogits, mix_all_layers
+from samoe_jax.layers.inference import InferenceMode
 from samoe_jax.layers.mlp import DenseFFN, LayerNorm
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.models.remat import remat_module
@@ -30,7 +31,7 @@ def make_moe_ffn(spec: ModelSpec, name: str) -> MoeFFN:
       num_experts=spec.num_experts, top_k=spec.top_k, capacity_factor_train=spec.capacity_factor_train,
       capacity_factor_eval=spec.capacity_factor_eval, min_capacity=spec.min_capacity,
       group_size=spec.group_size, dispatch=spec.dispatch, init_std=spec.init_std, priority=spec.slot_priority,
-      dtype=spec.compute_dtype, name=name)
+      dtype=spec.compute_dtype, eval_group_size=spec.eval_group_size, name=name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -44,17 +45,18 @@ jax.tree_util.register_dataclass(LayerExperts, data_fields=['experts', 'output_m
 
 
 class Block(nn.Module):
-  """One pre-LN block: x_BLD -> (x_BLD, aux or None). `experts` is None for a dense FFN."""
+  """One pre-LN block: x_BLD -> (x_BLD, aux or None). `experts` is None for a dense FFN; `inference` (an
+  InferenceMode, layers/inference.py) selects evaluation routing and the decoding caches."""
   spec: ModelSpec
 
   @nn.compact
   def __call__(self, x_BLD: jax.Array, experts: LayerExperts | None, token_mask_BL: jax.Array,
-               train: bool) -> tuple[jax.Array, dict[str, jax.Array] | None]:
+               train: bool, inference: InferenceMode | None = None) -> tuple[jax.Array, dict[str, jax.Array] | None]:
     spec = self.spec
     dropout = nn.Dropout(spec.dropout_rate, deterministic=not train or spec.dropout_rate == 0)
     h_BLD = LayerNorm(dtype=spec.compute_dtype, name='attention_norm')(x_BLD)
     h_BLD = CausalSelfAttention(spec.num_heads, spec.init_std, spec.out_init_std, spec.dropout_rate,
-                                spec.compute_dtype, name='attention')(h_BLD, train=train)
+                                spec.compute_dtype, name='attention')(h_BLD, train=train, inference=inference)
     x_BLD = x_BLD + dropout(h_BLD)
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
     h_BLD = LayerNorm(dtype=spec.compute_dtype, name='ffn_norm')(x_BLD)
@@ -64,7 +66,7 @@ class Block(nn.Module):
           h_BLD, train=train)
     else:
       h_BLD, aux = make_moe_ffn(spec, 'moe')(h_BLD, experts.experts, token_mask_BL, train=train,
-                                             output_mix_weights=experts.output_mix_weights)
+                                             output_mix_weights=experts.output_mix_weights, inference=inference)
     x_BLD = x_BLD + dropout(h_BLD)
     return nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed')), aux
 
@@ -98,19 +100,25 @@ class Decoder(nn.Module):
     self.final_norm = LayerNorm(dtype=spec.compute_dtype)
     self.embedding_dropout = nn.Dropout(spec.dropout_rate)
 
-  def __call__(self, tokens_BL: jax.Array, token_mask_BL: jax.Array, *,
-               train: bool) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+  def __call__(self, tokens_BL: jax.Array, token_mask_BL: jax.Array, *, train: bool,
+               inference: InferenceMode | None = None,
+               experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """inference: see Block (a 'step' takes tokens_B1 at positions inference.index_B); experts: every MoE block's
+    experts as `layer_experts()` returns them, mixed beforehand (e.g. once for many evaluation batches)."""
     spec = self.spec
     length = tokens_BL.shape[1]
-    x_BLD = (jnp.take(self.token_embedding, tokens_BL, axis=0) + self.position_embedding[:length]).astype(
-        spec.compute_dtype)
+    if inference is not None and inference.cache == 'step':
+      positions_BLD = jnp.take(self.position_embedding, inference.index_B[:, None], axis=0)
+    else:
+      positions_BLD = self.position_embedding[:length][None]
+    x_BLD = (jnp.take(self.token_embedding, tokens_BL, axis=0) + positions_BLD).astype(spec.compute_dtype)
     x_BLD = self.embedding_dropout(x_BLD, deterministic=not train or spec.dropout_rate == 0)
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
-    layer_experts, weights = self.layer_experts()
+    layer_experts, weights = self.layer_experts() if experts is None else (experts, None)
     auxes = []
     for i, block in enumerate(self.blocks):
       # positional: `train` is static under remat
-      x_BLD, aux = block(x_BLD, layer_experts.get(i), token_mask_BL, train)
+      x_BLD, aux = block(x_BLD, layer_experts.get(i), token_mask_BL, train, inference)
       if aux is not None:
         auxes.append(aux if weights is None else dict(aux, mixing_weights=weights[len(auxes)]))
     return self.final_norm(x_BLD), auxes

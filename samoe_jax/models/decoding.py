@@ -1,0 +1,155 @@
+"""Greedy decoding with a KV cache: prefill the prompts in one pass, then one token per row per step.
+
+A prompt's decoder inputs are [0] + prompt (0 is the start token), left-truncated so that the prompt and every
+generated token but the last fit in model.max_len positions: exactly the inputs the log-likelihood scorer would
+use to score the generated tokens as a continuation (evaluation/scorer.py), so the two always agree.
+
+Rows of a batch have their own lengths: prompts are right-padded, each row decodes at its own positions, and its
+attention sees only its own cached positions, so a batch gives what each prompt gives alone. MoE layers use
+evaluation routing (layers/inference.py), and the cache carries each row's per-expert slot counts of its current
+routing run per MoE layer, so a decoded token is kept or dropped exactly as in a full forward pass of the whole
+sequence. The steps run inside one jitted jax.lax.while_loop per (batch size, prompt bucket, max_new_tokens, stop
+shape), which stops once every row has produced a stop sequence or max_new_tokens tokens.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samoe_jax.models.buckets import default_buckets, pick_bucket
+from samoe_jax.models.model import LanguageModel
+
+Params = Any
+
+
+def prompt_inputs(prompt: Sequence[int], max_len: int, max_new_tokens: int) -> tuple[int, ...]:
+  """[0] + prompt, keeping its last max_len - max_new_tokens + 1 tokens."""
+  full = (0,) + tuple(int(t) for t in prompt)
+  return full[-(max_len - max_new_tokens + 1):]
+
+
+def cut_at_stop(tokens: Sequence[int], stop_sequences: Sequence[Sequence[int]]) -> list[int]:
+  """The tokens before the earliest occurrence of any stop sequence (all of them when none occurs)."""
+  tokens = list(tokens)
+  cut = len(tokens)
+  for stop in stop_sequences:
+    n = len(stop)
+    for start in range(0, min(cut, len(tokens) - n + 1)):
+      if tokens[start:start + n] == list(stop):
+        cut = start
+        break
+  return tokens[:cut]
+
+
+def _stop_arrays(stop_sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """Stop sequences right-aligned in int32 [S, W] (W >= 1) and the mask of their real entries, bool [S, W]."""
+  width = max([len(s) for s in stop_sequences], default=1)
+  stops = np.zeros((len(stop_sequences), width), np.int32)
+  mask = np.zeros((len(stop_sequences), width), bool)
+  for i, stop in enumerate(stop_sequences):
+    stops[i, width - len(stop):], mask[i, width - len(stop):] = stop, True
+  return stops, mask
+
+
+def _ends_with_stop(buf_BX: jax.Array, step: jax.Array, stops_SW: jax.Array, mask_SW: jax.Array) -> jax.Array:
+  """Whether the tokens generated up to `step` (buf holds W fillers, then the tokens) end with a stop: bool [B]."""
+  b, width = buf_BX.shape[0], stops_SW.shape[1]
+  window_BW = jax.lax.dynamic_slice(buf_BX, (0, step + 1), (b, width))
+  match_BSW = (window_BW[:, None, :] == stops_SW[None]) | ~mask_SW[None]
+  return jnp.any(jnp.all(match_BSW, axis=-1), axis=-1)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _generate_batch(model: LanguageModel, max_new_tokens: int, params: Params, experts: Any, tokens_BL: jax.Array,
+                    lengths_B: jax.Array, active_B: jax.Array, stops_SW: jax.Array, mask_SW: jax.Array) -> jax.Array:
+  """Greedy tokens int32 [B, W + max_new_tokens]: W fillers (-1), then each row's tokens up to and including its
+  first stop sequence, then -1. Rows with active_B False are not decoded."""
+  b, width = tokens_BL.shape[0], stops_SW.shape[1]
+
+  def next_token(h_BD):
+    return jnp.argmax(model.project(params, h_BD), axis=-1).astype(jnp.int32)
+
+  h_BLD, cache = model.prefill(params, tokens_BL, lengths_B, experts=experts)
+  token_B = next_token(jnp.take_along_axis(h_BLD, (lengths_B - 1)[:, None, None], axis=1)[:, 0])
+  token_B = jnp.where(active_B, token_B, -1)
+  buf_BX = jnp.full((b, width + max_new_tokens), -1, jnp.int32).at[:, width].set(token_B)
+  done_B = ~active_B | _ends_with_stop(buf_BX, jnp.int32(0), stops_SW, mask_SW)
+
+  def cond(state):
+    step, _, _, _, done_B = state
+    return (step < max_new_tokens) & ~jnp.all(done_B)
+
+  def body(state):
+    step, token_B, cache, buf_BX, done_B = state
+    positions_B = lengths_B - 1 + step
+    # A finished row keeps decoding a harmless 0 (its outputs are discarded); -1 is never fed to the model.
+    h_BD, cache = model.decode_step(params, cache, jnp.maximum(token_B, 0), positions_B, experts=experts)
+    token_B = jnp.where(done_B, -1, next_token(h_BD))
+    buf_BX = jax.lax.dynamic_update_slice(buf_BX, token_B[:, None], (0, width + step))
+    done_B = done_B | _ends_with_stop(buf_BX, step, stops_SW, mask_SW)
+    return step + 1, token_B, cache, buf_BX, done_B
+
+  state = (jnp.int32(1), token_B, cache, buf_BX, done_B)
+  return jax.lax.while_loop(cond, body, state)[3]
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _mix_experts(model: LanguageModel, params: Params) -> Any:
+  return model.layer_experts(params)
+
+
+def greedy_generate(model: LanguageModel, params: Params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
+                    stop_sequences: Sequence[Sequence[int]] = (), batch_size: int = 8) -> list[list[int]]:
+  """The greedy continuation of every prompt (token ids), cut before the earliest stop sequence.
+
+  Each prompt is left-truncated to leave room for max_new_tokens within model.max_len (see `prompt_inputs`);
+  generation stops when every row has produced a stop sequence or max_new_tokens tokens. Prompts are sorted by
+  length into batches of batch_size (the last padded with inactive rows) and padded to bucket lengths.
+  """
+  spec = model.spec
+  if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens <= spec.max_len:
+    raise ValueError(f'greedy_generate: max_new_tokens={max_new_tokens!r} must be an int in [0, model.max_len='
+                     f'{spec.max_len}]')
+  if not isinstance(batch_size, int) or batch_size < 1:
+    raise ValueError(f'greedy_generate: batch_size={batch_size!r} must be a positive int')
+  if spec.moe_layers and spec.slot_priority != 'position':
+    raise ValueError(f"greedy_generate: moe.slot_priority={spec.slot_priority!r} is not causal, so a token's "
+                     "routing would depend on later tokens; decoding needs moe.slot_priority='position'")
+  stops = [tuple(int(t) for t in s) for s in stop_sequences]
+  if any(not s for s in stops):
+    raise ValueError('greedy_generate: stop sequences must be non-empty')
+  for i, p in enumerate(list(prompts) + stops):
+    ids = np.asarray(p, dtype=np.int64).reshape(-1)
+    if ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
+      what = f'prompt {i}' if i < len(prompts) else f'stop sequence {i - len(prompts)}'
+      raise ValueError(f'greedy_generate: {what} has a token id outside [0, vocab_size={spec.vocab_size})')
+  if max_new_tokens == 0 or not prompts:
+    return [[] for _ in prompts]
+  rows = [prompt_inputs(p, spec.max_len, max_new_tokens) for p in prompts]
+  stops_SW, mask_SW = _stop_arrays(stops)
+  experts = _mix_experts(model, params)
+  buckets = default_buckets(spec.max_len)
+  order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
+  out: list[list[int]] = [[] for _ in prompts]
+  width = stops_SW.shape[1]
+  for start in range(0, len(order), batch_size):
+    index = order[start:start + batch_size]
+    length = pick_bucket(max(len(rows[i]) for i in index), buckets)
+    tokens = np.zeros((batch_size, length), np.int32)
+    lengths = np.ones((batch_size,), np.int32)
+    active = np.zeros((batch_size,), bool)
+    for b, i in enumerate(index):
+      tokens[b, :len(rows[i])], lengths[b], active[b] = rows[i], len(rows[i]), True
+    buf = np.asarray(_generate_batch(model, max_new_tokens, params, experts, tokens, lengths, active, stops_SW,
+                                     mask_SW))
+    for b, i in enumerate(index):
+      generated = buf[b, width:]
+      generated = generated[:np.argmax(generated < 0)] if (generated < 0).any() else generated
+      out[i] = cut_at_stop([int(t) for t in generated], stops)
+  return out
