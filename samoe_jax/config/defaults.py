@@ -10,6 +10,7 @@ Sections:
   pool    SaMoE's global expert pool: size P, mixing (learned / fixed), granularity, space, temperature, init.
   data    seqio task, vocabulary, sequence length, batch size, shuffling.
   train   steps, optimizer (AdamW, warm-up + cosine), logging, evaluation and checkpoint periods.
+  eval    zero/few-shot tasks the trainer scores periodically (python -m samoe_jax.evaluate does it afterwards).
   mesh    device mesh sizes over the ('data', 'expert', 'model') axes; -1 fills with the devices left.
 """
 
@@ -100,6 +101,15 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.checkpoint_every = 200
   c.train.keep_checkpoints = 3
   c.train.async_checkpoint = True
+
+  c.eval = ml_collections.ConfigDict()   # zero/few-shot tasks run by the trainer (docs/evaluation.md)
+  c.eval.tasks = ''                  # comma-separated task names, 'deepspeed' or 'all'; '' = none during training
+  c.eval.data_dir = ''               # <task>/<split>.jsonl files (docs/evaluation.md); required when tasks are set
+  c.eval.every = 0                   # steps between task evaluations; 0 = only after the last step
+  c.eval.num_fewshot = 0
+  c.eval.fewshot_seeds = '1234'      # '1234,5' or a count such as '5x' (averaged over the shot sets)
+  c.eval.limit = 0                   # documents per task (0 = all)
+  c.eval.batch_size = 16             # sequences per scoring batch (a multiple of the data shards)
 
   c.mesh = ml_collections.ConfigDict()
   c.mesh.data = -1

@@ -236,6 +236,30 @@ def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | 
               f'data-parallel size {names} = {dp}')
 
 
+def _check_eval(c: ml_collections.ConfigDict, e: _Errors) -> None:
+  """The optional eval section (configs written before it existed have none)."""
+  from samoe_jax.evaluation.runner import parse_seeds, parse_tasks  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.tasks.registry import TASK_NAMES  # pylint: disable=g-import-not-at-top
+  v = c.eval
+  tasks = parse_tasks(v.tasks) if isinstance(v.tasks, str) else None
+  if tasks is None:
+    e.add('eval.tasks', v.tasks, "must be a string: comma-separated task names, 'deepspeed', 'all' or ''")
+  elif [t for t in tasks if t not in TASK_NAMES]:
+    e.add('eval.tasks', v.tasks, f'names unknown task(s) {[t for t in tasks if t not in TASK_NAMES]}; known: '
+          f'{", ".join(TASK_NAMES)}')
+  elif tasks and not v.data_dir:
+    e.add('eval.data_dir', v.data_dir, 'must name the directory of <task>/<split>.jsonl files when eval.tasks is set')
+  e.non_negative('eval.every', v.every, 'an integer')
+  e.non_negative('eval.num_fewshot', v.num_fewshot, 'an integer')
+  e.non_negative('eval.limit', v.limit, 'an integer')
+  e.positive_int('eval.batch_size', v.batch_size)
+  try:
+    if not parse_seeds(v.fewshot_seeds):
+      e.add('eval.fewshot_seeds', v.fewshot_seeds, 'must name at least one seed')
+  except ValueError:
+    e.add('eval.fewshot_seeds', v.fewshot_seeds, "must be comma-separated integers or a count such as '5x'")
+
+
 def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   """All problems found in config, one line each (empty when valid)."""
   e = _Errors()
@@ -252,6 +276,8 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     group_tokens = _check_moe(config, e)
     _check_pool(config.pool, num_moe, e)
   _check_train(config.train, e)
+  if 'eval' in config:
+    _check_eval(config, e)
   _check_mesh(config, num_moe, group_tokens, e)
   return e.lines
 

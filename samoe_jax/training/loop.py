@@ -5,7 +5,8 @@ write config.json and param_summary.json; build the mesh, partitioner, optimizer
 the latest checkpoint (state + data iterator position) or initialise; AOT-compile the train and eval steps
 once; then a thin Python loop. Step s+1 is dispatched before step s's metrics are fetched, and metrics reach
 the host only at log steps (one device_get per log interval). Validation runs every train.eval_every steps and
-at the end; checkpoints every train.checkpoint_every steps, at the end, and on SIGTERM (preemption).
+at the end; configured zero/few-shot tasks (config.eval) every eval.every steps and at the end; checkpoints every
+train.checkpoint_every steps, at the end, and on SIGTERM (preemption).
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.metrics_writer import MetricsWriter, to_json_value
 from samoe_jax.training.optimizer import make_optimizer
 from samoe_jax.training.step import make_eval_step, make_train_step
+from samoe_jax.training.task_eval import PeriodicTaskEval, check_task_data
 
 BATCH_DTYPES = {'decoder_input_tokens': np.int32, 'decoder_target_tokens': np.int32,
                 'decoder_loss_weights': np.float32}
@@ -325,7 +327,8 @@ def save_checkpoint(run: Run, step: int, state: state_lib.TrainState, data_iter:
 
 
 def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: int, train_fn: Any,
-             eval_fn: Any, eval_batches: list, writer: MetricsWriter) -> tuple[state_lib.TrainState, dict, dict]:
+             eval_fn: Any, eval_batches: list, writer: MetricsWriter,
+             task_eval: PeriodicTaskEval | None = None) -> tuple[state_lib.TrainState, dict, dict]:
   """Steps start_step+1 .. train.steps with logging, validation and checkpoints; returns (state, last train
   metrics, last eval metrics)."""
   t = run.config.train
@@ -346,6 +349,11 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
         if eval_batches:
           last_eval = evaluate(eval_fn, state.params, eval_batches)
           writer.write_eval(step, last_eval)
+        buffer.pause(time.time() - start)
+      if task_eval is not None and task_eval.due(step, t.steps):
+        buffer.flush()
+        start = time.time()
+        task_eval(step, state.params, writer)
         buffer.pause(time.time() - start)
       if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop.requested:
         save_checkpoint(run, step, state, data_iter, buffer)
@@ -390,6 +398,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'."""
   validate_config(config)
   check_trainer_config(config)
+  check_task_data(config)
   os.makedirs(workdir, exist_ok=True)
   run = build_run(config, workdir)
   archive_stale_run_files(run)
@@ -404,8 +413,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   last_train, last_eval = {}, {}
   try:
     if to_train:
+      task_eval = PeriodicTaskEval(config, workdir, run.model, run.partitioner)
       state, last_train, last_eval = run_loop(run, state, data_iter, start_step, train_fn, eval_fn, eval_batches,
-                                              writer)
+                                              writer, task_eval)
     elif eval_batches:
       logging.info('the checkpoint is at step %d >= train.steps=%d: evaluating only', start_step, config.train.steps)
       last_eval = evaluate(eval_fn, state.params, eval_batches)

@@ -1,7 +1,8 @@
 """Where metrics go: console progress lines, TensorBoard event files and WORKDIR/metrics.jsonl.
 
 metrics.jsonl holds one JSON object per logged step: {'kind': 'train' | 'eval', 'step': int, 'time': unix
-seconds, <metric>: float or nested list, ...}. Train records carry the model's metrics averaged over the steps
+seconds, <metric>: float or nested list, ...}; kind 'tasks' records carry zero/few-shot scores
+('tasks/<task>/<metric>') of the trainer's periodic task evaluation. Train records carry the model's metrics averaged over the steps
 since the previous log (loss, cross_entropy, aux_loss, accuracy, moe/..., pool/...), learning_rate, grad_norm
 and perf/...; eval records carry eval/loss, eval/cross_entropy, eval/perplexity, eval/accuracy. A resumed run
 appends; readers take the last record of a (kind, step) pair (see `read_metrics`).
@@ -137,6 +138,12 @@ class MetricsWriter:
     self._write('eval', step, metrics)
     logging.info('eval at step %d: %s', step,
                  ' | '.join(f'{k.split("/", 1)[-1]} {float(v):.4f}' for k, v in sorted(metrics.items())))
+
+  def write_tasks(self, step: int, scalars: Mapping[str, float]) -> None:
+    """Zero/few-shot task scores {'tasks/<task>/<metric>': value} of step `step` (kind 'tasks' in the JSONL)."""
+    self._write('tasks', step, scalars)
+    logging.info('tasks at step %d: %s', step, ' | '.join(f'{k[len("tasks/"):]} {v:.4f}' for k, v in
+                                                           sorted(scalars.items())))
 
   def write_text(self, tag: str, text: str) -> None:
     """A text summary (e.g. the resolved config) at step 0."""

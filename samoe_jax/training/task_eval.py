@@ -1,0 +1,76 @@
+"""The trainer's periodic zero/few-shot task evaluation (config section `eval`, docs/evaluation.md).
+
+Every eval.every steps and after the last step, the configured tasks are scored on the live parameters through
+the same backend as `python -m samoe_jax.evaluate` (compiled scoring shapes are reused between evaluations).
+Results go to metrics.jsonl (kind 'tasks'), TensorBoard ('tasks/<task>/<metric>') and WORKDIR/eval/step_<N>/.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import jax
+import ml_collections
+from absl import logging
+
+from samoe_jax.evaluation.runner import EvalSettings, parse_seeds, parse_tasks
+
+
+def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings | None:
+  """The eval section as EvalSettings, or None when no tasks are configured (or the section is absent)."""
+  if 'eval' not in config or not parse_tasks(config.eval.tasks):
+    return None
+  v = config.eval
+  return EvalSettings(tasks=parse_tasks(v.tasks), data_dir=v.data_dir, num_fewshot=int(v.num_fewshot),
+                      fewshot_seeds=parse_seeds(v.fewshot_seeds), limit=int(v.limit) or None,
+                      bootstrap_iters=0)
+
+
+def check_task_data(config: ml_collections.ConfigDict) -> None:
+  """Fails before training starts when a configured task's data file is missing (the error names the file)."""
+  from samoe_jax.evaluation.tasks import get_task  # pylint: disable=g-import-not-at-top
+  settings = settings_from_config(config)
+  if settings is None:
+    return
+  settings.check()
+  for name in settings.tasks:
+    task = get_task(name, settings.data_dir)
+    splits = [task.eval_split] + ([task.fewshot_split] if settings.num_fewshot and task.fewshot_split else [])
+    for split in splits:
+      path = task.path(split)
+      if not os.path.isfile(path):
+        raise ValueError(f'eval.tasks={config.eval.tasks!r}: task {name} needs {path}, which does not exist '
+                         '(docs/evaluation.md says where to get each data set)')
+
+
+class PeriodicTaskEval:
+  """Scores the configured tasks on demand; the backend is built on first use."""
+
+  def __init__(self, config: ml_collections.ConfigDict, workdir: str, model: Any, partitioner: Any):
+    self.settings = settings_from_config(config)
+    self.config, self.workdir, self.model, self.partitioner = config, workdir, model, partitioner
+    self.every = int(config.eval.every) if self.settings else 0
+    self._backend = None
+
+  def due(self, step: int, last_step: int) -> bool:
+    return self.settings is not None and ((self.every and step % self.every == 0) or step == last_step)
+
+  def __call__(self, step: int, params: Any, writer: Any) -> dict[str, dict[str, float]]:
+    from samoe_jax.evaluation import outputs  # pylint: disable=g-import-not-at-top
+    from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
+    from samoe_jax.evaluation.runner import run_evaluation  # pylint: disable=g-import-not-at-top
+    from samoe_jax.evaluation.tokenization import EvalTokenizer  # pylint: disable=g-import-not-at-top
+    start = time.time()
+    if self._backend is None:
+      self._backend = ModelBackend(self.model, params, EvalTokenizer.from_config(self.config),
+                                   batch_size=int(self.config.eval.batch_size), partitioner=self.partitioner)
+    else:
+      self._backend.set_params(params)
+    scores, details = run_evaluation(self._backend, self.settings)
+    if jax.process_index() == 0:
+      outputs.write_step_results(self.workdir, step, scores, details)
+      writer.write_tasks(step, outputs.tensorboard_scalars(scores))
+    logging.info('task evaluation at step %d took %.1fs', step, time.time() - start)
+    return scores
