@@ -143,3 +143,16 @@ def test_cli_errors_are_messages_not_tracebacks(run, tmp_path):
     result = _python('-m', 'samoe_jax.evaluate', *args)
     assert result.returncode == 1, (args, result.stderr[-2000:])
     assert message in result.stderr and 'Traceback' not in result.stderr, (args, result.stderr[-2000:])
+
+
+def test_harness_command_line_with_the_samoe_model(run, evaluated, tmp_path):
+  """The harness's own CLI (python -m samoe_jax.evaluation.harness run ...) with its --batch_size default."""
+  yamls = _harness_task_dir(tmp_path)
+  result = _python('-m', 'samoe_jax.evaluation.harness', 'run', '--model', 'samoe', '--model_args',
+                   f'workdir={run},checkpoint={STEPS},batch_size=4', '--tasks', 'fx_piqa', '--include_path',
+                   str(yamls), '--output_path', str(tmp_path / 'out'))
+  assert result.returncode == 0, result.stderr[-4000:]
+  [path] = list((tmp_path / 'out').rglob('results_*.json'))
+  theirs = json.loads(path.read_text())['results']['fx_piqa']
+  ours = _results(run, STEPS)['scores']['piqa']
+  assert theirs['acc,none'] == pytest.approx(ours['acc']) and theirs['acc_norm,none'] == pytest.approx(ours['acc_norm'])

@@ -1,7 +1,7 @@
 """The lm-evaluation-harness (0.4.x) model adapter: any harness task on a samoe-jax checkpoint.
 
   pip install -e '.[lm_eval]'
-  python -m samoe_jax.evaluation.harness --model samoe --model_args workdir=runs/tiny_samoe,checkpoint=latest \
+  python -m samoe_jax.evaluation.harness run --model samoe --model_args workdir=runs/tiny_samoe,checkpoint=latest \
       --tasks piqa,hellaswag --num_fewshot 0          # the harness's own CLI with the 'samoe' model registered
 
 or from Python:
@@ -58,6 +58,18 @@ class SamoeLM(LM):
       size = 16 if batch_size in (None, 'auto') else int(batch_size)
       backend = load_backend(workdir, checkpoint=str(checkpoint), config_path=config, batch_size=size)
     self.backend = backend
+
+  @classmethod
+  def create_from_arg_obj(cls, arg_dict: dict[str, Any], additional_config: dict[str, Any] | None = None
+                          ) -> 'SamoeLM':
+    """model_args win over the harness's own --batch_size / --device defaults (no duplicate keywords)."""
+    extra = {k: v for k, v in (additional_config or {}).items() if v is not None and k not in arg_dict}
+    return cls(**arg_dict, **extra)
+
+  @classmethod
+  def create_from_arg_string(cls, arg_string: str, additional_config: dict[str, Any] | None = None) -> 'SamoeLM':
+    from lm_eval import utils  # pylint: disable=g-import-not-at-top
+    return cls.create_from_arg_obj(utils.simple_parse_args_string(arg_string), additional_config)
 
   def loglikelihood(self, requests: list[Instance]) -> list[tuple[float, bool]]:
     return self.backend.loglikelihood([LoglikelihoodRequest(*r.args) for r in requests])
