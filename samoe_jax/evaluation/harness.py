@@ -12,7 +12,7 @@ or from Python:
 model_args: workdir (required: a samoe_jax.train run directory), checkpoint ('latest' or a step), config (a
 config file; default: the run's config.json), batch_size. The harness's requests go to the same
 `ModelBackend` that `python -m samoe_jax.evaluate` uses, so both report identical numbers for identical
-requests (tests/test_harness_bridge.py runs the harness offline and checks this).
+requests (tests/test_evaluate.py runs the harness offline and checks this).
 """
 
 from __future__ import annotations
