@@ -24,6 +24,22 @@ FLOP conventions (per token, forward; one multiply-add = 2 FLOPs; MaxText-style 
   SaMoE weight-space mixing is per step, not per token: 2 * P * E * (params per expert) per MoE layer forward
   ('mixing_per_step'; x3 in training), amortized over data.batch_size * data.seq_len tokens in
   'mixing_per_token'. Fixed mixing selects a pool entry and costs nothing.
+  MomentumSMoE / AdamSMoE (moe.momentum, layers/momentum.py) add no parameters; their state updates are
+  elementwise, so they are not counted either ('momentum_summary' reports them for information).
+  WideNet sharing (layers/shared.py): pool.share_router stores one router [D, E] and model.share_attention one
+  attention for all blocks; both are counted once in total (and materialized), but once per use in
+  active_per_token (like tied experts, which count top_k per MoE layer), so active_per_token and the FLOPs are
+  those of the unshared model: every block still runs its router and attention.
+  PR-MoE (methods.md §3.2): Pyramid-MoE (moe.experts_per_layer, config/pyramid.py) stores sum_g P_g E_g experts
+  (groups of MoE layers with equal E) and routers [D, E_l]; materialized counts sum_l E_l experts; the router
+  FLOPs are 2 D E_l per layer. Residual-MoE (moe.residual, layers/residual_moe.py) adds one expert-shaped dense
+  MLP per MoE layer (2 D F' + F' + D parameters; + W_c [D, 2] and b_c [2] = 2D + 2 for 'learned_softmax') to
+  non_expert (so to active_per_token too; 'residual_moe' reports the sum) and 2 * 2 D F' (+ 2 * 2 D) FLOPs per
+  token per MoE layer ('residual_moe' in flops_per_token).
+  Similarity- / Attention-Aware routing (moe.graph_routing, layers/graph_routing.py, methods.md §10): W_s [D, d_s]
+  (learned metric) and theta [1] (learned lambda) per MoE layer count as routers; per token and MoE layer the
+  mixing S @ p costs 2 L E and similarity's z z^T 2 L d (+ x W_s: 2 D d_s) FLOPs ('graph_routing'; full L x L,
+  like the attention scores before halving; the attention matrix itself is the block's).
 """
 
 from __future__ import annotations
@@ -34,6 +50,10 @@ import math
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config import pyramid
+from samoe_jax.layers import momentum as momentum_lib
+from samoe_jax.layers import residual_moe
+from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
 from samoe_jax.layers.routing import expert_capacity
 
 
@@ -57,6 +77,24 @@ class Sizes:
   mixing: str
   granularity: str
   space: str
+  share_router: bool = False        # pool.share_router (WideNet): one router [D, E] for all MoE layers
+  share_attention: bool = False     # model.share_attention (WideNet): one attention for all blocks
+  # PR-MoE (methods.md §3.2): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
+  groups: tuple[pyramid.ExpertGroup, ...] = ()
+  residual: str = 'none'
+  # Routing policies (layers/routing_policy.py): a router bias [E] per router; hash routing has no router
+  router_bias: bool = False
+  hash_routing: bool = False
+
+  @property
+  def layer_experts(self) -> int:
+    """sum over MoE layers of E_l (L_moe * E without pyramid)."""
+    return sum(len(g.layers) * g.num_experts for g in self.groups)
+
+  @property
+  def stored_experts(self) -> int:
+    """Experts the pools store: sum over groups of P_g * E_g (P * E without pyramid)."""
+    return sum(g.pool_size * g.num_experts for g in self.groups)
 
   @property
   def num_moe(self) -> int:
@@ -77,7 +115,11 @@ def resolve(config: ml_collections.ConfigDict) -> Sizes:
                d_ff=m.d_ff, max_len=m.max_len, tied=bool(m.tie_embeddings), seq_len=config.data.seq_len,
                batch_size=config.data.batch_size, moe_layers=tuple(moe_layer_indices(m)),
                num_experts=moe.num_experts, top_k=moe.top_k, expert_d_ff=moe.expert_d_ff or m.d_ff,
-               pool_size=pool.size, mixing=pool.mixing, granularity=pool.granularity, space=pool.space)
+               pool_size=pool.size, mixing=pool.mixing, granularity=pool.granularity, space=pool.space,
+               share_router=bool(pool.get('share_router', False)),
+               share_attention=bool(m.get('share_attention', False)),
+               groups=tuple(pyramid.groups_of_config(config)), residual=moe.get('residual', 'none'),
+               router_bias=bool(moe.get('router_bias', False)), hash_routing=moe.get('routing') == 'hash')
 
 
 # ------------------------------------------------------------------------------------------------ parameters
@@ -104,22 +146,34 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
   """Parameter counts by part (see the module docstring for the conventions)."""
   s = resolve(config)
   d = s.d_model
-  per_block = attention_params(d) + 2 * layer_norm_params(d)
+  # WideNet sharing: a shared attention / router is stored (and counted, active per token too) once
+  attention = (1 if s.share_attention else s.num_layers) * attention_params(d)
   embedding = embedding_params(s)
-  non_expert = (embedding + layer_norm_params(d) + s.num_layers * per_block + s.num_dense * ffn_params(d, s.d_ff))
+  non_expert = (embedding + layer_norm_params(d) + attention + s.num_layers * 2 * layer_norm_params(d)
+                + s.num_dense * ffn_params(d, s.d_ff))
   per_expert = ffn_params(d, s.expert_d_ff) if s.num_moe else 0
-  expert_pool = s.pool_size * s.num_experts * per_expert if s.num_moe else 0
-  routers = s.num_moe * d * s.num_experts
-  per_layer_logits = s.pool_size * (1 if s.granularity == 'layer' else s.num_experts)
-  mixing_logits = s.num_moe * per_layer_logits if s.learned else 0
+  expert_pool = s.stored_experts * per_expert   # Pyramid-MoE: sum_g P_g E_g experts
+  router_in = d + (1 if s.router_bias else 0)   # moe.router_bias adds b [E] to each router
+  routers = min(s.num_moe, 1) * d * s.num_experts if s.share_router else router_in * s.layer_experts
+  routers = 0 if s.hash_routing else routers    # Hash Layers: no router
+  # Similarity- / Attention-Aware routing (layers/graph_routing.py): W_s [D, d_s] and theta [1] per MoE layer
+  routers += s.num_moe * graph_params_per_layer(GraphConfig.from_moe_section(config.moe), d)
+  mixing_logits = sum(len(g.layers) * g.pool_size * (1 if s.granularity == 'layer' else g.num_experts)
+                      for g in s.groups) if s.learned else 0
+  residual = s.num_moe * residual_moe.residual_params(s.residual, d, s.expert_d_ff)   # Residual-MoE MLP (+ W_c)
+  non_expert += residual
   total = non_expert + expert_pool + mixing_logits + routers
-  materialized = non_expert + routers + s.num_moe * s.num_experts * per_expert
+  materialized = non_expert + routers + s.layer_experts * per_expert
   active = non_expert + routers + s.num_moe * s.top_k * per_expert
+  if s.share_attention:   # a shared weight is used (and counted) once per block it runs in
+    active += (s.num_layers - 1) * attention_params(d)
+  if s.share_router and s.num_moe:
+    active += (s.num_moe - 1) * d * s.num_experts
   return {
       'total': total, 'non_expert': non_expert, 'expert_pool': expert_pool, 'mixing_logits': mixing_logits,
       'routers': routers, 'materialized': materialized, 'active_per_token': active,
       'active_non_embedding': active - embedding, 'embedding': embedding, 'params_per_expert': per_expert,
-      'num_moe_layers': s.num_moe, 'reduction_factor': materialized / total,
+      'num_moe_layers': s.num_moe, 'reduction_factor': materialized / total, 'residual_moe': residual,
   }
 
 
@@ -129,7 +183,8 @@ def mixing_flops_per_step(config: ml_collections.ConfigDict) -> int:
   s = resolve(config)
   if not s.learned or s.space != 'weight':
     return 0
-  return s.num_moe * 2 * s.pool_size * s.num_experts * ffn_params(s.d_model, s.expert_d_ff)
+  return sum(len(g.layers) * 2 * g.pool_size * g.num_experts for g in s.groups) * ffn_params(s.d_model,
+                                                                                            s.expert_d_ff)
 
 
 def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
@@ -143,15 +198,19 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
   if s.learned and s.space == 'output':                    # P expert sets per slot, then a P-way weighted sum
     expert = s.pool_size * (expert + 2 * d)
   moe_experts = s.num_moe * s.top_k * expert
-  router = s.num_moe * 2 * d * s.num_experts
+  router = 0 if s.hash_routing else 2 * d * s.layer_experts   # Pyramid-MoE: each router [D, E_l]; hash: none
+  residual = s.num_moe * residual_moe.residual_flops(s.residual, d, s.expert_d_ff)   # Residual-MoE dense MLP
+  graph = s.num_moe * graph_flops_per_token(GraphConfig.from_moe_section(config.moe), d, s.seq_len,
+                                            s.num_experts)   # graph routing: S @ p (+ similarity z z^T)
   logits = 2 * d * s.vocab
-  forward = attention_proj + attention_scores + dense_ffn + moe_experts + router + logits
+  forward = attention_proj + attention_scores + dense_ffn + moe_experts + router + residual + graph + logits
   mixing_step = mixing_flops_per_step(config)
   mixing_token = mixing_step / (s.batch_size * s.seq_len)
   return {
       'forward': forward, 'train': 3 * forward, 'attention_proj': attention_proj,
       'attention_scores': attention_scores, 'dense_ffn': dense_ffn, 'moe_experts': moe_experts, 'router': router,
-      'logits': logits, 'mixing_per_step': mixing_step, 'mixing_per_token': mixing_token,
+      'logits': logits, 'residual_moe': residual, 'graph_routing': graph,
+      'mixing_per_step': mixing_step, 'mixing_per_token': mixing_token,
       'train_with_mixing': 3 * (forward + mixing_token),
   }
 
@@ -170,15 +229,65 @@ def flops_per_step(config: ml_collections.ConfigDict) -> dict[str, float]:
   }
 
 
+def momentum_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
+  """MomentumSMoE / AdamSMoE (methods.md §7): the setting, its parameters (none) and the elementwise FLOPs per token
+  of the state updates (forward; not included in flops_per_token, which counts matmuls only). None when off."""
+  momentum = momentum_lib.MomentumConfig.from_moe_section(config.moe)
+  if not momentum.enabled:
+    return None
+  num_moe = len(moe_layer_indices(config.model))
+  return {'kind': momentum.kind, 'setting': momentum_lib.describe_momentum(momentum), 'params': 0,
+          'elementwise_flops_per_token': momentum_lib.elementwise_flops_per_token(momentum, num_moe,
+                                                                                  config.model.d_model),
+          'state_floats_per_token': momentum_lib.state_vectors(momentum, num_moe) * config.model.d_model}
+
+
+def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
+  """SMoE-Dropout (methods.md §6, layers/k_schedule.py): the k schedule and the evaluation k / gate. None when
+  both are off (moe.k_schedule='constant', moe.eval_top_k=0, moe.eval_gate='') or the model is dense.
+
+  param_counts / flops_per_token count moe.top_k experts (= k_max, the most a token uses in training); here:
+  'mean_train_k' (k averaged over train.steps, what training's model FLOPs scale with), 'train_flops_per_token'
+  at that mean k, and 'eval_active_per_token' / 'eval_forward_flops_per_token' at moe.eval_top_k.
+  """
+  from samoe_jax.layers.k_schedule import KSchedule  # pylint: disable=g-import-not-at-top
+  moe = config.moe
+  kind, eval_k, eval_gate = moe.get('k_schedule', 'constant'), moe.get('eval_top_k', 0), moe.get('eval_gate', '')
+  if not moe_layer_indices(config.model) or (kind == 'constant' and not eval_k and not eval_gate):
+    return None
+  schedule = KSchedule.from_config(config)
+  mean_k = schedule.mean_k(config.train.steps)
+  def with_k(k: float) -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict(config.to_dict(), type_safe=False)
+    c.moe.top_k = k   # a mean k may be fractional: the counts are linear in k
+    return c
+
+  at_k = with_k(eval_k or moe.top_k)
+  return {'schedule': schedule.describe(), 'kind': kind, 'k_start': int(schedule.numpy(0)),
+          'k_end': int(schedule.numpy(schedule.total_steps)), 'k_schedule_steps': schedule.total_steps,
+          'mean_train_k': mean_k,
+          'train_flops_per_token': flops_per_token(with_k(mean_k))['train'],
+          'eval_top_k': eval_k or moe.top_k, 'eval_gate': eval_gate or moe.get('gate', 'softmax'),
+          'eval_active_per_token': param_counts(at_k)['active_per_token'],
+          'eval_forward_flops_per_token': flops_per_token(at_k)['forward']}
+
+
 # -------------------------------------------------------------------------------------------------- capacity
 def capacity(config: ml_collections.ConfigDict) -> dict[str, int]:
   """Routing group size T, groups per global batch, and expert capacity C per group in training and evaluation."""
   moe = config.moe
   tokens = moe.group_size or config.data.seq_len
   groups = config.data.batch_size * config.data.seq_len // tokens
-  cap = lambda cf: expert_capacity(tokens, moe.num_experts, moe.top_k, cf, moe.min_capacity)
-  return {'group_tokens': tokens, 'groups_per_batch': groups, 'train': cap(moe.capacity_factor_train),
-          'eval': cap(moe.capacity_factor_eval)}
+  formula = moe.get('capacity_formula', 'deepspeed')   # layers/capacity.py
+  cap = lambda cf: expert_capacity(tokens, moe.num_experts, moe.top_k, cf, moe.min_capacity, formula)
+  out = {'group_tokens': tokens, 'groups_per_batch': groups, 'train': cap(moe.capacity_factor_train),
+         'eval': cap(moe.capacity_factor_eval)}
+  counts = sorted({g.num_experts for g in pyramid.groups_of_config(config)})
+  if counts != [moe.num_experts]:   # Pyramid-MoE: C per expert count E_g (train, eval)
+    out['by_num_experts'] = {
+        n: tuple(expert_capacity(tokens, n, moe.top_k, cf, moe.min_capacity, formula)
+                 for cf in (moe.capacity_factor_train, moe.capacity_factor_eval)) for n in counts}
+  return out
 
 
 def pool_size_sweep(config: ml_collections.ConfigDict, sizes: tuple[int, ...] = (1, 2, 3, 4, 6)

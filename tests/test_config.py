@@ -136,7 +136,7 @@ ERROR_CASES: list[tuple[dict, tuple[str, ...]]] = [
     (dict(pool__init='random'), ("pool.init='random'", "'uniform', 'one_hot'")),
     (dict(pool__assignment='random'), ("pool.assignment='random'", "'modulo', 'block'")),
     (dict(moe__dispatch='scatter'), ("moe.dispatch='scatter'", "'gather', 'einsum'")),
-    (dict(moe__slot_priority='random'), ("moe.slot_priority='random'", "'position', 'choice'")),
+    (dict(moe__slot_priority='lottery'), ("moe.slot_priority='lottery'", "'position', 'choice', 'bpr', 'random'")),
     (dict(model__dtype='float16'), ("model.dtype='float16'", "'float32', 'bfloat16'")),
     (dict(moe__lb_loss_coef=-0.01), ('moe.lb_loss_coef=-0.01', '>= 0')),
     (dict(moe__z_loss_coef=-1.0), ('moe.z_loss_coef=-1.0', '>= 0')),

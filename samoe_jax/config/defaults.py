@@ -40,6 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Activation rematerialisation (samoe_jax/models/remat.py): 'none', 'block' (each block keeps only its inputs and
   # is recomputed in the backward pass: ~1/3 more compute, far less activation memory) or 'dots' (keep matmuls).
   c.model.remat = 'none'
+  # WideNet sharing (methods.md §4, samoe_jax/layers/shared.py, docs/methods/sharing.md): one set of attention
+  # weights shared by every block (each block keeps its own LayerNorms and its own decoding cache).
+  c.model.share_attention = False
 
   c.moe = ml_collections.ConfigDict()
   c.moe.num_experts = 8
@@ -55,6 +58,67 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Expert-buffer slot priority: 'position' (token order; causal, the decoder default) or 'choice' (fairseq:
   # all first choices before second choices; a later token can displace an earlier one: not causal).
   c.moe.slot_priority = 'position'
+  # MomentumSMoE / AdamSMoE (methods.md §7, samoe_jax/layers/momentum.py, docs/methods/momentum.md): a state carried
+  # across the MoE layers. 'none' (off), 'heavy_ball' (p = mu p + gamma f; x += p) or 'adam'
+  # (x += gamma m / sqrt(v + eps)). adam_layers: 'first' (official code: Adam in the first MoE layer, heavy ball
+  # after) or 'all' (the paper's formula in every MoE layer).
+  c.moe.momentum = 'none'
+  c.moe.momentum_mu = 0.7            # heavy-ball coefficient in [0, 1) (official layer default; sweep 0.3-0.9)
+  c.moe.momentum_gamma = 1.0         # step size gamma > 0 (heavy ball and Adam)
+  c.moe.adam_beta1 = 0.9
+  c.moe.adam_beta2 = 0.999
+  c.moe.adam_eps = 1e-8
+  c.moe.adam_layers = 'first'
+  # PR-MoE = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, methods.md §3.2; docs/methods/pr_moe.md).
+  # experts_per_layer: one expert count per MoE layer, comma list with 'NxM' runs ('32x10,64x2' = ten MoE layers of
+  # 32 experts, then two of 64); '' = moe.num_experts everywhere. Layers with equal counts share a pool group.
+  # residual: 'none', 'sum' (y = MLP(x) + MoE(x), the paper) or 'learned_softmax' (DeepSpeed use_residual:
+  # c = softmax(W_c x + b_c), y = c0 MoE(x) + c1 MLP(x)); the dense MLP is expert-shaped, one per MoE layer.
+  c.moe.experts_per_layer = ''
+  c.moe.residual = 'none'
+  # SMoE-Dropout (methods.md §6; samoe_jax/layers/k_schedule.py, docs/methods/smoe_dropout.md): the number of experts
+  # per token k changes over training. k_schedule: 'constant' (k = top_k, the default), 'linear_increase',
+  # 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase', 'exp_decrease' from k_min to k_max
+  # (k_max = top_k, the layers' static maximum; 0 = top_k) over k_schedule_steps (0 = train.steps).
+  # eval_top_k: k for evaluation (validation, scoring, decoding; 0 = top_k); eval_gate: the gate for evaluation
+  # ('' = moe.gate; 'uniform' with eval_top_k = num_experts: every expert with weight 1/E, the paper's dense mode).
+  c.moe.k_schedule = 'constant'
+  c.moe.k_min = 1
+  c.moe.k_max = 0
+  c.moe.k_schedule_steps = 0
+  c.moe.eval_top_k = 0
+  c.moe.eval_gate = ''
+  # Routing policies (methods.md §1, §6; samoe_jax/layers/routing_policy.py, docs/methods/routing.md). The defaults
+  # are the standard top-k MoE. routing: 'token_choice', 'expert_choice' (Zhou et al. 2022; NOT causal) or 'hash'
+  # (Roller et al. 2021; expert = fixed hash of the token id, k = 1, no router). gate: 'softmax' (p over all E),
+  # 'topk_softmax' (softmax over the chosen logits), 'uniform' (1/k). gate_renorm: 'auto' (top-1 raw, top-k
+  # renormalised before dropping), 'none', 'before_drop', 'after_drop'. second_policy (training): 'all', 'sampling'
+  # (2nd+ choice: argmax of h + Gumbel), 'random' (GShard: keep it when 2 g2 > U). noise (training): 'none',
+  # 'jitter' (input * U[1-eps, 1+eps]), 'gumbel' (argmax of h + Gumbel), 'gaussian' (h + N(0, 1/E^2), V-MoE).
+  # capacity_formula: 'deepspeed', 'switch', 'fairseq' (k ceil(T/E)), 'none' (C = T). router_bias: Linear router
+  # with bias; router_trainable=False: frozen random router (never updated). slot_priority also takes 'bpr' and
+  # 'random' (DeepSpeed RTS), both NOT causal.
+  c.moe.routing = 'token_choice'
+  c.moe.gate = 'softmax'
+  c.moe.gate_renorm = 'auto'
+  c.moe.second_policy = 'all'
+  c.moe.noise = 'none'
+  c.moe.noise_eps = 0.01
+  c.moe.capacity_formula = 'deepspeed'
+  c.moe.router_bias = False
+  c.moe.router_trainable = True
+  # Similarity- / Attention-Aware (S)MoE (methods.md §10, Nguyen et al. 2025; samoe_jax/layers/graph_routing.py,
+  # docs/methods/graph_routing.md). graph_routing: 'none', 'similarity' (S_ij = softmax_j(x_i^T M x_j / tau), j <= i)
+  # or 'attention' (S = the block's head-averaged attention probabilities); p~ = (1 - lambda) p + lambda S p is used
+  # for selection, gates and the balancing loss. graph_lambda_learned: lambda = sigmoid(theta) per MoE layer, starting
+  # at graph_lambda. similarity_temperature: tau (0 = sqrt of the compared width). similarity_metric: 'identity'
+  # (M = I) or 'learned' (M = W_s W_s^T, W_s [D, similarity_dim]; 0 = d_model). Needs moe.group_size 0 or seq_len.
+  c.moe.graph_routing = 'none'
+  c.moe.graph_lambda = 1.0
+  c.moe.graph_lambda_learned = False
+  c.moe.similarity_temperature = 0.0
+  c.moe.similarity_metric = 'identity'
+  c.moe.similarity_dim = 0
 
   c.pool = ml_collections.ConfigDict()
   c.pool.size = 2                    # P: global MoE layers in the pool (P=1: fully tied experts)
@@ -65,6 +129,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.pool.init = 'uniform'            # 'uniform' (alpha = 0) or 'one_hot' (alpha = one_hot_scale on assigned entry)
   c.pool.one_hot_scale = 3.0
   c.pool.assignment = 'modulo'       # MoE layer l -> pool entry: 'modulo' (l mod P) or 'block' (l*P // L_moe)
+  # WideNet / SaMoE sharing ablations (methods.md §2.1, §4; samoe_jax/layers/shared.py, docs/methods/sharing.md):
+  # share_router: one router W_r [D, E] for every MoE layer (each block's own LayerNorm still makes it route
+  # differently per depth). entropy_coef: adds coef * mean_l H(softmax(alpha_l / tau)) to the loss (learned mixing,
+  # P >= 2): > 0 pushes each layer towards one pool entry, < 0 towards uniform mixing, 0 = off (costs nothing).
+  c.pool.share_router = False
+  c.pool.entropy_coef = 0.0
 
   c.data = ml_collections.ConfigDict()
   c.data.task = 'shakespeare'        # a task registered in samoe_jax.data.tasks
@@ -115,6 +185,24 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.expert = 1
   c.mesh.model = 1
+
+  # Knowledge distillation / Mixture-of-Students staged KD (methods.md §3.5, samoe_jax/training/distill.py,
+  # docs/methods/distillation.md): loss = CE + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
+  c.distill = ml_collections.ConfigDict()
+  c.distill.teacher_workdir = ''     # a trained run's workdir; '' = no distillation
+  c.distill.teacher_config = ''      # the teacher's Python config file; '' = TEACHER_WORKDIR/config.json
+  c.distill.teacher_step = 0         # teacher checkpoint step; 0 = latest
+  c.distill.alpha = 1.0              # KD weight (Megatron-DeepSpeed --kd-beta-ce default 1)
+  c.distill.temperature = 1.0        # T (--kd-temp default 1.0); T = 1 gives the paper's CE + alpha * KL
+  c.distill.stop_step = 0            # staged KD: KD while step < stop_step, then CE only; 0 = KD for the whole run
+
+  # Initialising a fresh run from another run's checkpoint (samoe_jax/training/init_from.py,
+  # docs/methods/upcycling.md); ignored when the workdir already holds a checkpoint (resume).
+  c.init = ml_collections.ConfigDict()
+  c.init.from_workdir = ''           # source run's workdir; '' = fresh random initialisation
+  c.init.step = 0                    # source checkpoint step; 0 = latest
+  c.init.mode = 'same'               # 'same' | 'bottom_layers' (reduced-depth student) | 'upcycle' (dense -> MoE)
+  c.init.noise_std = 0.0             # upcycle: Gaussian noise added to every expert copy
   return c
 
 

@@ -11,7 +11,7 @@ ConfigDict `--config=` would give, validated the same way, so the two front ends
   python -m samoe_jax.train --gin_file=configs/gin/tiny_samoe.gin --gin.samoe.train.steps=200 --workdir=DIR
 
 Sections (configurables in the gin module 'samoe'): experiment (config_file), model, moe, pool, data, train, eval,
-mesh. gin macros (`STEPS = 1000`, `samoe.train.steps = %STEPS`) and `include` work as usual. A binding of a key
+mesh, distill, init. gin macros (`STEPS = 1000`, `samoe.train.steps = %STEPS`) and `include` work as usual. A binding of a key
 the base config does not have is an error naming the key and the section's keys; relative config_file paths
 are resolved against the gin file's directory, then the working directory.
 """
@@ -26,7 +26,7 @@ from typing import Any
 import gin
 import ml_collections
 
-SECTIONS = ('model', 'moe', 'pool', 'data', 'train', 'eval', 'mesh')
+SECTIONS = ('model', 'moe', 'pool', 'data', 'train', 'eval', 'mesh', 'distill', 'init')
 
 
 def _section_overrides(**overrides: Any) -> dict[str, Any]:

@@ -13,10 +13,16 @@ from typing import Any, Sequence
 import ml_collections
 
 from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_assignment
+from samoe_jax.config.pyramid import parse_experts_per_layer
+from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
+from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
+from samoe_jax.layers.routing import SLOT_PRIORITIES
+from samoe_jax.layers.routing_policy import check_routing_config
+from samoe_jax.layers.graph_routing import check_graph_config
 
 DTYPES = ('float32', 'bfloat16')
 DISPATCH = ('gather', 'einsum')
-SLOT_PRIORITY = ('position', 'choice')
+SLOT_PRIORITY = SLOT_PRIORITIES   # 'position', 'choice', 'bpr', 'random' (layers/routing.py)
 MIXING = ('learned', 'fixed')
 GRANULARITY = ('layer', 'expert')
 SPACE = ('weight', 'output')
@@ -146,6 +152,8 @@ def _check_moe(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
   e.one_of('moe.dispatch', moe.dispatch, DISPATCH)
   if 'slot_priority' in moe:
     e.one_of('moe.slot_priority', moe.slot_priority, SLOT_PRIORITY)
+  check_routing_config(c, e)   # routing policies (layers/routing_policy.py)
+  check_graph_config(c, e)     # Similarity- / Attention-Aware (S)MoE (layers/graph_routing.py)
   return _group_tokens(c, e)
 
 
@@ -166,6 +174,117 @@ def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
             f"with pool.mixing='fixed' and pool.assignment={pool.assignment!r} only {len(used)} of the {pool.size} "
             f'entries are used by the {num_moe} MoE layer(s); use pool.size <= {num_moe} (= {num_moe}: standard '
             "MoE, 1: fully tied, between: manual sharing) or pool.mixing='learned'")
+
+
+def _check_momentum(moe: ml_collections.ConfigDict, moe_layers: list[int] | None, e: _Errors) -> None:
+  """MomentumSMoE / AdamSMoE keys (methods.md §7, layers/momentum.py); checked only when moe.momentum is on."""
+  kind = moe.get('momentum', 'none')
+  if not e.one_of('moe.momentum', kind, MOMENTUM_KINDS) or kind == 'none':
+    return
+  if moe_layers is not None and not moe_layers:
+    e.add('moe.momentum', kind, "needs MoE layers (the state is carried across them); this model.layer_plan has "
+          "none: use moe.momentum='none' or a layer plan with MoE blocks")
+  e.in_range('moe.momentum_mu', moe.get('momentum_mu', 0.7), 0.0, 1.0, hi_open=True)
+  e.positive('moe.momentum_gamma', moe.get('momentum_gamma', 1.0))
+  if kind == 'adam':
+    e.in_range('moe.adam_beta1', moe.get('adam_beta1', 0.9), 0.0, 1.0, hi_open=True)
+    e.in_range('moe.adam_beta2', moe.get('adam_beta2', 0.999), 0.0, 1.0, hi_open=True)
+    e.positive('moe.adam_eps', moe.get('adam_eps', 1e-8))
+    e.one_of('moe.adam_layers', moe.get('adam_layers', 'first'), ADAM_LAYERS)
+
+
+def _check_sharing(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
+  """WideNet sharing and the mixing-entropy regulariser (methods.md §2.1, §4; layers/shared.py)."""
+  share_attention = c.model.get('share_attention', False)
+  if not isinstance(share_attention, bool):
+    e.add('model.share_attention', share_attention, 'must be True or False')
+  if not num_moe:   # a dense model ignores the pool section
+    return
+  pool = c.pool
+  share_router = pool.get('share_router', False)
+  if not isinstance(share_router, bool):
+    e.add('pool.share_router', share_router, 'must be True or False')
+  coef = pool.get('entropy_coef', 0.0)
+  if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef != coef or abs(coef) == float('inf'):
+    e.add('pool.entropy_coef', coef, 'must be a finite number (> 0: towards one pool entry per layer, < 0: towards '
+          'uniform mixing, 0: off)')
+  elif coef and pool.mixing != 'learned':
+    e.add('pool.entropy_coef', coef, f"needs pool.mixing='learned' (got {pool.mixing!r}: fixed one-hot mixing has no "
+          'mixing logits to regularise); use 0.0')
+  elif coef and _is_int(pool.size) and pool.size < 2:
+    e.add('pool.entropy_coef', coef, f'needs pool.size >= 2 (got {pool.size}: the mixture over one entry has zero '
+          'entropy); use 0.0')
+
+
+def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
+  """PR-MoE keys (methods.md §3.2): moe.experts_per_layer (Pyramid-MoE, config/pyramid.py) and moe.residual
+  (Residual-MoE, layers/residual_moe.py); MoE models only."""
+  moe, pool = c.moe, c.pool
+  e.one_of('moe.residual', moe.get('residual', 'none'), RESIDUAL_MODES)
+  text = moe.get('experts_per_layer', '')
+  if not (_is_int(moe.num_experts) and _is_int(moe.top_k) and _is_int(pool.size) and pool.size >= 1
+          and pool.assignment in ASSIGNMENTS):
+    return
+  try:
+    counts = parse_experts_per_layer(text, num_moe, moe.num_experts, moe.top_k)
+  except ValueError as err:
+    e.lines.append(str(err))
+    return
+  groups = sorted(set(counts))
+  expert_axis = c.mesh.expert if 'mesh' in c else 1
+  # moe.num_experts itself is checked against mesh.expert in _check_mesh
+  split = _is_int(expert_axis) and expert_axis > 1
+  bad = [n for n in groups if n != moe.num_experts and n % expert_axis] if split else []
+  if bad:
+    e.add('moe.experts_per_layer', text, f'expert count(s) {bad} are not divisible by mesh.expert={expert_axis} '
+          "(every group's experts are split over the expert axis)")
+  if len(groups) < 2:
+    return
+  if pool.get('share_router', False):
+    e.add('pool.share_router', True, f'cannot share one router across MoE layers with different expert counts '
+          f'(moe.experts_per_layer={text!r}); use False')
+  if pool.get('entropy_coef', 0.0):
+    e.add('pool.entropy_coef', pool.entropy_coef, 'is not supported with several expert groups '
+          f'(moe.experts_per_layer={text!r}: each group has its own mixing logits); use 0.0')
+
+
+def _check_k_schedule(c: ml_collections.ConfigDict, e: _Errors) -> None:
+  """SMoE-Dropout keys (methods.md §6, layers/k_schedule.py): the k schedule and the evaluation k / gate (MoE
+  models only; the schedule's bounds are checked only when a schedule is on)."""
+  from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers.routing import GATES  # pylint: disable=g-import-not-at-top
+  moe = c.moe
+  if not (_is_int(moe.num_experts) and _is_int(moe.top_k)):
+    return
+  top_k, experts = moe.top_k, moe.num_experts
+  eval_k = moe.get('eval_top_k', 0)
+  if not _is_int(eval_k) or not 0 <= eval_k <= experts:
+    e.add('moe.eval_top_k', eval_k, f'must be an integer in [0, moe.num_experts={experts}] (0 = moe.top_k)')
+  elif eval_k and moe.get('experts_per_layer', ''):   # Pyramid-MoE: every layer needs eval_top_k experts
+    try:
+      fewest = min(parse_experts_per_layer(moe.experts_per_layer, len(moe_layer_indices(c.model)), experts))
+    except ValueError:
+      fewest = eval_k   # reported by _check_pr_moe
+    if eval_k > fewest:
+      e.add('moe.eval_top_k', eval_k, f'must be <= {fewest}, the fewest experts of a layer in '
+            f'moe.experts_per_layer={moe.experts_per_layer!r}')
+  eval_gate = moe.get('eval_gate', '')
+  if eval_gate != '':
+    e.one_of('moe.eval_gate', eval_gate, ('',) + tuple(GATES))
+  kind = moe.get('k_schedule', 'constant')
+  if not e.one_of('moe.k_schedule', kind, K_SCHEDULES) or kind == 'constant':
+    return
+  k_min, k_max, steps = moe.get('k_min', 1), moe.get('k_max', 0), moe.get('k_schedule_steps', 0)
+  if _is_int(k_max) and k_max not in (0, top_k):
+    e.add('moe.k_max', k_max, f'must be 0 or moe.top_k={top_k}: top_k is the MoE layers\' static maximum k, so set '
+          f'moe.top_k={k_max} (and moe.k_max=0) to schedule up to {k_max} experts')
+  elif not _is_int(k_max):
+    e.add('moe.k_max', k_max, f'must be an integer (0 = moe.top_k={top_k})')
+  if not _is_int(k_min) or not 1 <= k_min <= top_k:
+    e.add('moe.k_min', k_min, f'must be an integer in [1, moe.top_k={top_k}] (k_min <= k_max = top_k <= '
+          f'moe.num_experts={experts}) with moe.k_schedule={kind!r}')
+  if not _is_int(steps) or steps < 0:
+    e.add('moe.k_schedule_steps', steps, 'must be an integer >= 0 (0 = train.steps)')
 
 
 def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
@@ -260,6 +379,35 @@ def _check_eval(c: ml_collections.ConfigDict, e: _Errors) -> None:
     e.add('eval.fewshot_seeds', v.fewshot_seeds, "must be comma-separated integers or a count such as '5x'")
 
 
+INIT_MODES = ('same', 'bottom_layers', 'upcycle')
+
+
+def _check_distill_init(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
+  """config.distill (training/distill.py) and config.init (training/init_from.py); absent sections are off."""
+  if 'distill' in c:
+    d = c.distill
+    for key in ('teacher_workdir', 'teacher_config'):
+      if not isinstance(d.get(key, ''), str):
+        e.add(f'distill.{key}', d.get(key), "must be a string ('' = off / the teacher's config.json)")
+    if d.get('teacher_workdir', ''):
+      e.non_negative('distill.alpha', d.alpha)
+      e.positive('distill.temperature', d.temperature)
+      for key in ('teacher_step', 'stop_step'):
+        if not _is_int(d[key]) or d[key] < 0:
+          e.add(f'distill.{key}', d[key], 'must be an integer >= 0 (0 = latest checkpoint / KD for the whole run)')
+  if 'init' in c and c.init.get('from_workdir', ''):
+    i = c.init
+    e.one_of('init.mode', i.mode, INIT_MODES)
+    e.non_negative('init.noise_std', i.noise_std)
+    if not _is_int(i.step) or i.step < 0:
+      e.add('init.step', i.step, 'must be an integer >= 0 (0 = latest checkpoint)')
+    if i.mode == 'upcycle' and not num_moe:
+      e.add('init.mode', i.mode, "'upcycle' needs MoE layers in this model (model.layer_plan is dense)")
+    if i.mode == 'upcycle' and num_moe and c.pool.mixing == 'learned' and c.pool.init != 'one_hot':
+      e.add('pool.init', c.pool.init, "init.mode='upcycle' with learned mixing needs 'one_hot' (each layer starts "
+            'near its own upcycled pool entry)')
+
+
 def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   """All problems found in config, one line each (empty when valid)."""
   e = _Errors()
@@ -275,10 +423,16 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   if num_moe:
     group_tokens = _check_moe(config, e)
     _check_pool(config.pool, num_moe, e)
+  _check_momentum(config.moe, moe_layers, e)
+  _check_sharing(config, num_moe, e)
+  if num_moe:
+    _check_pr_moe(config, num_moe, e)
+    _check_k_schedule(config, e)   # SMoE-Dropout (layers/k_schedule.py)
   _check_train(config.train, e)
   if 'eval' in config:
     _check_eval(config, e)
   _check_mesh(config, num_moe, group_tokens, e)
+  _check_distill_init(config, num_moe, e)
   return e.lines
 
 

@@ -27,15 +27,24 @@ class CausalSelfAttention(nn.Module):
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
-  def __call__(self, x_BLD: jax.Array, *, train: bool, inference: InferenceMode | None = None) -> jax.Array:
+  def __call__(self, x_BLD: jax.Array, *, train: bool, inference: InferenceMode | None = None,
+               weights: dict[str, jax.Array] | None = None,
+               return_probs: bool = False) -> jax.Array | tuple[jax.Array, jax.Array]:
+    """weights: this module's four parameters given from outside (WideNet's attention shared by every block,
+    layers/shared.py); then the module creates no parameters, but its decoding caches are still its own.
+    return_probs: also return the head-averaged attention probabilities before dropout, float32 [B, L, M]
+    (Attention-Aware MoE routing, layers/graph_routing.py)."""
     d = x_BLD.shape[-1]
     k_dim = d // self.num_heads
-    w_qkv = self.param('qkv_kernel', initializers.normal(self.init_std, ('embed', None, 'heads', 'kv')),
-                       (d, 3, self.num_heads, k_dim))
-    b_qkv = self.param('qkv_bias', initializers.zeros((None, 'heads', 'kv')), (3, self.num_heads, k_dim))
-    w_out = self.param('out_kernel', initializers.normal(self.out_init_std, ('heads', 'kv', 'embed')),
-                       (self.num_heads, k_dim, d))
-    b_out = self.param('out_bias', initializers.zeros(('embed',)), (d,))
+    if weights is not None:
+      w_qkv, b_qkv, w_out, b_out = (weights[n] for n in ('qkv_kernel', 'qkv_bias', 'out_kernel', 'out_bias'))
+    else:
+      w_qkv = self.param('qkv_kernel', initializers.normal(self.init_std, ('embed', None, 'heads', 'kv')),
+                         (d, 3, self.num_heads, k_dim))
+      b_qkv = self.param('qkv_bias', initializers.zeros((None, 'heads', 'kv')), (3, self.num_heads, k_dim))
+      w_out = self.param('out_kernel', initializers.normal(self.out_init_std, ('heads', 'kv', 'embed')),
+                         (self.num_heads, k_dim, d))
+      b_out = self.param('out_bias', initializers.zeros(('embed',)), (d,))
     b, length, _ = x_BLD.shape
     # 2-D matmuls over flattened tokens: XLA's backward of the 3-D einsum is ~2x slower on CPU.
     qkv_T3HK = (x_BLD.reshape(b * length, d).astype(self.dtype) @ w_qkv.reshape(d, -1).astype(self.dtype))
@@ -52,11 +61,13 @@ class CausalSelfAttention(nn.Module):
     scores_BHLM = jnp.einsum('bhlk,bhmk->bhlm', q_BHLK, k_BHMK).astype(jnp.float32) / jnp.sqrt(k_dim)
     scores_BHLM = jnp.where(visible_BLM[:, None], scores_BHLM, jnp.finfo(jnp.float32).min)
     probs_BHLM = jax.nn.softmax(scores_BHLM, axis=-1).astype(self.dtype)
+    mean_probs_BLM = jnp.mean(probs_BHLM.astype(jnp.float32), axis=1) if return_probs else None
     if train and self.dropout_rate > 0:
       probs_BHLM = nn.Dropout(self.dropout_rate)(probs_BHLM, deterministic=False)
     out_BLHK = jnp.swapaxes(jnp.einsum('bhlm,bhmk->bhlk', probs_BHLM, v_BHMK), 1, 2)
     y_TD = out_BLHK.reshape(b * length, d) @ w_out.reshape(d, d).astype(self.dtype)
-    return (y_TD + b_out.astype(self.dtype)).reshape(b, length, d)
+    y_BLD = (y_TD + b_out.astype(self.dtype)).reshape(b, length, d)
+    return (y_BLD, mean_probs_BLM) if return_probs else y_BLD
 
   def _cache_vars(self, b: int, cache_len: int, k_dim: int) -> tuple[nn.Variable, nn.Variable]:
     shape = (b, self.num_heads, cache_len, k_dim)

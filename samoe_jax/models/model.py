@@ -19,7 +19,10 @@ import ml_collections
 import numpy as np
 
 from samoe_jax.layers.experts import ExpertWeights, mix_all_layers, mixing_weights
+from samoe_jax.layers import pool_groups
 from samoe_jax.layers.inference import InferenceMode
+from samoe_jax.layers.routing_policy import needs_routing_rng
+from samoe_jax.layers.shared import mixing_entropy, repeated_uses
 from samoe_jax.models.losses import output_cross_entropy
 from samoe_jax.models.spec import ModelSpec
 from samoe_jax.models.transformer import Decoder, LayerExperts
@@ -76,9 +79,12 @@ class LanguageModel:
 
   # ------------------------------------------------------------------------------------------------- forward
   def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
-             sequence_routing: bool = False,
-             experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+             sequence_routing: bool = False, experts: dict[int, LayerExperts] | None = None,
+             active_k: jax.Array | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
     """Final hidden states h_BLD and the MoE layers' aux dicts.
+
+    active_k: SMoE-Dropout's traced k (int32 [] in [1, moe.top_k], layers/k_schedule.py): every MoE layer uses only
+    the first active_k of its top_k choices. None: top_k (train=True) or moe.eval_top_k (train=False).
 
     sequence_routing: evaluation routing (layers/inference.py): every sequence is routed on its own with a fixed
     capacity, so a token's output depends on its own sequence's earlier tokens only, never on padding, the
@@ -87,9 +93,11 @@ class LanguageModel:
     if sequence_routing and train:
       raise ValueError('LanguageModel.hidden: sequence_routing is for evaluation; it needs train=False')
     rngs = {'dropout': rng} if (train and rng is not None) else {}
+    if rngs and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority) and self.spec.moe_layers:
+      rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing policies (layers/routing_policy.py)
     inference = InferenceMode() if sequence_routing else None
     return self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
-                             inference=inference, experts=experts)
+                             inference=inference, experts=experts, active_k=active_k)
 
   @staticmethod
   def output_embedding(params: Params) -> jax.Array:
@@ -134,12 +142,23 @@ class LanguageModel:
                                               mutable=['cache'])
     return h_B1D[:, 0], variables['cache']
 
-  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None,
-              train: bool) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring)."""
+  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, train: bool,
+              extra_loss: Any | None = None, active_k: jax.Array | None = None,
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring).
+
+    active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.k_schedule is not
+    'constant'), reported as the metric 'moe/active_k'. None adds nothing to the graph.
+
+    extra_loss: optional (params, h_BLD, batch) -> (term, metrics) added to the loss, e.g. knowledge distillation
+    (samoe_jax/training/distill.py); None adds nothing to the graph."""
     if train and self.spec.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
-    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng)
+    if (train and rng is None and self.spec.moe_layers
+        and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority)):
+      raise ValueError('loss_fn(train=True) needs an rng: the routing policy draws random numbers in training '
+                       f'({self.spec.routing_policy}, slot_priority={self.spec.slot_priority!r})')
+    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k)
     b, l, d = h_BLD.shape
     weights_T = batch['decoder_loss_weights'].astype(jnp.float32).reshape(b * l)
     num_tokens = jnp.sum(weights_T)
@@ -151,9 +170,19 @@ class LanguageModel:
     lb = sum((a['lb_loss'] for a in auxes), jnp.zeros((), jnp.float32))
     z = sum((a['z_loss'] for a in auxes), jnp.zeros((), jnp.float32))
     aux_loss = self.spec.lb_loss_coef * lb + self.spec.z_loss_coef * z
+    if self.spec.entropy_coef:   # pool.entropy_coef (layers/shared.py); 0 adds nothing to the graph
+      entropy = mixing_entropy(params['mixing_logits']['alpha'], self.spec.temperature)
+      aux_loss = aux_loss + self.spec.entropy_coef * entropy
+      metrics['pool/mixing_entropy'] = entropy
     loss = ce + aux_loss
+    if extra_loss is not None:   # KD (training/distill.py): a term on the final hidden states
+      term, extra_metrics = extra_loss(params, h_BLD, batch)
+      loss = loss + term
+      metrics.update(extra_metrics)
     metrics.update({'loss': loss, 'aux_loss': aux_loss})
     metrics.update(self._moe_metrics(auxes, lb, z))
+    if active_k is not None and auxes:   # SMoE-Dropout's k schedule (layers/k_schedule.py)
+      metrics['moe/active_k'] = jnp.asarray(active_k, jnp.float32)
     return loss, metrics
 
   def _moe_metrics(self, auxes: list[dict[str, jax.Array]], lb: jax.Array, z: jax.Array) -> dict[str, jax.Array]:
@@ -162,7 +191,7 @@ class LanguageModel:
     out = {'moe/lb_loss': lb, 'moe/z_loss': z}
     mixing = []
     for layer, aux in zip(self.spec.moe_layers, auxes):
-      for key in ('expert_load', 'dropped_fraction', 'router_entropy', 'lb_loss', 'z_loss'):
+      for key in ('expert_load', 'dropped_fraction', 'router_entropy', 'selection_entropy', 'lb_loss', 'z_loss'):
         out[f'moe/layer{layer}/{key}'] = aux[key]
       if 'mixing_weights' in aux:
         mixing.append(aux['mixing_weights'])
@@ -179,24 +208,38 @@ class LanguageModel:
 
   # ----------------------------------------------------------------------------------------------- SaMoE pool
   def mixing_weights(self, params: Params) -> np.ndarray | None:
-    """Every MoE layer's mixing weights over the pool: [L_moe, P] (or [L_moe, E, P]); one-hot when fixed."""
+    """Every MoE layer's mixing weights over the pool: [L_moe, P] (or [L_moe, E, P]); one-hot when fixed.
+
+    Pyramid-MoE with several expert groups (config/pyramid.py): each layer's weights over its own group's pool,
+    zero-padded to [L_moe, P_max] / [L_moe, E_max, P_max] (layers/pool_groups.py).
+    """
     spec = self.spec
     if not spec.moe_layers:
       return None
-    if spec.mixing == 'learned':
+    groups = spec.groups
+    if spec.mixing != 'learned':
+      return pool_groups.fixed_mixing_weights(groups, spec.granularity)
+    if len(groups) == 1:
       return np.asarray(mixing_weights(params['mixing_logits']['alpha'], spec.temperature))
-    one_hot_LP = np.eye(spec.pool_size, dtype=np.float32)[list(spec.pool_entry)]
-    if spec.granularity == 'layer':
-      return one_hot_LP
-    return np.repeat(one_hot_LP[:, None, :], spec.num_experts, axis=1)
+    rows = [None] * len(spec.moe_layers)
+    for g in groups:
+      w = mixing_weights(params[g.mixing_name]['alpha'], spec.temperature)
+      for i, layer in enumerate(g.layers):
+        rows[layer] = w[i]
+    return np.asarray(pool_groups.pad_stack(rows))
 
   def materialize(self, params: Params) -> list[ExpertWeights]:
     """Every MoE layer's effective experts (leading axis E) in MoE-layer order, for serving or analysis."""
     weights = self.mixing_weights(params)
     if weights is None:
       return []
-    mixed = mix_all_layers(ExpertWeights(**params['expert_pool']), jnp.asarray(weights))
-    return [mixed.entry(i) for i in range(len(self.spec.moe_layers))]
+    out = [None] * len(self.spec.moe_layers)
+    for g in self.spec.groups:   # Pyramid-MoE: each group mixes its own pool (E_g experts per layer)
+      w = jnp.stack([jnp.asarray(pool_groups.unpad(weights, g, i)) for i in range(len(g.layers))])
+      mixed = mix_all_layers(ExpertWeights(**params[g.pool_name]), w)
+      for i, layer in enumerate(g.layers):
+        out[layer] = mixed.entry(i)
+    return out
 
   def param_summary(self) -> dict[str, int]:
     """Parameter counts by shape evaluation: total stored, its parts, materialized, and active per token.
@@ -214,15 +257,19 @@ class LanguageModel:
         parts['expert_pool'] += size
       elif 'mixing' in names:
         parts['mixing_logits'] += size
-      elif 'router' in names:
+      elif 'router' in names or 'frozen_router' in names:   # frozen router: moe.router_trainable=False
         parts['routers'] += size
       else:
         parts['non_expert'] += size
     total = sum(parts.values())
     spec = self.spec
-    per_expert = parts['expert_pool'] // max(spec.pool_size * spec.num_experts, 1)
+    # Pyramid-MoE groups (config/pyramid.py): P_g x E_g experts stored per group, E_l experts per MoE layer
+    per_expert = parts['expert_pool'] // max(sum(g.pool_size * g.num_experts for g in spec.groups), 1)
     num_moe = len(spec.moe_layers)
-    materialized = parts['non_expert'] + parts['routers'] + num_moe * spec.num_experts * per_expert
+    layer_experts = sum(len(g.layers) * g.num_experts for g in spec.groups)
+    materialized = parts['non_expert'] + parts['routers'] + layer_experts * per_expert
     active = parts['non_expert'] + parts['routers'] + num_moe * spec.top_k * per_expert
+    if spec.share_attention or spec.share_router:   # WideNet: shared weights count once per use (layers/shared.py)
+      active += repeated_uses(self.abstract_params(), spec.num_layers, num_moe)
     return {'total': total, **parts, 'materialized': materialized, 'active_per_token': active,
             'params_per_expert': per_expert, 'num_moe_layers': num_moe}

@@ -8,6 +8,10 @@ import jax.numpy as jnp
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
+from samoe_jax.config.pyramid import ExpertGroup, expert_groups, layer_entries, parse_experts_per_layer
+from samoe_jax.layers.graph_routing import GraphConfig
+from samoe_jax.layers.momentum import MomentumConfig
+from samoe_jax.layers.routing_policy import RoutingPolicy
 from samoe_jax.models.remat import check_remat
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -48,10 +52,33 @@ class ModelSpec:
   lb_loss_coef: float
   z_loss_coef: float
   remat: str = 'none'                  # activation rematerialisation per block: 'none' | 'block' | 'dots' (remat.py)
+  momentum: MomentumConfig = MomentumConfig()   # MomentumSMoE / AdamSMoE state across MoE layers (layers/momentum.py)
+  # WideNet sharing and the SaMoE mixing-entropy regulariser (layers/shared.py, docs/methods/sharing.md)
+  share_router: bool = False           # pool.share_router: one router [D, E] for every MoE layer
+  share_attention: bool = False        # model.share_attention: one set of attention weights for every block
+  entropy_coef: float = 0.0            # pool.entropy_coef: coef * mean H(softmax(alpha / tau)) added to the loss
+  # PR-MoE (methods.md §3.2; config/pyramid.py, layers/residual_moe.py, docs/methods/pr_moe.md)
+  expert_groups: tuple[ExpertGroup, ...] = ()   # moe.experts_per_layer: MoE layers grouped by expert count
+  residual: str = 'none'               # moe.residual: 'none' | 'sum' | 'learned_softmax' (Residual-MoE)
+  # Routing policies (methods.md §1, §6; layers/routing_policy.py, docs/methods/routing.md)
+  routing_policy: RoutingPolicy = RoutingPolicy()
+  # SMoE-Dropout (methods.md §6; layers/k_schedule.py, docs/methods/smoe_dropout.md): k and gate of the evaluation
+  # forward passes (train=False: validation, scoring, decoding); 0 / '' = top_k / routing_policy.gate
+  eval_top_k: int = 0
+  eval_gate: str = ''
+  # Similarity- / Attention-Aware (S)MoE (methods.md §10; layers/graph_routing.py, docs/methods/graph_routing.md)
+  graph: GraphConfig = GraphConfig()
 
   @property
   def compute_dtype(self):
     return DTYPES[self.dtype]
+
+  @property
+  def groups(self) -> tuple[ExpertGroup, ...]:
+    """The expert groups (config/pyramid.py); one group of num_experts over every MoE layer by default."""
+    if self.expert_groups or not self.moe_layers:
+      return self.expert_groups
+    return (ExpertGroup(0, self.num_experts, tuple(range(len(self.moe_layers))), self.pool_size, self.pool_entry),)
 
   @property
   def out_init_std(self) -> float:
@@ -63,6 +90,10 @@ class ModelSpec:
     m, moe, pool = config.model, config.moe, config.pool
     moe_layers = tuple(moe_layer_indices(m))
     entries = tuple(pool_assignment(len(moe_layers), pool.size, pool.assignment)) if moe_layers else ()
+    groups = tuple(expert_groups(parse_experts_per_layer(   # Pyramid-MoE (config/pyramid.py)
+        moe.get('experts_per_layer', ''), len(moe_layers), moe.num_experts, moe.top_k), pool.size,
+        pool.assignment)) if moe_layers else ()
+    entries = layer_entries(list(groups), len(moe_layers)) if len(groups) > 1 else entries
     return cls(
         vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
         d_ff=m.d_ff, max_len=m.max_len, dropout_rate=m.dropout_rate, init_std=m.init_std, dtype=m.dtype,
@@ -75,4 +106,12 @@ class ModelSpec:
         slot_priority=moe.slot_priority, pool_size=pool.size, mixing=pool.mixing,
         granularity=pool.granularity, space=pool.space, temperature=pool.temperature, mixing_init=pool.init,
         one_hot_scale=pool.one_hot_scale, lb_loss_coef=moe.lb_loss_coef, z_loss_coef=moe.z_loss_coef,
-        remat=check_remat(m.get('remat', 'none')))
+        remat=check_remat(m.get('remat', 'none')),
+        momentum=MomentumConfig.from_moe_section(moe),
+        share_router=bool(pool.get('share_router', False)) and bool(moe_layers),
+        share_attention=bool(m.get('share_attention', False)),
+        entropy_coef=float(pool.get('entropy_coef', 0.0)) if moe_layers else 0.0,
+        expert_groups=groups, residual=moe.get('residual', 'none') if moe_layers else 'none',
+        routing_policy=RoutingPolicy.from_moe_section(moe),
+        eval_top_k=int(moe.get('eval_top_k', 0)), eval_gate=moe.get('eval_gate', ''),
+        graph=GraphConfig.from_moe_section(moe) if moe_layers else GraphConfig())

@@ -30,6 +30,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('moe_layer', None),             # per-MoE-layer mixing logits
     ('capacity', None),              # expert buffer slots
     ('router', None),                # router output columns (one per expert, small)
+    ('frozen_router', None),         # a frozen router's columns (moe.router_trainable=False): never updated
 )
 
 

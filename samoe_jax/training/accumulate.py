@@ -38,8 +38,11 @@ Metrics = dict[str, jax.Array]
 LossFn = Callable[[Any, Batch, jax.Array | None, bool], tuple[jax.Array, Metrics]]
 
 SUMMED = ('num_tokens',)                     # totals over the batch
-LOSS_WEIGHTED = ('cross_entropy', 'accuracy')  # means over target tokens (decoder_loss_weights)
-SHARED = ('pool/mixing_weights',)            # functions of the parameters alone: equal in every microbatch
+LOSS_WEIGHTED = ('cross_entropy', 'accuracy',  # means over target tokens (decoder_loss_weights)
+                 'distill/kl', 'distill/loss')  # knowledge distillation (training/distill.py)
+SHARED = ('pool/mixing_weights', 'distill/active',  # the same in every microbatch (parameters / step alone)
+          'moe/active_k')                          # SMoE-Dropout's k at this step (layers/k_schedule.py)
+KD_LOSS = 'distill/loss'                     # a KD term in the loss, weighted like the cross-entropy
 # 'loss' is recomputed as cross_entropy + aux_loss; every other metric is a mean over real (routed) input tokens.
 
 
@@ -107,6 +110,8 @@ def combine_metrics(metrics_M: Metrics, loss_share_M: jax.Array, routed_share_M:
     elif key != 'loss':
       out[key] = weighted(x_M, routed_share_M)
   out['loss'] = out['cross_entropy'] + out['aux_loss']
+  if KD_LOSS in out:
+    out['loss'] = out['loss'] + out[KD_LOSS]
   return out
 
 
@@ -122,7 +127,10 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: j
 
   def scaled_loss(p, micro: Batch, rng: jax.Array, loss_share: jax.Array, routed_share: jax.Array):
     _, metrics = loss_fn(p, micro, rng, True)
-    return metrics['cross_entropy'] * loss_share + metrics['aux_loss'] * routed_share, metrics
+    loss = metrics['cross_entropy'] * loss_share + metrics['aux_loss'] * routed_share
+    if KD_LOSS in metrics:   # a mean over target tokens, like the cross-entropy
+      loss = loss + metrics[KD_LOSS] * loss_share
+    return loss, metrics
 
   grad_fn = jax.grad(scaled_loss, has_aux=True)
 

@@ -27,12 +27,14 @@ import optax
 from absl import logging
 
 from samoe_jax import accounting
+from samoe_jax.config import pyramid
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data import pipeline
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import distill, init_from
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
@@ -105,6 +107,10 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
   expert = partitioner.mesh.shape['expert']
   if has_moe and config.moe.num_experts % expert:
     raise ValueError(f'moe.num_experts={config.moe.num_experts} must be divisible by the expert axis ({sizes})')
+  bad = [g.num_experts for g in pyramid.groups_of_config(config) if g.num_experts % expert] if has_moe else []
+  if bad:   # Pyramid-MoE (config/pyramid.py): every expert group is split over the expert axis
+    raise ValueError(f'moe.experts_per_layer={config.moe.experts_per_layer!r}: expert count(s) {bad} must be '
+                     f'divisible by the expert axis ({sizes})')
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
@@ -175,6 +181,10 @@ def initial_state(run: Run) -> tuple[state_lib.TrainState, dict[str, Any] | None
   init = jax.jit(lambda rng: state_lib.init_state(run.model, run.optimizer, rng), out_shardings=run.shardings)
   with run.partitioner.activate():
     state = init(jax.random.key(run.meta['seed']))
+  if init_from.enabled(run.config):   # config.init: a fresh run only (training/init_from.py)
+    params = init_from.initial_params(run.config, run.model, run.partitioner, state.params, run.shardings.params)
+    state = state.replace(params=params)
+    logging.info('initialised parameters from %s (init.mode=%s)', run.config.init.from_workdir, run.config.init.mode)
   return state, None, 0
 
 
@@ -185,16 +195,21 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
   return run.partitioner.batch_spec(local)
 
 
-def compile_steps(run: Run, with_train: bool = True) -> tuple[Any, Any, float]:
-  """AOT-compiled (train_step or None, eval_step) and the compile time in seconds (logged with memory use)."""
+def compile_steps(run: Run, with_train: bool = True,
+                  teacher: distill.Teacher | None = None) -> tuple[Any, Any, float]:
+  """AOT-compiled (train_step or None, eval_step) and the compile time in seconds (logged with memory use).
+
+  teacher: knowledge distillation (training/distill.py); the returned train step then passes the teacher's params
+  (a non-donated argument) itself, so it is called as train_fn(state, batch, rng) either way."""
   start = time.time()
   batch = abstract_batch(run)
   train_compiled = None
   if with_train:
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
     train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
-                               microbatches=run.config.train.get('microbatches', 1))
-    train_compiled = train_fn.lower(run.abstract, batch, rng).compile()
+                               microbatches=run.config.train.get('microbatches', 1), teacher=teacher)
+    teacher_args = () if teacher is None else (teacher.params,)
+    train_compiled = train_fn.lower(run.abstract, batch, rng, *teacher_args).compile()
   eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
   eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()
   seconds = time.time() - start
@@ -204,6 +219,9 @@ def compile_steps(run: Run, with_train: bool = True) -> tuple[Any, Any, float]:
     logging.info('train step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB',
                  memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
                  memory.temp_size_in_bytes / 2**20)
+  if teacher is not None and train_compiled is not None:
+    compiled = train_compiled
+    train_compiled = lambda state, batch, rng: compiled(state, batch, rng, teacher.params)  # noqa: E731
   return train_compiled, eval_compiled, seconds
 
 
@@ -399,6 +417,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate_config(config)
   check_trainer_config(config)
   check_task_data(config)
+  if distill.enabled(config):     # missing teacher / vocabulary mismatch: refused before anything is written
+    distill.teacher_config(config)
   os.makedirs(workdir, exist_ok=True)
   run = build_run(config, workdir)
   archive_stale_run_files(run)
@@ -406,7 +426,8 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   state, data_state, start_step = initial_state(run)
   data_iter, eval_batches = make_data(run, data_state)
   to_train = start_step < config.train.steps
-  train_fn, eval_fn, compile_s = compile_steps(run, with_train=to_train)
+  teacher = distill.load_teacher(config, run.partitioner) if to_train else None
+  train_fn, eval_fn, compile_s = compile_steps(run, with_train=to_train, teacher=teacher)
   writer = MetricsWriter(workdir, config.train.steps)
   writer.write_text('config', '```\n' + config.to_json_best_effort(indent=2) + '\n```')
   start = time.time()

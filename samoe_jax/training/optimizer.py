@@ -19,7 +19,10 @@ import ml_collections
 import optax
 
 STACKING_AXES = frozenset({'pool', 'expert', 'moe_layer', 'layers'})
-NO_DECAY_AXES = frozenset({'mixing'})
+NO_DECAY_AXES = frozenset({'mixing', 'frozen_router'})
+# Parameters with one of these logical axes are never updated (moe.router_trainable=False: a frozen random router,
+# SMoE-Dropout): their updates are set to zero after AdamW, so they stay bit-exactly at their initial values.
+FROZEN_AXES = frozenset({'frozen_router'})
 Schedule = Callable[[jax.Array | int], jax.Array]
 
 
@@ -43,6 +46,14 @@ def decay_mask(params: Any, logical_axes: Any | None = None) -> Any:
   if logical_axes is None:
     return jax.tree.map(lambda p: is_decayed(None, len(p.shape)), params)
   return jax.tree.map(lambda p, s: is_decayed(tuple(s), len(p.shape)), params, logical_axes)
+
+
+def frozen_mask(params: Any, logical_axes: Any | None = None) -> Any:
+  """Pytree of bools, same structure as params: True for parameters that must never change (FROZEN_AXES)."""
+  if logical_axes is None:
+    return jax.tree.map(lambda p: False, params)
+  return jax.tree.map(lambda p, s: bool(FROZEN_AXES.intersection(n for n in tuple(s) if n)), params,
+                      logical_axes)
 
 
 def make_schedule(train_cfg: ml_collections.ConfigDict) -> Schedule:
@@ -79,4 +90,7 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
   clip = optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip > 0 else optax.identity()
   adamw = optax.adamw(learning_rate=schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=1e-8,
                       weight_decay=train_cfg.weight_decay, mask=decay_mask(params, logical_axes))
+  frozen = frozen_mask(params, logical_axes)
+  if any(jax.tree.leaves(frozen)):   # nothing is added for models without frozen parameters
+    return optax.chain(clip, adamw, optax.masked(optax.set_to_zero(), frozen)), schedule
   return optax.chain(clip, adamw), schedule

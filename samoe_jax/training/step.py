@@ -21,8 +21,9 @@ from typing import Any, Callable
 import jax
 import optax
 
+from samoe_jax.layers import k_schedule
 from samoe_jax.sharding.partitioner import PartitionedFn, Partitioner
-from samoe_jax.training import accumulate
+from samoe_jax.training import accumulate, distill
 from samoe_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -31,19 +32,24 @@ Metrics = dict[str, jax.Array]
 
 def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable, state: TrainState,
                batch: Batch, rng: jax.Array, microbatches: int = 1,
-               grad_shardings: Any | None = None) -> tuple[TrainState, Metrics]:
+               grad_shardings: Any | None = None, teacher: Any | None = None,
+               teacher_params: Any | None = None) -> tuple[TrainState, Metrics]:
   """One update. batch: int32/float32 [B, L] decoder features; rng: the run's base key (fixed for the run).
 
   microbatches: M >= 1 gradient-accumulation passes (B divisible by M x rows per routing group);
   grad_shardings: the parameters' shardings, kept by the accumulated gradients (M > 1 only).
+  teacher, teacher_params: knowledge distillation (training/distill.py: a Teacher and its params, never updated).
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
+  model = k_schedule.model_at_step(model, state.step)   # SMoE-Dropout: the loss at k(step) (moe.k_schedule)
+  loss_fn = model.loss_fn if teacher is None else distill.kd_loss_fn(model, teacher.model, teacher.spec,
+                                                                    teacher_params, state.step)
   if accumulate.check_microbatches(microbatches) == 1:
-    grad_fn = jax.value_and_grad(model.loss_fn, has_aux=True)
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
   else:
     unit_rows = accumulate.group_rows(model, batch['decoder_input_tokens'].shape[1])
-    grads, metrics = accumulate.accumulate_gradients(model.loss_fn, state.params, batch, dropout_rng, microbatches,
+    grads, metrics = accumulate.accumulate_gradients(loss_fn, state.params, batch, dropout_rng, microbatches,
                                                      unit_rows, grad_shardings)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -58,15 +64,24 @@ def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
 
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable,
-                    partitioner: Partitioner, state_shardings: TrainState, microbatches: int = 1) -> PartitionedFn:
+                    partitioner: Partitioner, state_shardings: TrainState, microbatches: int = 1,
+                    teacher: Any | None = None) -> PartitionedFn:
   """train_step (accumulating over `microbatches`) jitted with (state, batch, rng) shardings, replicated metrics
-  and the state donated."""
+  and the state donated. With a `teacher` (training/distill.py) the step takes a 4th argument, the teacher's
+  params, sharded by the teacher model's own logical axes and not donated."""
   accumulate.check_microbatches(microbatches)
-  fn = functools.partial(train_step, model, optimizer, schedule, microbatches=microbatches,
-                         grad_shardings=state_shardings.params)
   replicated = partitioner.replicated()
-  return partitioner.partition(fn, in_shardings=(state_shardings, partitioner.data_sharding(), replicated),
-                               out_shardings=(state_shardings, replicated), donate_argnums=(0,))
+  in_shardings = (state_shardings, partitioner.data_sharding(), replicated)
+  if teacher is None:
+    fn = functools.partial(train_step, model, optimizer, schedule, microbatches=microbatches,
+                           grad_shardings=state_shardings.params)
+  else:
+    def fn(state, batch, rng, teacher_params):
+      return train_step(model, optimizer, schedule, state, batch, rng, microbatches=microbatches,
+                        grad_shardings=state_shardings.params, teacher=teacher, teacher_params=teacher_params)
+    in_shardings += (distill.teacher_shardings(teacher, partitioner),)
+  return partitioner.partition(fn, in_shardings=in_shardings, out_shardings=(state_shardings, replicated),
+                               donate_argnums=(0,))
 
 
 def make_eval_step(model: Any, partitioner: Partitioner, param_shardings: Any) -> PartitionedFn:

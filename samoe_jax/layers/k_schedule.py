@@ -1,0 +1,158 @@
+"""The active-k schedule of SMoE-Dropout (methods.md §6; Chen et al., ICLR 2023, `calculate_gate_number`).
+
+The number of experts each token uses, k(s), changes with the training step s. The MoE layers are built with
+their static maximum k_max = moe.top_k (dispatch buffers, slots); the train step passes the traced k(s) as
+`active_k` (only the first k(s) of a token's top_k choices are used, layers/routing.py).
+
+With a = k_max - k_min, S = moe.k_schedule_steps (0: train.steps), s clamped to [0, S] (k is held at k(S) after
+step S) and `round` rounding half to even (Python's round, np.round, as the official code):
+
+  constant          k = moe.top_k                                      (the default: nothing changes)
+  linear_increase   k = round( a s / S) + k_min                        (the paper's schedule, k_min -> k_max)
+  linear_decrease   k = round(-a s / S) + k_max
+  cosine_increase   k = round(-a cos(pi s / (2 S))) + k_max
+  cosine_decrease   k = round( a cos(pi s / (2 S))) + k_min
+  exp_increase      k = round(-a 0.99^c) + k_max,  c = s // max(S // 300, 1)
+  exp_decrease      k = round( a 0.99^c) + k_min                       (the mirror of exp_increase; not in the repo)
+
+and k is finally clipped to [k_min, k_max]. Deviations from the repo: s is clamped to [0, S] (the repo's cosine
+would rise again after 2 S) and exp's S // 300 is at least 1 (the repo divides by zero for S < 300).
+
+`schedule_numpy` is the formula in float64 numpy (the reference). `KSchedule.__call__(step)` is the jnp function
+for a traced step: it adds the schedule's integer jumps at the steps where the reference changes value (found once
+in numpy over s = 0..S), so it equals the reference exactly at every step, with no float32 rounding at the .5
+boundaries; the schedules are monotone, so there are at most k_max - k_min jumps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samoe_jax.config.layer_plan import moe_layer_indices
+
+KINDS = ('constant', 'linear_increase', 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase',
+         'exp_decrease')
+EXP_BASE = 0.99     # the repo's decay per period
+EXP_PERIODS = 300   # the repo's number of periods over S
+
+
+def schedule_numpy(kind: str, steps: Any, k_min: int, k_max: int, total_steps: int) -> np.ndarray:
+  """k at each step (int64 array like `steps`): the formulas of the module docstring in float64 numpy."""
+  if kind not in KINDS:
+    raise ValueError(f'moe.k_schedule={kind!r} is not one of {KINDS}')
+  if total_steps < 1:
+    raise ValueError(f'k schedule: total_steps={total_steps} must be >= 1')
+  s = np.clip(np.asarray(steps, np.int64), 0, total_steps).astype(np.float64)
+  a, S = float(k_max - k_min), float(total_steps)
+  if kind == 'constant':
+    k = np.full(s.shape, float(k_max))
+  elif kind == 'linear_increase':
+    k = np.round(a * s / S) + k_min
+  elif kind == 'linear_decrease':
+    k = np.round(-a * s / S) + k_max
+  elif kind in ('cosine_increase', 'cosine_decrease'):
+    cosine = np.cos(np.pi * s / (2.0 * S))
+    k = np.round(-a * cosine) + k_max if kind == 'cosine_increase' else np.round(a * cosine) + k_min
+  else:
+    periods = np.floor_divide(s, max(total_steps // EXP_PERIODS, 1))
+    decay = EXP_BASE ** periods
+    k = np.round(-a * decay) + k_max if kind == 'exp_increase' else np.round(a * decay) + k_min
+  return np.clip(k, k_min, k_max).astype(np.int64)
+
+
+@dataclasses.dataclass(frozen=True)
+class KSchedule:
+  """k(step) for moe.k_schedule `kind` between k_min and k_max over total_steps (module docstring)."""
+  kind: str
+  k_min: int
+  k_max: int
+  total_steps: int
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'moe.k_schedule={self.kind!r} is not one of {KINDS}')
+    if not 1 <= self.k_min <= self.k_max:
+      raise ValueError(f'k schedule: need 1 <= moe.k_min={self.k_min} <= k_max={self.k_max}')
+    if self.total_steps < 1:
+      raise ValueError(f'k schedule: total_steps={self.total_steps} must be >= 1')
+
+  @property
+  def constant(self) -> bool:
+    return self.kind == 'constant' or self.k_min == self.k_max
+
+  def numpy(self, steps: Any) -> np.ndarray:
+    """The reference: k at each of `steps` (int64)."""
+    return schedule_numpy(self.kind, steps, self.k_min, self.k_max, self.total_steps)
+
+  @functools.cached_property
+  def jumps(self) -> tuple[int, tuple[int, ...], tuple[int, ...]]:
+    """(k at step 0, the steps where k changes, the change at each of them), from the reference over 0..S."""
+    k_S1 = self.numpy(np.arange(self.total_steps + 1))
+    where = np.flatnonzero(np.diff(k_S1)) + 1
+    return int(k_S1[0]), tuple(int(w) for w in where), tuple(int(d) for d in np.diff(k_S1)[where - 1])
+
+  def __call__(self, step: jax.Array | int) -> jax.Array:
+    """k at a (traced) step: int32 [] in [k_min, k_max], equal to `numpy(step)` at every step."""
+    k0, where, deltas = self.jumps
+    step = jnp.asarray(step, jnp.int32)
+    if not where:
+      return jnp.full((), k0, jnp.int32)
+    passed_J = step >= jnp.asarray(where, jnp.int32)
+    return (k0 + jnp.sum(jnp.where(passed_J, jnp.asarray(deltas, jnp.int32), 0))).astype(jnp.int32)
+
+  def mean_k(self, num_steps: int) -> float:
+    """The average k over steps 0 .. num_steps - 1 (what the training FLOPs scale with)."""
+    return float(np.mean(self.numpy(np.arange(max(num_steps, 1)))))
+
+  def describe(self) -> str:
+    if self.kind == 'constant':
+      return f'constant k = {self.k_max}'
+    return (f'{self.kind} from k = {self.numpy(0)} to k = {self.numpy(self.total_steps)} over {self.total_steps} '
+            f'steps (k_min {self.k_min}, k_max {self.k_max})')
+
+  @classmethod
+  def from_config(cls, config: Any) -> 'KSchedule':
+    """The schedule of config.moe (k_schedule, k_min, k_max, k_schedule_steps) and train.steps."""
+    moe = config.moe
+    kind = moe.get('k_schedule', 'constant')
+    k_max = moe.get('k_max', 0) or moe.top_k
+    k_min = moe.top_k if kind == 'constant' else moe.get('k_min', 1)
+    total = moe.get('k_schedule_steps', 0) or config.train.steps
+    return cls(kind, int(k_min), int(k_max), int(total))
+
+
+def train_active_k(config: Any, step: jax.Array) -> jax.Array | None:
+  """The active k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' (then nothing
+  is passed to the model and the forward pass is the one without a schedule) and for dense models."""
+  if config.moe.get('k_schedule', 'constant') == 'constant' or not moe_layer_indices(config.model):
+    return None
+  return KSchedule.from_config(config)(step)
+
+
+def model_at_step(model: Any, step: jax.Array) -> Any:
+  """What the train step differentiates: `model` itself without a k schedule, else AtActiveK(model, k(step))."""
+  config = getattr(model, 'config', None)
+  active_k = train_active_k(config, step) if config is not None else None
+  return model if active_k is None else AtActiveK(model, active_k)
+
+
+class AtActiveK:
+  """`model` whose loss_fn runs at a given active k (everything else is the model's own): what the train step
+  hands to the loss, the gradient accumulation and knowledge distillation, so they need not know about k."""
+
+  def __init__(self, model: Any, active_k: jax.Array):
+    self._model, self._active_k = model, active_k
+
+  def loss_fn(self, *args: Any, **kwargs: Any):
+    return self._model.loss_fn(*args, active_k=self._active_k, **kwargs)
+
+  def __getattr__(self, name: str) -> Any:   # only called for names AtActiveK does not define
+    if name.startswith('__') or name in ('_model', '_active_k'):
+      raise AttributeError(name)
+    return getattr(self._model, name)
