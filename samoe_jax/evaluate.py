@@ -25,26 +25,15 @@ from ml_collections import config_flags
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
-def _validation_batches(value: str, config: Any) -> int:
-  if value == 'config':
-    return int(config.train.eval_batches)
-  if value == 'all':
-    return 0
-  if value == 'none':
-    return -1
-  if value.isdigit() and int(value) > 0:
-    return int(value)
-  raise ValueError(f'--validation_batches={value!r}: use config (train.eval_batches), all, none or a count >= 1')
-
-
 def settings_from_flags(config: Any) -> Any:
+  from samoe_jax.evaluation.perplexity import parse_validation_batches  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation.runner import EvalSettings, parse_seeds, parse_tasks  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   settings = EvalSettings(
       tasks=parse_tasks(f.tasks), data_dir=f.eval_data_dir, num_fewshot=f.num_fewshot,
       fewshot_seeds=parse_seeds(f.fewshot_seeds), limit=f.limit or None,
       perplexity_files=tuple(p for p in f.perplexity_files.split(',') if p),
-      validation_batches=_validation_batches(f.validation_batches, config), bootstrap_iters=f.bootstrap_iters)
+      validation_batches=parse_validation_batches(f.validation_batches, config), bootstrap_iters=f.bootstrap_iters)
   settings.check()
   return settings
 

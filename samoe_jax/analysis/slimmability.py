@@ -153,7 +153,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
   from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
   from samoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.perplexity import ALL_BATCHES  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.perplexity import ALL_BATCHES, parse_validation_batches  # pylint: disable=g-import-not-at-top
   from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
@@ -161,15 +161,7 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
   validate_config(config)
   num_experts = num_experts_of(config)
   modes = modes_for(parse_ks(ks, num_experts), num_experts, uniform)
-  if validation_batches == 'config':
-    num_batches = int(config.train.eval_batches) or 1
-  elif validation_batches == 'all':
-    num_batches = ALL_BATCHES
-  elif validation_batches.isdigit() and int(validation_batches) > 0:
-    num_batches = int(validation_batches)
-  else:
-    raise ValueError(f'--validation_batches={validation_batches!r}: use config (train.eval_batches), all or a '
-                     'count >= 1')
+  num_batches = parse_validation_batches(validation_batches, config, allow_none=False) or ALL_BATCHES
   steps = checkpoints.select_steps(workdir, checkpoint)
   if len(steps) != 1:
     raise ValueError(f'--checkpoint={checkpoint!r} names {len(steps)} checkpoints; give latest or one step')

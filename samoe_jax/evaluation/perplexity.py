@@ -29,6 +29,22 @@ from samoe_jax.sharding.partitioner import Partitioner
 ALL_BATCHES = 1 << 30
 
 
+def parse_validation_batches(value: str, config: Any, allow_none: bool = True) -> int:
+  """A --validation_batches flag: 'config' (train.eval_batches), 'all' (0: the whole split), 'none' (-1: skip;
+  only when allow_none) or a count >= 1. Raises ValueError naming the value and what is allowed."""
+  if value == 'config':
+    return int(config.train.eval_batches)
+  if value == 'all':
+    return 0
+  if value == 'none' and allow_none:
+    return -1
+  if value.isdigit() and int(value) > 0:
+    return int(value)
+  allowed = 'config (train.eval_batches), all, none or a count >= 1' if allow_none else (
+      'config (train.eval_batches), all or a count >= 1')
+  raise ValueError(f'--validation_batches={value!r}: use {allowed}')
+
+
 def read_documents(path: str) -> list[str]:
   """The documents of a local text file (see the module docstring); errors name the file and line."""
   if not os.path.isfile(path):
