@@ -202,11 +202,11 @@ def test_eval_gate_uniform_equals_a_model_trained_with_the_uniform_gate():
 
 
 def test_constant_schedule_passes_nothing():
-  model = LanguageModel(tiny_model_config())
-  assert k_schedule.model_at_step(model, jnp.int32(5)) is model
-  scheduled = LanguageModel(smoe_config())
-  wrapped = k_schedule.model_at_step(scheduled, jnp.int32(0))
-  assert isinstance(wrapped, k_schedule.AtActiveK) and wrapped.spec is scheduled.spec
+  assert k_schedule.train_active_k(tiny_model_config(), jnp.int32(5)) is None
+  assert k_schedule.train_active_k(None, jnp.int32(5)) is None
+  config = smoe_config()
+  expected = k_schedule.KSchedule.from_config(config)(jnp.int32(0))
+  assert int(k_schedule.train_active_k(config, jnp.int32(0))) == int(expected)
 
 
 @pytest.mark.parametrize('overrides', [{'moe.eval_top_k': 2},

@@ -127,32 +127,11 @@ class KSchedule:
     return cls(kind, int(k_min), int(k_max), int(total))
 
 
-def train_active_k(config: Any, step: jax.Array) -> jax.Array | None:
+def train_active_k(config: Any | None, step: jax.Array) -> jax.Array | None:
   """The active k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' (then nothing
-  is passed to the model and the forward pass is the one without a schedule) and for dense models."""
-  if config.moe.get('k_schedule', 'constant') == 'constant' or not moe_layer_indices(config.model):
+  is passed to the model and the forward pass is the one without a schedule), for dense models and without a
+  config."""
+  if config is None or config.moe.get('k_schedule', 'constant') == 'constant' or not moe_layer_indices(
+      config.model):
     return None
   return KSchedule.from_config(config)(step)
-
-
-def model_at_step(model: Any, step: jax.Array) -> Any:
-  """What the train step differentiates: `model` itself without a k schedule, else AtActiveK(model, k(step))."""
-  config = getattr(model, 'config', None)
-  active_k = train_active_k(config, step) if config is not None else None
-  return model if active_k is None else AtActiveK(model, active_k)
-
-
-class AtActiveK:
-  """`model` whose loss_fn runs at a given active k (everything else is the model's own): what the train step
-  hands to the loss, the gradient accumulation and knowledge distillation, so they need not know about k."""
-
-  def __init__(self, model: Any, active_k: jax.Array):
-    self._model, self._active_k = model, active_k
-
-  def loss_fn(self, *args: Any, **kwargs: Any):
-    return self._model.loss_fn(*args, active_k=self._active_k, **kwargs)
-
-  def __getattr__(self, name: str) -> Any:   # only called for names AtActiveK does not define
-    if name.startswith('__') or name in ('_model', '_active_k'):
-      raise AttributeError(name)
-    return getattr(self._model, name)

@@ -41,9 +41,10 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Ca
   teacher, teacher_params: knowledge distillation (training/distill.py: a Teacher and its params, never updated).
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
-  model = k_schedule.model_at_step(model, state.step)   # SMoE-Dropout: the loss at k(step) (moe.k_schedule)
-  loss_fn = model.loss_fn if teacher is None else distill.kd_loss_fn(model, teacher.model, teacher.spec,
-                                                                    teacher_params, state.step)
+  active_k = k_schedule.train_active_k(getattr(model, 'config', None), state.step)   # SMoE-Dropout: k(step)
+  loss_fn = model.loss_fn if active_k is None else functools.partial(model.loss_fn, active_k=active_k)
+  if teacher is not None:
+    loss_fn = distill.kd_loss_fn(model, teacher.model, teacher.spec, teacher_params, state.step, loss_fn)
   if accumulate.check_microbatches(microbatches) == 1:
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
