@@ -24,10 +24,10 @@ from samoe_jax.data import train_tokenizer
 from samoe_jax.data import vocabularies
 
 import tensorflow_datasets as tfds  # pylint: disable=g-bad-import-order  # after samoe_jax.data (quiet TF)
+from batch_checks import KEYS, assert_same_batches, take  # pylint: disable=g-bad-import-order  (tests/ helper)
 
 TINY = os.path.join(documents.CORPUS_DIR, 'shakespeare_tiny')
 FULL = os.path.join(documents.CORPUS_DIR, 'shakespeare')
-KEYS = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 
 
 def cfg(**overrides):
@@ -37,18 +37,6 @@ def cfg(**overrides):
   for key, value in overrides.items():
     setattr(c, key, value)
   return c
-
-
-def take(iterator, n):
-  return [next(iterator) for _ in range(n)]
-
-
-def assert_same_batches(a, b):
-  assert len(a) == len(b)
-  for x, y in zip(a, b):
-    assert set(x) == set(y) == set(KEYS)
-    for key in KEYS:
-      np.testing.assert_array_equal(x[key], y[key])
 
 
 def complete_documents(docs, vocab, num_tokens):

@@ -145,7 +145,16 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.shuffle_buffer = 10_000
   c.data.tfds_name = ''              # for task 'tfds_lm': e.g. 'c4/en:3.1.0'
   c.data.tfds_data_dir = ''          # prepared TFDS directory (local path or gs://); nothing is downloaded
-  c.data.text_key = 'text'
+  c.data.text_key = 'text'           # TFDS text feature; for task 'text_files' the JSONL field holding the text
+  # Task 'text_files' (samoe_jax/data/text_files.py, docs/data.md): your own .txt / .jsonl files (or .txt.gz /
+  # .jsonl.gz), comma-separated globs. Give train_files (+ validation_files) or files, not both; files is split
+  # per document: validation when int.from_bytes(sha256(text)[:8], 'little') / 2**64 < validation_fraction.
+  c.data.train_files = ''
+  c.data.validation_files = ''       # '' = an empty validation split (then set train.eval_batches = 0)
+  c.data.files = ''
+  c.data.validation_fraction = 0.01  # in (0, 1); only with data.files
+  c.data.txt_documents = 'paragraph'  # a .txt file's documents: 'paragraph' (blank-line separated), 'line', 'file'
+  c.data.cache_dir = ''              # tokenized text_files rows saved here as .npy (keyed by a sha256); '' = none
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
 

@@ -14,6 +14,7 @@ import ml_collections
 
 from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_assignment
 from samoe_jax.config.pyramid import parse_experts_per_layer
+from samoe_jax.data import text_files
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
 from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
 from samoe_jax.layers.routing import SLOT_PRIORITIES
@@ -106,6 +107,9 @@ def _check_data(c: ml_collections.ConfigDict, e: _Errors) -> None:
     e.add('data.task', d.task, 'must name a registered task (a non-empty string)')
   if d.task == 'tfds_lm' and not d.tfds_name:
     e.add('data.tfds_name', d.tfds_name, "must name a TFDS dataset (e.g. 'c4/en:3.1.0') when data.task='tfds_lm'")
+  if d.task == text_files.TASK:   # the file keys' types and combination (the files themselves: check_text_files)
+    for key, value, allowed in text_files.setting_errors(d):
+      e.add(f'data.{key}', value, allowed)
   if not isinstance(d.vocabulary, str) or not d.vocabulary:
     e.add('data.vocabulary', d.vocabulary,
           "must be 'sentencepiece', 'byte', 'gpt2' or a path to a .model or .tiktoken file")

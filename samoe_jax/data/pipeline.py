@@ -4,9 +4,10 @@ Each batch is {'decoder_input_tokens': int32 [b, L] (targets shifted right, 0 fi
 int32 [b, L], 'decoder_loss_weights': float32 [b, L] (1 where target != 0)} with b = data.batch_size // num_shards
 and L = data.seq_len, made by seqio's DecoderFeatureConverter (pack=False).
 
-Embedded corpora (data.task 'shakespeare', 'shakespeare_tiny') are tokenized once per process and kept in memory as
-an int32 [N, L] array; an epoch is a permutation of its rows seeded by (data.shuffle_seed, epoch), and global batch
-j of an epoch is rows [j*B, (j+1)*B) of that permutation, of which shard s takes rows [s*b, (s+1)*b). TFDS corpora
+In-memory tasks (data.task 'shakespeare', 'shakespeare_tiny', 'text_files') are tokenized once per process and kept
+in memory as an int32 [N, L] array ('text_files' rows also on disk with data.cache_dir); an epoch is a permutation
+of its rows seeded by (data.shuffle_seed, epoch), and global batch j of an epoch is rows [j*B, (j+1)*B) of that
+permutation, of which shard s takes rows [s*b, (s+1)*b). TFDS corpora
 ('tfds_lm') stream through seqio with a data.shuffle_buffer shuffle seeded per epoch, sharded at the source.
 `TrainIterator.get_state()` / `set_state()` give exact resume: the same batches as an uninterrupted run.
 """
@@ -80,12 +81,17 @@ class TrainIterator:
     self._cfg = data_cfg
     self._seq = _sequences()
     self._task = self._seq.get_task(data_cfg, 'train_split')
-    self._embedded = self._seq.is_embedded(data_cfg.task)
+    self._in_memory = self._seq.is_in_memory(data_cfg.task)
     self._shard_index, self._num_shards = shard_index, num_shards
     self._epoch = self._batch_in_epoch = self._served = 0
     self._epoch_iter: Iterator[Batch] | None = None
-    if self._embedded:
-      rows = self._seq.cached_rows(self._task, data_cfg.train_split, data_cfg.seq_len)
+    if self._in_memory:
+      rows = self._seq.in_memory_rows(data_cfg, self._task, data_cfg.train_split)
+      tokens = int(np.count_nonzero(rows))
+      if tokens < data_cfg.seq_len:
+        raise ValueError(
+            f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {tokens} tokens, fewer than one '
+            f'sequence of data.seq_len={data_cfg.seq_len}.')
       if len(rows) < data_cfg.batch_size:
         raise ValueError(
             f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {len(rows)} sequences of '
@@ -98,8 +104,8 @@ class TrainIterator:
   def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
     """The batches of `epoch` from batch index `start` on (this shard's rows)."""
     cfg = self._cfg
-    if self._embedded:
-      rows = self._seq.cached_rows(self._task, cfg.train_split, cfg.seq_len)
+    if self._in_memory:
+      rows = self._seq.in_memory_rows(cfg, self._task, cfg.train_split)
       num_batches = len(rows) // cfg.batch_size
       order = np.random.default_rng([int(cfg.shuffle_seed), epoch]).permutation(len(rows))
       order = _shard_rows(order[:num_batches * cfg.batch_size], cfg.batch_size, self._shard_index,
@@ -174,8 +180,15 @@ def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, 
   seq = _sequences()
   task = seq.get_task(data_cfg, 'eval_split')
   global_batch, seq_len = data_cfg.batch_size, data_cfg.seq_len
-  max_rows = None if seq.is_embedded(data_cfg.task) else num_batches * global_batch
-  rows = seq.cached_rows(task, data_cfg.eval_split, seq_len, max_rows)[:num_batches * global_batch]
+  wanted = num_batches * global_batch
+  if seq.is_in_memory(data_cfg.task):
+    rows = seq.in_memory_rows(data_cfg, task, data_cfg.eval_split)[:wanted]
+    if not len(rows):
+      raise ValueError(f'data.eval_split={data_cfg.eval_split!r} of data.task={data_cfg.task!r} has no tokens: '
+                       'nothing to evaluate on (text_files: set data.validation_files, or data.files with '
+                       'data.validation_fraction).')
+  else:
+    rows = seq.cached_rows(task, data_cfg.eval_split, seq_len, wanted)[:wanted]
   if len(rows) < global_batch:
     rows = np.concatenate([rows, np.zeros((global_batch - len(rows), seq_len), np.int32)])
   rows = rows[:len(rows) // global_batch * global_batch]

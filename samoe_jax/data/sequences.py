@@ -16,6 +16,7 @@ import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 from samoe_jax.data import tasks  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import text_files  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 Batch = dict[str, np.ndarray]
 
@@ -23,9 +24,10 @@ Batch = dict[str, np.ndarray]
 _SEQUENCE_CACHE: dict[tuple, np.ndarray] = {}
 
 
-def is_embedded(task: str) -> bool:
-  """Whether data.task is an embedded corpus (tokenized once and held in memory) rather than a TFDS stream."""
-  return task in tasks.EMBEDDED
+def is_in_memory(task: str) -> bool:
+  """Whether data.task is tokenized once per process and held in memory (the embedded corpora, 'text_files')
+  rather than streamed (a TFDS corpus)."""
+  return task in tasks.IN_MEMORY
 
 
 def get_task(data_cfg: Any, split_key: str) -> seqio.Task:
@@ -46,17 +48,37 @@ def _targets(example: dict[str, tf.Tensor]) -> tf.Tensor:
   return example['targets']
 
 
-def cached_rows(task: seqio.Task, split: str, seq_len: int, max_rows: int | None = None) -> np.ndarray:
-  """All sequences of `split` in order (or its first `max_rows`) as int32 [N, seq_len], zero-padded.
+def tokenized_rows(task: seqio.Task, split: str, seq_len: int, max_rows: int | None = None) -> np.ndarray:
+  """All sequences of `split` in order (or its first `max_rows`) through seqio, as int32 [N, seq_len], zero-padded
+  (not cached)."""
+  ds = stream(task, split, seq_len, shuffle=False)
+  ds = (ds if max_rows is None else ds.take(max_rows)).map(_targets)
+  parts = list(ds.padded_batch(1024, padded_shapes=[seq_len], padding_values=0).as_numpy_iterator())
+  return np.concatenate(parts).astype(np.int32) if parts else np.zeros((0, seq_len), np.int32)
 
-  Tokenized once per process and kept in memory (the full embedded corpus: ~1.4M tokens, 5.7 MB, ~2 s).
+
+def cached_rows(task: seqio.Task, split: str, seq_len: int, max_rows: int | None = None) -> np.ndarray:
+  """`tokenized_rows`, tokenized once per process and kept in memory (read-only).
+
+  The full embedded corpus: ~1.4M tokens, 5.7 MB, ~2 s.
   """
   key = (task.name, split, seq_len, max_rows)
   if key not in _SEQUENCE_CACHE:
-    ds = stream(task, split, seq_len, shuffle=False)
-    ds = (ds if max_rows is None else ds.take(max_rows)).map(_targets)
-    parts = list(ds.padded_batch(1024, padded_shapes=[seq_len], padding_values=0).as_numpy_iterator())
-    rows = np.concatenate(parts).astype(np.int32) if parts else np.zeros((0, seq_len), np.int32)
+    rows = tokenized_rows(task, split, seq_len, max_rows)
+    rows.setflags(write=False)
+    _SEQUENCE_CACHE[key] = rows
+  return _SEQUENCE_CACHE[key]
+
+
+def in_memory_rows(data_cfg: Any, task: seqio.Task, split: str) -> np.ndarray:
+  """All sequences of `split` of an in-memory task as int32 [N, data.seq_len], read-only, made once per process;
+  'text_files' rows come from data.cache_dir when it holds them (text_files.load_rows)."""
+  seq_len = int(data_cfg.seq_len)
+  if data_cfg.task != text_files.TASK:
+    return cached_rows(task, split, seq_len)
+  key = (task.name, split, seq_len, None)  # the task name carries the corpus fingerprint
+  if key not in _SEQUENCE_CACHE:
+    rows = text_files.load_rows(data_cfg, split, lambda: tokenized_rows(task, split, seq_len))
     rows.setflags(write=False)
     _SEQUENCE_CACHE[key] = rows
   return _SEQUENCE_CACHE[key]

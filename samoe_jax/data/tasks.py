@@ -1,10 +1,12 @@
-"""The seqio pretraining tasks: the embedded Shakespeare corpus (full and tiny) and a prepared TFDS text corpus.
+"""The seqio pretraining tasks: the embedded Shakespeare corpus (full and tiny), your text files, a TFDS corpus.
 
 Tasks are registered on first use, one per (task, vocabulary[, TFDS dataset]):
 
   shakespeare_<vocab>        the embedded corpus (samoe_jax/data/corpus/shakespeare), splits train / validation
   shakespeare_tiny_<vocab>   ~16 KB / ~4 KB slices of it, for fast tests and smoke runs
   tfds_lm_<vocab>_<hash>     data.text_key of data.tfds_name read from the prepared directory data.tfds_data_dir
+  text_files_<vocab>_<hash>  .txt / .jsonl files named by data.train_files / data.files (text_files.py); <hash> is
+                             the corpus fingerprint (file contents, file list, document and split settings)
 
 <vocab> is `vocabularies.vocabulary_key(data.vocabulary)`. Every task yields {'targets': int32 [<= seq_len]}:
 documents are tokenized, end with EOS (id 1), are concatenated and cut into data.seq_len pieces.
@@ -25,12 +27,18 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-orde
 
 from samoe_jax.data import documents  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import preprocessors  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import text_files  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import vocabularies  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 # Embedded corpora: task -> (directory under samoe_jax/data/corpus, file suffix).
 EMBEDDED = {'shakespeare': ('shakespeare', '.txt.gz'), 'shakespeare_tiny': ('shakespeare_tiny', '.txt')}
 EMBEDDED_SPLITS = ('train', 'validation')
-TASKS = (*EMBEDDED, 'tfds_lm')
+TASKS = (*EMBEDDED, 'tfds_lm', text_files.TASK)
+# Tasks tokenized once per process and held in memory as int32 [N, seq_len] rows (the others stream).
+IN_MEMORY = (*EMBEDDED, text_files.TASK)
+# text_files examples are chunks of this many documents when the vocabulary encodes a batch of strings at once
+# (SentencePiece, BPE): one tf.data element per chunk, not per (often tiny) document. Same tokens either way.
+TEXT_FILES_CHUNK = 256
 
 
 # ---------------------------------------------------------------------------------------------- embedded corpora
@@ -101,6 +109,37 @@ def _tfds_source(tfds_name: str, tfds_data_dir: str) -> seqio.DataSource:
   return seqio.TfdsDataSource(tfds_name=tfds_name, tfds_data_dir=tfds_data_dir, read_only=True)
 
 
+# ---------------------------------------------------------------------------------------------- text files
+
+
+def text_files_dataset(split: str, shuffle_files: bool, seed: int | None = None, *, corpus: text_files.Corpus,
+                       chunk: int) -> tf.data.Dataset:
+  """seqio dataset_fn: the split's documents in file order as {'text': string} (chunk 0) or as chunks
+  {'text': string [<= chunk]}, which seqio's tokenize turns into ragged [k, None] targets."""
+  del shuffle_files, seed  # the pipeline shuffles sequences
+  if split not in text_files.SPLITS:
+    raise ValueError(f"split {split!r} of data.task='text_files' does not exist: use one of {text_files.SPLITS}.")
+  ds = tf.data.Dataset.from_tensor_slices({'text': tf.constant(list(corpus.documents[split]), tf.string)})
+  return ds.batch(chunk) if chunk else ds
+
+
+def encodes_batches(vocab: seqio.Vocabulary) -> bool:
+  """Whether vocab.encode_tf maps a string vector to the ragged rows of its elements' ids (seqio's
+  ByteVocabulary does not: tf.io.decode_raw needs strings of equal length)."""
+  probe = ['To be,', 'or not\n']
+  try:
+    ids = vocab.encode_tf(tf.constant(probe))
+  except (tf.errors.OpError, ValueError, TypeError):
+    return False
+  return isinstance(ids, tf.RaggedTensor) and ids.to_list() == [vocab.encode(text) for text in probe]
+
+
+def _text_files_source(corpus: text_files.Corpus, vocab: seqio.Vocabulary) -> seqio.DataSource:
+  chunk = TEXT_FILES_CHUNK if encodes_batches(vocab) else 0
+  return seqio.FunctionDataSource(dataset_fn=functools.partial(text_files_dataset, corpus=corpus, chunk=chunk),
+                                  splits=text_files.SPLITS)
+
+
 # ---------------------------------------------------------------------------------------------- registration
 
 
@@ -120,13 +159,18 @@ def _register(name: str, source: seqio.DataSource, text_key: str, vocab: seqio.V
 
 
 def get_task_name(data_cfg: Any) -> str:
-  """Registers (once) and returns the seqio task for data_cfg.task / .vocabulary (/ .tfds_* for 'tfds_lm')."""
+  """Registers (once) and returns the seqio task for data_cfg.task / .vocabulary (/ .tfds_* for 'tfds_lm', the
+  files for 'text_files', which are read and hashed on every call)."""
   task = data_cfg.task
   if task not in TASKS:
     raise ValueError(f'data.task={task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
   vocab_key = vocabularies.vocabulary_key(data_cfg.vocabulary)
+  corpus = None
   if task in EMBEDDED:
     name = f'{task}_{vocab_key}'
+  elif task == text_files.TASK:
+    corpus = text_files.load_corpus(data_cfg)
+    name = f'text_files_{vocab_key}_{corpus.fingerprint[:16]}'
   else:
     tfds_name, data_dir, text_key = data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key
     check_tfds_dataset(tfds_name, data_dir, text_key)
@@ -136,6 +180,8 @@ def get_task_name(data_cfg: Any) -> str:
     vocab = vocabularies.get_vocabulary(data_cfg.vocabulary)
     if task in EMBEDDED:
       _register(name, _embedded_source(task), 'text', vocab)
+    elif corpus is not None:
+      _register(name, _text_files_source(corpus, vocab), 'text', vocab)
     else:
       _register(name, _tfds_source(data_cfg.tfds_name, data_cfg.tfds_data_dir), data_cfg.text_key, vocab)
   return name

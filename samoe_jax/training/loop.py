@@ -31,6 +31,7 @@ from samoe_jax.config import pyramid
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data import pipeline
+from samoe_jax.data.text_files import check_text_files
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
@@ -417,6 +418,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   validate_config(config)
   check_trainer_config(config)
   check_task_data(config)
+  check_text_files(config.data, eval_batches=config.train.eval_batches)  # data.task='text_files': read, not tokenized
   if distill.enabled(config):     # missing teacher / vocabulary mismatch: refused before anything is written
     distill.teacher_config(config)
   os.makedirs(workdir, exist_ok=True)
