@@ -1,7 +1,7 @@
 """Train-step benchmark: tokens/s, model FLOPs and their ratio to this machine's own float32 matmul rate.
 
   python -m samoe_jax.bench [--configs=configs/bench_dense.py,configs/bench_moe.py,configs/bench_samoe.py]
-                            [--steps=10] [--repeats=3] [--json_out=bench.json]
+                            [--steps=10] [--repeats=3] [--json_out=bench.json] [--grad_stats]
 
 For every config: build the real trainer pieces (mesh, partitioner, model, AdamW, sharded state, the jitted
 train step with donation) and compile once; then time `steps` steps on a fixed synthetic batch, `repeats`
@@ -32,6 +32,7 @@ from samoe_jax.sharding.mesh import make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
+from samoe_jax.training.grad_stats import GradStats
 from samoe_jax.training.step import make_train_step
 
 DEFAULT_CONFIGS = 'configs/bench_dense.py,configs/bench_moe.py,configs/bench_samoe.py'
@@ -41,6 +42,8 @@ _CONFIGS = flags.DEFINE_string('configs', DEFAULT_CONFIGS, 'Comma-separated conf
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps per repeat.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Rounds; each config reports its best (least disturbed).')
 _JSON_OUT = flags.DEFINE_string('json_out', '', 'Also write the results as JSON to this path.')
+_GRAD_STATS = flags.DEFINE_bool('grad_stats', False, 'Also time every config with the gradient-flow statistics on '
+                                'every step (train.grad_stats_every = 1) and print the ratio to the plain step.')
 
 
 def matmul_rate(n: int = MATMUL_N, iters: int = 10, repeats: int = 3) -> float:
@@ -71,7 +74,8 @@ def synthetic_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
 class CompiledStep:
   """The real train step of one config (mesh, partitioner, model, AdamW, sharded state), compiled once."""
 
-  def __init__(self, config):
+  def __init__(self, config, grad_stats: bool = False):
+    """grad_stats: the variant that also returns the gradient-flow statistics (training/grad_stats.py)."""
     validate_config(config)
     model = LanguageModel(config)
     self.partitioner = Partitioner(make_mesh(config.mesh))
@@ -79,7 +83,8 @@ class CompiledStep:
     optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
     abstract = state_lib.abstract_state(model, optimizer)
     shardings = state_lib.state_shardings(self.partitioner, optimizer, abstract, axes)
-    step_fn = make_train_step(model, optimizer, schedule, self.partitioner, shardings)
+    step_fn = make_train_step(model, optimizer, schedule, self.partitioner, shardings,
+                              grad_stats=GradStats(model) if grad_stats else None)
     with self.partitioner.activate():
       self.state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
           jax.random.key(config.train.seed))
@@ -102,27 +107,36 @@ class CompiledStep:
     return (time.perf_counter() - start) / steps
 
 
-def benchmark(config_paths: Sequence[str], steps: int, repeats: int) -> list[dict]:
+def benchmark(config_paths: Sequence[str], steps: int, repeats: int, grad_stats: bool = False) -> list[dict]:
   """Compiles every config, then times them round-robin (with the matmul rate in every round), so that a change
-  in machine load hits all of them alike; each config reports its best round and that round's matmul rate."""
+  in machine load hits all of them alike; each config reports its best round and that round's matmul rate.
+
+  grad_stats: also time each config's step with the gradient-flow statistics (train.grad_stats_every = 1, i.e. on
+  every step) right after the plain one in the same round; the row gets its best time and the ratio to the plain."""
   parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
   configs = [parser.parse(path) for path in config_paths]
   compiled = [CompiledStep(config) for config in configs]
+  with_stats = [CompiledStep(config, grad_stats=True) for config in configs] if grad_stats else []
   best = [(float('inf'), 0.0)] * len(configs)
+  best_stats = [float('inf')] * len(with_stats)
   for _ in range(repeats):
     for i, step in enumerate(compiled):
       rate = matmul_rate()
       step_s = step.time(steps)
       if step_s < best[i][0]:
         best[i] = (step_s, rate)
+      if with_stats:
+        best_stats[i] = min(best_stats[i], with_stats[i].time(steps))
   results = []
-  for path, config, step, (step_s, rate) in zip(config_paths, configs, compiled, best):
+  for i, (path, config, step, (step_s, rate)) in enumerate(zip(config_paths, configs, compiled, best)):
     flops = accounting.flops_per_step(config)['train']
     tokens = config.data.batch_size * config.data.seq_len
     row = {'config': path, 'tokens_per_step': tokens, 'tokens_per_s': tokens / step_s,
            'model_flops_per_step': flops, 'achieved_flops_per_s': flops / step_s, 'matmul_flops_per_s': rate,
            'ratio_to_matmul': flops / step_s / rate, 'compile_s': step.compile_s, 'step_s': step_s,
            'loss': step.loss}
+    if with_stats:
+      row.update(grad_stats_step_s=best_stats[i], grad_stats_ratio=best_stats[i] / step_s)
     results.append(row)
     print(format_row(row), flush=True)
   return results
@@ -132,7 +146,9 @@ def format_row(row: dict) -> str:
   return (f"{row['config']:<28} step {row['step_s'] * 1e3:7.1f} ms  {row['tokens_per_s']:9.0f} tok/s  "
           f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "
           f"{row['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s  matmul {row['matmul_flops_per_s'] / 1e9:6.1f} "
-          f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)")
+          f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)"
+          + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step" if 'grad_stats_ratio' in row
+             else ''))
 
 
 def samoe_vs_moe(results: list[dict]) -> float | None:
@@ -149,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     print(f'devices: {jax.devices()}')
     try:
-      results = benchmark(_CONFIGS.value.split(','), _STEPS.value, _REPEATS.value)
+      results = benchmark(_CONFIGS.value.split(','), _STEPS.value, _REPEATS.value, _GRAD_STATS.value)
     except ValueError as err:   # an invalid config: the message, no traceback
       sys.exit(f'samoe_jax.bench: {err}')
     ratio = samoe_vs_moe(results)

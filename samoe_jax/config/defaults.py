@@ -175,6 +175,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # (mesh data x expert) x the sequences of one routing group. Use it when a step's activations do not fit.
   c.train.microbatches = 1
   c.train.log_every = 20
+  # Gradient-flow statistics (samoe_jax/training/grad_stats.py, docs/analysis.md): every N steps the train step also
+  # returns gradient norms, gradient per parameter and update/weight ratios per block part, per expert, per pool
+  # entry and per layer's mixed experts (metrics.jsonl records of kind 'grad_stats'). 0 = off (costs nothing).
+  c.train.grad_stats_every = 0
   c.train.eval_every = 200
   c.train.eval_batches = 8
   c.train.checkpoint_every = 200

@@ -311,6 +311,10 @@ def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
     e.positive_int('train.eval_batches', t.eval_batches)
   e.non_negative('train.checkpoint_every', t.checkpoint_every, 'an integer')
   e.positive_int('train.keep_checkpoints', t.keep_checkpoints)
+  stats = t.get('grad_stats_every', 0)
+  if not _is_int(stats) or stats < 0:
+    e.add('train.grad_stats_every', stats, 'must be an integer >= 0 (steps between gradient-flow statistics, '
+          'training/grad_stats.py; 0 = off)')
 
 
 def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | None, e: _Errors) -> None:

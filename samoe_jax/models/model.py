@@ -73,6 +73,14 @@ class LanguageModel:
     """ShapeDtypeStructs of the parameters; allocates nothing."""
     return jax.eval_shape(self.init_params, jax.random.key(0))
 
+  def abstract_probes(self) -> Params:
+    """ShapeDtypeStructs of the gradient-flow probes: {probe_name(block): ExpertWeights} of every MoE block's
+    effective experts ({} for a dense model); pass zeros of them as `probes=` (training/grad_stats.py)."""
+    tokens = self._init_tokens()
+    variables = jax.eval_shape(lambda r: self.module.init({'params': r}, tokens, token_mask(tokens), train=False),
+                               jax.random.key(0))
+    return variables.get('perturbations', {})
+
   def param_logical_axes(self) -> Params:
     """PartitionSpecs of logical axis names, same structure as the parameters (no allocation)."""
     return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
@@ -80,7 +88,8 @@ class LanguageModel:
   # ------------------------------------------------------------------------------------------------- forward
   def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
              sequence_routing: bool = False, experts: dict[int, LayerExperts] | None = None,
-             active_k: jax.Array | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+             active_k: jax.Array | None = None, probes: Params | None = None,
+             ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
     """Final hidden states h_BLD and the MoE layers' aux dicts.
 
     active_k: SMoE-Dropout's traced k (int32 [] in [1, moe.top_k], layers/k_schedule.py): every MoE layer uses only
@@ -89,6 +98,8 @@ class LanguageModel:
     sequence_routing: evaluation routing (layers/inference.py): every sequence is routed on its own with a fixed
     capacity, so a token's output depends on its own sequence's earlier tokens only, never on padding, the
     padded length or the other rows. experts: `layer_experts(params)`, mixed beforehand (else mixed here).
+    probes: zeros of `abstract_probes()`, added to every MoE layer's effective experts so that the gradient with
+    respect to them is the gradient with respect to the mixed experts W^(l) (training/grad_stats.py); None: none.
     """
     if sequence_routing and train:
       raise ValueError('LanguageModel.hidden: sequence_routing is for evaluation; it needs train=False')
@@ -96,7 +107,8 @@ class LanguageModel:
     if rngs and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority) and self.spec.moe_layers:
       rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing policies (layers/routing_policy.py)
     inference = InferenceMode() if sequence_routing else None
-    return self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
+    variables = {'params': params} if probes is None else {'params': params, 'perturbations': probes}
+    return self.module.apply(variables, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
                              inference=inference, experts=experts, active_k=active_k)
 
   @staticmethod
@@ -144,21 +156,24 @@ class LanguageModel:
 
   def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, train: bool,
               extra_loss: Any | None = None, active_k: jax.Array | None = None,
-              ) -> tuple[jax.Array, dict[str, jax.Array]]:
+              probes: Params | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring).
 
     active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.k_schedule is not
     'constant'), reported as the metric 'moe/active_k'. None adds nothing to the graph.
 
     extra_loss: optional (params, h_BLD, batch) -> (term, metrics) added to the loss, e.g. knowledge distillation
-    (samoe_jax/training/distill.py); None adds nothing to the graph."""
+    (samoe_jax/training/distill.py); None adds nothing to the graph.
+
+    probes: gradient-flow probes on the MoE layers' effective experts (see `hidden`; training/grad_stats.py)."""
     if train and self.spec.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
     if (train and rng is None and self.spec.moe_layers
         and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority)):
       raise ValueError('loss_fn(train=True) needs an rng: the routing policy draws random numbers in training '
                        f'({self.spec.routing_policy}, slot_priority={self.spec.slot_priority!r})')
-    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k)
+    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k,
+                               probes=probes)
     b, l, d = h_BLD.shape
     weights_T = batch['decoder_loss_weights'].astype(jnp.float32).reshape(b * l)
     num_tokens = jnp.sum(weights_T)

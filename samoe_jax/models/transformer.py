@@ -194,5 +194,13 @@ class Decoder(nn.Module):
     logits = [getattr(self, g.mixing_name) for g in groups]
     per_layer, weights = pool_groups.group_layer_experts(
         spec, groups, [getattr(self, g.pool_name)() for g in groups], [m() if m is not None else None for m in logits])
-    return {b: LayerExperts(*per_layer[i]) for i, b in enumerate(spec.moe_layers)}, weights
+    # Gradient-flow probes (training/grad_stats.py): a zero added to each layer's effective experts W^(l) when the
+    # 'perturbations' collection is passed to apply, so dL/dW^(l) comes out of the same backward pass; else a no-op.
+    return {b: LayerExperts(self.perturb(probe_name(b), per_layer[i][0]), per_layer[i][1])
+            for i, b in enumerate(spec.moe_layers)}, weights
+
+
+def probe_name(block: int) -> str:
+  """The 'perturbations' entry of MoE block `block`'s effective experts (see Decoder.layer_experts)."""
+  return f'experts_block_{block}'
 

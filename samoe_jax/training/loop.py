@@ -36,6 +36,7 @@ from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import distill, init_from
+from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
@@ -196,33 +197,52 @@ def abstract_batch(run: Run) -> dict[str, jax.ShapeDtypeStruct]:
   return run.partitioner.batch_spec(local)
 
 
-def compile_steps(run: Run, with_train: bool = True,
-                  teacher: distill.Teacher | None = None) -> tuple[Any, Any, float]:
-  """AOT-compiled (train_step or None, eval_step) and the compile time in seconds (logged with memory use).
+class TrainStep:
+  """The compiled train step(s), called as train_fn(state, batch, rng, step): the plain step, or at the steps of
+  train.grad_stats_every the variant that also returns the gradient-flow statistics (training/grad_stats.py).
+  A teacher's params (knowledge distillation) are passed here, as the steps' non-donated last argument."""
 
-  teacher: knowledge distillation (training/distill.py); the returned train step then passes the teacher's params
-  (a non-donated argument) itself, so it is called as train_fn(state, batch, rng) either way."""
+  def __init__(self, plain: Any, with_stats: Any | None, every: int, teacher_params: Any | None = None):
+    self.plain, self.with_stats, self.every = plain, with_stats, every
+    self.extra = () if teacher_params is None else (teacher_params,)
+
+  def __call__(self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array,
+               step: int) -> tuple[state_lib.TrainState, dict[str, jax.Array]]:
+    fn = self.with_stats if grad_stats_lib.is_stats_step(step, self.every) else self.plain
+    return fn(state, batch, rng, *self.extra)
+
+
+def compile_steps(run: Run, with_train: bool = True,
+                  teacher: distill.Teacher | None = None) -> tuple[TrainStep | None, Any, float]:
+  """AOT-compiled (train step or None, eval step) and the compile time in seconds (logged with memory use).
+
+  With train.grad_stats_every > 0 the train step is compiled twice, with and without the gradient statistics, so
+  the steps without them cost exactly what they cost with the statistics off. teacher: knowledge distillation
+  (training/distill.py)."""
   start = time.time()
   batch = abstract_batch(run)
   train_compiled = None
   if with_train:
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
-    train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
-                               microbatches=run.config.train.get('microbatches', 1), teacher=teacher)
+    every = grad_stats_lib.check_grad_stats_every(run.config.train.get('grad_stats_every', 0))
     teacher_args = () if teacher is None else (teacher.params,)
-    train_compiled = train_fn.lower(run.abstract, batch, rng, *teacher_args).compile()
+    compiled = []
+    for stats in [None] + ([grad_stats_lib.GradStats(run.model)] if every else []):
+      train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
+                                 microbatches=run.config.train.get('microbatches', 1), teacher=teacher,
+                                 grad_stats=stats)
+      compiled.append(train_fn.lower(run.abstract, batch, rng, *teacher_args).compile())
+    train_compiled = TrainStep(compiled[0], compiled[-1] if every else None, every,
+                               teacher.params if teacher is not None else None)
   eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
   eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()
   seconds = time.time() - start
   logging.info('compiled %s in %.1fs', 'train and eval steps' if with_train else 'the eval step', seconds)
-  memory = train_compiled.memory_analysis() if with_train else None
+  memory = train_compiled.plain.memory_analysis() if with_train else None
   if memory is not None:
     logging.info('train step memory: arguments %.1f MiB, outputs %.1f MiB, temporaries %.1f MiB',
                  memory.argument_size_in_bytes / 2**20, memory.output_size_in_bytes / 2**20,
                  memory.temp_size_in_bytes / 2**20)
-  if teacher is not None and train_compiled is not None:
-    compiled = train_compiled
-    train_compiled = lambda state, batch, rng: compiled(state, batch, rng, teacher.params)  # noqa: E731
   return train_compiled, eval_compiled, seconds
 
 
@@ -273,14 +293,20 @@ class MetricsBuffer:
     self.run, self.writer = run, writer
     self.pending: list[tuple[int, dict[str, jax.Array]]] = []
     self.ready: list[tuple[int, dict[str, jax.Array]]] = []
+    self.grad_pending: list[tuple[int, dict[str, jax.Array]]] = []   # gradient statistics (one record per step)
+    self.grad_ready: list[tuple[int, dict[str, jax.Array]]] = []
     self.clock, self.clock_step = time.time(), start_step
     self.step_flops = accounting.flops_per_step(run.config)['train']
     self.last: dict[str, Any] = {}
 
   def add(self, step: int, metrics: dict[str, jax.Array], log_now: bool) -> None:
+    metrics, grad = grad_stats_lib.split_grad_metrics(metrics)
     self.pending.append((step, metrics))
+    if grad:
+      self.grad_pending.append((step, grad))
     if log_now:
       self.ready, self.pending = self.ready + self.pending, []
+      self.grad_ready, self.grad_pending = self.grad_ready + self.grad_pending, []
 
   def pause(self, seconds: float) -> None:
     """Excludes time spent outside training steps (eval, checkpoints) from throughput."""
@@ -311,6 +337,9 @@ class MetricsBuffer:
     eta = (self.writer.total_steps - steps[-1]) * seconds / max(num_steps, 1)
     self.writer.write_train(steps[-1], metrics, eta_s=eta)
     self.last = dict(metrics, step=steps[-1])
+    for step, grad in jax.device_get(self.grad_ready):
+      self.writer.write_grad_stats(step, grad)
+    self.grad_ready = []
 
 
 class StopSignal:
@@ -359,7 +388,7 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
   with StopSignal() as stop:
     for step in range(start_step + 1, t.steps + 1):
       batch = shard_host_batch(run, next(data_iter))
-      state, metrics = train_fn(state, batch, rng)
+      state, metrics = train_fn(state, batch, rng, step)
       buffer.flush()                   # the previous log step's metrics, now that this step is queued
       buffer.add(step, metrics, log_now=step % t.log_every == 0 or step == t.steps)
       if (t.eval_every and step % t.eval_every == 0 and eval_batches) or step == t.steps:

@@ -4,7 +4,8 @@ metrics.jsonl holds one JSON object per logged step: {'kind': 'train' | 'eval', 
 seconds, <metric>: float or nested list, ...}; kind 'tasks' records carry zero/few-shot scores
 ('tasks/<task>/<metric>') of the trainer's periodic task evaluation. Train records carry the model's metrics averaged over the steps
 since the previous log (loss, cross_entropy, aux_loss, accuracy, moe/..., pool/...), learning_rate, grad_norm
-and perf/...; eval records carry eval/loss, eval/cross_entropy, eval/perplexity, eval/accuracy. A resumed run
+and perf/...; eval records carry eval/loss, eval/cross_entropy, eval/perplexity, eval/accuracy; 'grad_stats' records
+(train.grad_stats_every) the gradient-flow statistics 'grad/...' of one step (training/grad_stats.py). A resumed run
 appends; readers take the last record of a (kind, step) pair (see `read_metrics`).
 
 TensorBoard gets every scalar under its name and every array element as a scalar with its index appended
@@ -144,6 +145,13 @@ class MetricsWriter:
     self._write('tasks', step, scalars)
     logging.info('tasks at step %d: %s', step, ' | '.join(f'{k[len("tasks/"):]} {v:.4f}' for k, v in
                                                            sorted(scalars.items())))
+
+  def write_grad_stats(self, step: int, metrics: Mapping[str, Any]) -> None:
+    """Gradient-flow statistics 'grad/...' of update `step` (kind 'grad_stats'; training/grad_stats.py)."""
+    self._write('grad_stats', step, metrics)
+    parts = [f'{k[len("grad/"):-len("/rms")]} {float(v):.2e}' for k, v in sorted(metrics.items())
+             if k.endswith('/rms') and np.ndim(v) == 0 and k.count('/') == 2]
+    logging.info('gradient per parameter (rms) at step %d: %s', step, ' | '.join(parts))
 
   def write_text(self, tag: str, text: str) -> None:
     """A text summary (e.g. the resolved config) at step 0."""

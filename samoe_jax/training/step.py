@@ -3,7 +3,8 @@
 train_step(state, batch, rng) -> (state, metrics): one AdamW update on the batch. The dropout key is
 fold_in(rng, state.step), so a run resumed from a checkpoint at step s draws exactly the keys the uninterrupted
 run would. metrics are the model's (loss, cross_entropy, aux_loss, num_tokens, accuracy, moe/..., pool/...)
-plus 'learning_rate' (of this update) and 'grad_norm' (global norm before clipping). With microbatches M > 1
+plus 'learning_rate' (of this update) and 'grad_norm' (global norm before clipping); the grad_stats variant adds
+the gradient-flow statistics 'grad/...' (training/grad_stats.py). With microbatches M > 1
 (train.microbatches) the gradient is accumulated over M slices of the batch before the one update, microbatch
 m drawing dropout from fold_in(fold_in(rng, state.step), m); loss and metrics keep their whole-batch meaning
 (samoe_jax/training/accumulate.py).
@@ -24,6 +25,7 @@ import optax
 from samoe_jax.layers import k_schedule
 from samoe_jax.sharding.partitioner import PartitionedFn, Partitioner
 from samoe_jax.training import accumulate, distill
+from samoe_jax.training.grad_stats import GradStats
 from samoe_jax.training.state import TrainState
 
 Batch = dict[str, jax.Array]
@@ -33,28 +35,44 @@ Metrics = dict[str, jax.Array]
 def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable, state: TrainState,
                batch: Batch, rng: jax.Array, microbatches: int = 1,
                grad_shardings: Any | None = None, teacher: Any | None = None,
-               teacher_params: Any | None = None) -> tuple[TrainState, Metrics]:
+               teacher_params: Any | None = None,
+               grad_stats: GradStats | None = None) -> tuple[TrainState, Metrics]:
   """One update. batch: int32/float32 [B, L] decoder features; rng: the run's base key (fixed for the run).
 
   microbatches: M >= 1 gradient-accumulation passes (B divisible by M x rows per routing group);
   grad_shardings: the parameters' shardings, kept by the accumulated gradients (M > 1 only).
   teacher, teacher_params: knowledge distillation (training/distill.py: a Teacher and its params, never updated).
+  grad_stats: also return the gradient-flow statistics 'grad/...' of this update (training/grad_stats.py), from
+  the same backward pass, which then also differentiates with respect to zero probes on every MoE layer's
+  effective experts; with grad_shardings, a pair (parameter shardings, probe shardings).
   """
   dropout_rng = jax.random.fold_in(rng, state.step)
   active_k = k_schedule.train_active_k(getattr(model, 'config', None), state.step)   # SMoE-Dropout: k(step)
-  loss_fn = model.loss_fn if active_k is None else functools.partial(model.loss_fn, active_k=active_k)
-  if teacher is not None:
-    loss_fn = distill.kd_loss_fn(model, teacher.model, teacher.spec, teacher_params, state.step, loss_fn)
+
+  def student_loss(probes: Any | None) -> Callable:
+    options = {k: v for k, v in (('active_k', active_k), ('probes', probes)) if v is not None}
+    loss_fn = functools.partial(model.loss_fn, **options) if options else model.loss_fn
+    if teacher is not None:
+      loss_fn = distill.kd_loss_fn(model, teacher.model, teacher.spec, teacher_params, state.step, loss_fn)
+    return loss_fn
+
+  if grad_stats is None:
+    loss_fn, wrt = student_loss(None), state.params
+  else:   # differentiate with respect to (params, probes): dL/dW^(l) comes out of the same backward pass
+    loss_fn = lambda pp, *args: student_loss(pp[1])(pp[0], *args)  # noqa: E731
+    wrt = (state.params, grad_stats.zero_probes())
   if accumulate.check_microbatches(microbatches) == 1:
-    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-    (_, metrics), grads = grad_fn(state.params, batch, dropout_rng, True)
+    (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(wrt, batch, dropout_rng, True)
   else:
     unit_rows = accumulate.group_rows(model, batch['decoder_input_tokens'].shape[1])
-    grads, metrics = accumulate.accumulate_gradients(loss_fn, state.params, batch, dropout_rng, microbatches,
-                                                     unit_rows, grad_shardings)
+    grads, metrics = accumulate.accumulate_gradients(loss_fn, wrt, batch, dropout_rng, microbatches, unit_rows,
+                                                     grad_shardings)
+  grads, probe_grads = grads if grad_stats is not None else (grads, None)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
   metrics = dict(metrics, learning_rate=schedule(state.step), grad_norm=optax.tree.norm(grads))
+  if grad_stats is not None:
+    metrics.update(grad_stats(state.params, params, grads, probe_grads, metrics))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
@@ -66,20 +84,25 @@ def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
 
 def make_train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Callable,
                     partitioner: Partitioner, state_shardings: TrainState, microbatches: int = 1,
-                    teacher: Any | None = None) -> PartitionedFn:
+                    teacher: Any | None = None, grad_stats: GradStats | None = None) -> PartitionedFn:
   """train_step (accumulating over `microbatches`) jitted with (state, batch, rng) shardings, replicated metrics
   and the state donated. With a `teacher` (training/distill.py) the step takes a 4th argument, the teacher's
-  params, sharded by the teacher model's own logical axes and not donated."""
+  params, sharded by the teacher model's own logical axes and not donated. grad_stats: the variant that also
+  returns the gradient-flow statistics (training/grad_stats.py; the trainer compiles both)."""
   accumulate.check_microbatches(microbatches)
   replicated = partitioner.replicated()
   in_shardings = (state_shardings, partitioner.data_sharding(), replicated)
+  grad_shardings = state_shardings.params
+  if grad_stats is not None:
+    grad_shardings = (grad_shardings, partitioner.logical_to_mesh(grad_stats.probe_logical_axes()))
   if teacher is None:
     fn = functools.partial(train_step, model, optimizer, schedule, microbatches=microbatches,
-                           grad_shardings=state_shardings.params)
+                           grad_shardings=grad_shardings, grad_stats=grad_stats)
   else:
     def fn(state, batch, rng, teacher_params):
       return train_step(model, optimizer, schedule, state, batch, rng, microbatches=microbatches,
-                        grad_shardings=state_shardings.params, teacher=teacher, teacher_params=teacher_params)
+                        grad_shardings=grad_shardings, teacher=teacher, teacher_params=teacher_params,
+                        grad_stats=grad_stats)
     in_shardings += (distill.teacher_shardings(teacher, partitioner),)
   return partitioner.partition(fn, in_shardings=in_shardings, out_shardings=(state_shardings, replicated),
                                donate_argnums=(0,))
