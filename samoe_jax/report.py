@@ -19,6 +19,7 @@ import re
 from typing import Any, Sequence
 
 import matplotlib
+import ml_collections
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -91,7 +92,31 @@ def moe_layer_names(record: dict[str, Any], count: int) -> list[str]:
   return [f'block {b}' for b in blocks] if len(blocks) == count else [f'MoE {i}' for i in range(count)]
 
 
-def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str]) -> str:
+def sharing_lines(summary: dict, config: dict) -> list[str]:
+  """What the expert pool saves: this model's stored parameters against the standard MoE of the same shape
+  (every MoE layer its own experts), and the stored parameters at every pool size P = 1 .. L_moe."""
+  num_moe = summary.get('num_moe_layers', 0)
+  if not summary or not num_moe or not config:
+    return []
+  from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
+  total, standard = summary['total'], summary['materialized']
+  lines = ['', '## What the expert pool saves', '',
+           f'This model stores {total:,} parameters; the standard MoE of the same shape (each of its {num_moe} MoE '
+           f'layers with its own experts) stores {standard:,}, {standard / total:.2f}x as many, at the same '
+           f'{summary["active_per_token"]:,} active parameters per token.']
+  if standard <= total:
+    lines[-1] += (' Here the pool has at least as many entries as there are MoE layers, so sharing saves nothing; '
+                  'the saving grows with the MoE layers per pool entry:')
+  try:
+    sweep = accounting.pool_size_sweep(ml_collections.ConfigDict(config), tuple(range(1, num_moe + 1)))
+  except (KeyError, ValueError, TypeError, AttributeError):   # a config.json of an older layout: no sweep
+    return lines
+  lines += ['', '| pool size P | stored parameters | fewer than the standard MoE |', '|---:|---:|---:|']
+  lines += [f'| {r["pool_size"]} | {r["total"]:,} | {r["reduction_factor"]:.2f}x |' for r in sweep]
+  return lines
+
+
+def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], config: dict | None = None) -> str:
   lines = ['# Training report', '']
   if final:
     lines += [f'- steps: {final.get("step")} (resumed from step {final.get("resumed_from_step", 0)})']
@@ -106,6 +131,7 @@ def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str]) 
   if summary:
     lines += ['', '## Parameters', '', '| part | count |', '|---|---:|']
     lines += [f'| {k} | {v:,} |' for k, v in summary.items()]
+  lines += sharing_lines(summary, config or {})
   lines += ['', '## Figures', '']
   lines += [f'![{name}]({name})' for name in figures] or ['(no metrics yet)']
   return '\n'.join(lines) + '\n'
@@ -128,7 +154,7 @@ def write_report(workdir: str) -> str:
     figures.append('mixing_weights.png')
   path = os.path.join(workdir, 'report.md')
   with open(path, 'w') as f:
-    f.write(_markdown(summary, final, train[-1] if train else {}, figures))
+    f.write(_markdown(summary, final, train[-1] if train else {}, figures, _read_json(workdir, 'config.json')))
   return path
 
 

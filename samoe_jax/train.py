@@ -33,6 +33,11 @@ class _DropLibraryInfo(std_logging.Filter):
     return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
 
 
+def quiet_library_logs() -> None:
+  """Drops orbax's per-save INFO lines from absl's console handler (warnings and errors still show)."""
+  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+
+
 def resolve_config(config_flag: flags.FlagHolder) -> Any:
   """The run's ConfigDict from --config (ml-collections) or --gin_file/--gin_bindings (gin); exactly one."""
   gin_files, gin_bindings = flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings or []
@@ -61,7 +66,7 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   from samoe_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  quiet_library_logs()
   workdir = workdir_flag.value
   try:
     config = resolve_config(config_flag)
