@@ -112,21 +112,22 @@ def benchmark(config_paths: Sequence[str], steps: int, repeats: int, grad_stats:
   in machine load hits all of them alike; each config reports its best round and that round's matmul rate.
 
   grad_stats: also time each config's step with the gradient-flow statistics (train.grad_stats_every = 1, i.e. on
-  every step) right after the plain one in the same round; the row gets its best time and the ratio to the plain."""
+  every step): in every round, `steps` pairs of one plain step and one statistics step, alternating, so that load
+  changes hit both alike; the row gets the median of the paired time ratios."""
   parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
   configs = [parser.parse(path) for path in config_paths]
   compiled = [CompiledStep(config) for config in configs]
   with_stats = [CompiledStep(config, grad_stats=True) for config in configs] if grad_stats else []
   best = [(float('inf'), 0.0)] * len(configs)
-  best_stats = [float('inf')] * len(with_stats)
+  paired: list[list[float]] = [[] for _ in with_stats]
   for _ in range(repeats):
     for i, step in enumerate(compiled):
       rate = matmul_rate()
       step_s = step.time(steps)
       if step_s < best[i][0]:
         best[i] = (step_s, rate)
-      if with_stats:
-        best_stats[i] = min(best_stats[i], with_stats[i].time(steps))
+      for _ in range(steps if with_stats else 0):
+        paired[i].append(with_stats[i].time(1) / step.time(1))
   results = []
   for i, (path, config, step, (step_s, rate)) in enumerate(zip(config_paths, configs, compiled, best)):
     flops = accounting.flops_per_step(config)['train']
@@ -136,7 +137,7 @@ def benchmark(config_paths: Sequence[str], steps: int, repeats: int, grad_stats:
            'ratio_to_matmul': flops / step_s / rate, 'compile_s': step.compile_s, 'step_s': step_s,
            'loss': step.loss}
     if with_stats:
-      row.update(grad_stats_step_s=best_stats[i], grad_stats_ratio=best_stats[i] / step_s)
+      row.update(grad_stats_ratio=float(np.median(paired[i])), grad_stats_pairs=len(paired[i]))
     results.append(row)
     print(format_row(row), flush=True)
   return results
@@ -147,7 +148,8 @@ def format_row(row: dict) -> str:
           f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "
           f"{row['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s  matmul {row['matmul_flops_per_s'] / 1e9:6.1f} "
           f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)"
-          + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step" if 'grad_stats_ratio' in row
+          + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step (median of "
+             f"{row['grad_stats_pairs']} paired steps)" if 'grad_stats_ratio' in row
              else ''))
 
 

@@ -83,7 +83,7 @@ def stats_step(config, microbatches: int = 1):
 @pytest.fixture(scope='module')
 def steps():
   """One statistics step per kind (compiled once each, shared by the tests)."""
-  return {kind: stats_step(tiny(kind)) for kind in ('dense', 'moe', 'samoe', 'pyramid')}
+  return {kind: stats_step(tiny(kind)) for kind in ('dense', 'moe', 'samoe', 'tied', 'pyramid')}
 
 
 @pytest.fixture(scope='module')
@@ -178,7 +178,7 @@ def test_part_statistics_equal_direct_computation(steps, grads, kind):
     assert not any('experts' in k or 'pool' in k for k in metrics)
 
 
-@pytest.mark.parametrize('kind', ['moe', 'samoe'])
+@pytest.mark.parametrize('kind', ['moe', 'samoe', 'tied'])
 def test_expert_statistics_equal_direct_computation(steps, grads, kind):
   """Per expert of every layer's effective experts, and per pool entry and expert, against direct numbers."""
   model, old, new, metrics = steps[kind]
@@ -213,8 +213,15 @@ def test_expert_statistics_equal_direct_computation(steps, grads, kind):
 
 
 def test_standard_moe_layer_experts_are_its_pool_entries(steps):
-  """Fixed one-hot mixing: the statistics of MoE layer l's experts are those of its own pool entry l."""
-  _, _, _, metrics = steps['moe']
+  """Fixed one-hot mixing: the statistics of MoE layer l's experts are those of its own pool entry l, read from
+  the pool without probes; tied experts (one entry for both layers) need the probes, and each layer's gradient
+  is then only part of the entry's."""
+  model, _, _, metrics = steps['moe']
+  assert grad_stats_lib.GradStats(model).abstract_probes == {}
+  assert grad_stats_lib.own_pool_entries(model.spec) == {0: ('pool', 0), 2: ('pool', 1)}
+  tied_model, _, _, tied = steps['tied']
+  assert sorted(grad_stats_lib.GradStats(tied_model).abstract_probes) == ['experts_block_0', 'experts_block_2']
+  assert all(tied[f'grad/block{b}/experts/mean_norm'] < tied['grad/pool/entry_norm'][0] for b in (0, 2))
   for i, block in enumerate((0, 2)):
     np.testing.assert_allclose(metrics[f'grad/block{block}/experts/norm'], metrics['grad/pool/norm'][i], rtol=RTOL)
     np.testing.assert_allclose(metrics[f'grad/block{block}/experts/update_ratio'],

@@ -107,7 +107,7 @@ class LanguageModel:
     if rngs and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority) and self.spec.moe_layers:
       rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing policies (layers/routing_policy.py)
     inference = InferenceMode() if sequence_routing else None
-    variables = {'params': params} if probes is None else {'params': params, 'perturbations': probes}
+    variables = {'params': params, 'perturbations': probes} if probes else {'params': params}
     return self.module.apply(variables, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
                              inference=inference, experts=experts, active_k=active_k)
 

@@ -25,6 +25,8 @@ shared router / attention), 'mixing' (SaMoE's learned mixing logits) and 'other'
 'expert_pool_e{E}'). dL/dW^(l) is measured, not derived: the model adds a zero probe to every layer's effective experts
 (models/transformer.py, flax `perturb`) and the step differentiates with respect to it too, so for layer-level
 mixing the identity grad pool_j = sum_l softmax(alpha_l)_j dL/dW^(l) can be checked (tests/test_grad_stats.py).
+A layer whose experts are its own pool entry (the standard MoE: fixed mixing, an entry no other layer uses) needs
+no probe: its statistics are that entry's, read from the pool's (own_pool_entries).
 Under train.microbatches the probes' gradients are accumulated like the parameters'.
 """
 
@@ -130,15 +132,35 @@ class _Sums:
             f'{PREFIX}{name}/{prefix}update_ratio': _ratio(jnp.asarray(self.update), jnp.asarray(self.weight))}
 
 
+def own_pool_entries(spec: Any) -> dict[int, tuple[str, int]]:
+  """{block: (pool part, entry)} of the MoE layers whose effective experts ARE one pool entry used by no other
+  layer (fixed weight-space mixing; the standard MoE): their statistics are that entry's, read from the pool's."""
+  if not spec.moe_layers or spec.mixing != 'fixed' or spec.space != 'weight':
+    return {}
+  out = {}
+  for group in spec.groups:
+    for layer, entry in zip(group.layers, group.entries):
+      if group.entries.count(entry) == 1:
+        out[spec.moe_layers[layer]] = (pool_part(group.pool_name), entry)
+  return out
+
+
 class GradStats:
-  """Computes the statistics of one update for `model` (a LanguageModel)."""
+  """Computes the statistics of one update for `model` (a LanguageModel). Layers whose experts are their own
+  pool entry (the standard MoE) are read from the pool's statistics; the others (SaMoE, shared fixed entries,
+  output-space mixing) get probes, and all of them then do (flax needs every probe once one is passed)."""
 
   def __init__(self, model: Any):
     self.model = model
-    self.abstract_probes = model.abstract_probes()
+    self.own_entries = own_pool_entries(model.spec)
+    probed = set(model.spec.moe_layers) - set(self.own_entries)
+    self.abstract_probes = model.abstract_probes() if probed else {}
+    if probed:
+      self.own_entries = {}
 
   def zero_probes(self) -> Params:
-    """Zeros of every MoE block's effective experts (the probes the step differentiates with respect to)."""
+    """Zeros of every MoE block's effective experts (the probes the step differentiates with respect to); {}
+    when every layer's statistics come from the pool."""
     return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), self.abstract_probes)
 
   def probe_logical_axes(self) -> Params:
@@ -162,12 +184,14 @@ class GradStats:
       keys = _keys(path)
       update = new - old
       size = math.prod(old.shape)
-      total.add(_sq(grad), _sq(old), _sq(update), size)
-      if keys[0].startswith(POOL_PARAM):   # [P, E, ...]: per pool entry and expert
-        pools.setdefault(pool_part(keys[0]), _Sums()).add(_sq(grad, 2), _sq(old, 2), _sq(update, 2),
-                                                          math.prod(old.shape[2:]))
+      if keys[0].startswith(POOL_PARAM):   # [P, E, ...]: per pool entry and expert (one pass over each array)
+        per_expert = (_sq(grad, 2), _sq(old, 2), _sq(update, 2))
+        pools.setdefault(pool_part(keys[0]), _Sums()).add(*per_expert, math.prod(old.shape[2:]))
+        total.add(*(jnp.sum(x) for x in per_expert), size)
         continue
-      parts.setdefault(part_name(keys), _Sums()).add(_sq(grad), _sq(old), _sq(update), size)
+      sums = (_sq(grad), _sq(old), _sq(update))
+      total.add(*sums, size)
+      parts.setdefault(part_name(keys), _Sums()).add(*sums, size)
     out.update(total.metrics('total'))
     for name, sums in sorted(parts.items()):
       out.update(sums.metrics(name))
@@ -176,25 +200,37 @@ class GradStats:
       entry = _Sums(jnp.sum(sums.grad, 1), jnp.sum(sums.weight, 1), jnp.sum(sums.update, 1),
                     sums.count * sums.grad.shape[1])
       out.update(entry.metrics(name, 'entry_'))
-    out.update(self._layer_experts(old_params, new_params, probe_grads, metrics))
+    out.update(self._layer_experts(old_params, new_params, probe_grads, metrics, pools))
     return out
 
-  def _layer_experts(self, old_params: Params, new_params: Params, probe_grads: Params,
-                     metrics: Metrics) -> Metrics:
-    """Per MoE block: statistics of its effective experts W^(l), and its experts' token shares."""
+  def _probed_sums(self, old_params: Params, new_params: Params, probe_grads: Params) -> dict[int, _Sums]:
+    """Per probed MoE block: per-expert sums of its effective experts W^(l), mixed again from the old and the new
+    parameters for the update."""
     if not self.abstract_probes:
       return {}
     old_experts = self.model.layer_experts(old_params)
     new_experts = self.model.layer_experts(new_params)
-    out: Metrics = {}
+    out = {}
     for block in self.model.spec.moe_layers:
       grad_w = probe_grads[probe_name(block)]
       old_w, new_w = old_experts[block].experts, new_experts[block].experts
-      sums = _Sums()
+      sums = out[block] = _Sums()
       for f in dataclasses.fields(grad_w):
         g, o, n = getattr(grad_w, f.name), getattr(old_w, f.name), getattr(new_w, f.name)
         sums.add(_expert_sq(g, f.name), _expert_sq(o, f.name), _expert_sq(n - o, f.name),
                  math.prod(g.shape) // g.shape[g.ndim - len(PROBE_AXES[f.name])])
+    return out
+
+  def _layer_experts(self, old_params: Params, new_params: Params, probe_grads: Params, metrics: Metrics,
+                     pools: dict[str, _Sums]) -> Metrics:
+    """Per MoE block: statistics of its effective experts W^(l), and its experts' token shares."""
+    layer_sums = self._probed_sums(old_params, new_params, probe_grads)
+    for block, (pool, entry) in self.own_entries.items():
+      sums = pools[pool]
+      layer_sums[block] = _Sums(sums.grad[entry], sums.weight[entry], sums.update[entry], sums.count)
+    out: Metrics = {}
+    for block in self.model.spec.moe_layers:
+      sums = layer_sums[block]
       name = f'block{block}/experts'
       per_expert = sums.metrics(name)
       out.update(per_expert)
