@@ -141,9 +141,12 @@ class TrainIterator:
   def get_state(self) -> dict[str, Any]:
     """JSON-serialisable position (plus the settings it is only valid for)."""
     cfg = self._cfg
-    return {'epoch': self._epoch, 'batch_in_epoch': self._batch_in_epoch, 'batches_served': self._served,
-            'task': cfg.task, 'seq_len': cfg.seq_len, 'batch_size': cfg.batch_size,
-            'shuffle_seed': cfg.shuffle_seed}
+    state = {'epoch': self._epoch, 'batch_in_epoch': self._batch_in_epoch, 'batches_served': self._served,
+             'task': cfg.task, 'seq_len': cfg.seq_len, 'batch_size': cfg.batch_size,
+             'shuffle_seed': cfg.shuffle_seed}
+    if cfg.task == 'text_files':   # the seqio task name carries the corpus fingerprint (files, contents, settings)
+      state['corpus'] = self._task.name
+    return state
 
   def set_state(self, state: dict[str, Any]) -> None:
     """Continues from `state` (from get_state); the next batches are those the saving iterator would have made."""
@@ -156,6 +159,11 @@ class TrainIterator:
       if key in state and state[key] != mine[key]:
         raise ValueError(f'iterator state was saved with data.{key}={state[key]!r} but this iterator has '
                          f'data.{key}={mine[key]!r}: the saved position means nothing here.')
+    if 'corpus' in state and state['corpus'] != mine.get('corpus'):
+      raise ValueError(f'iterator state was saved on the text_files corpus {state["corpus"]!r}, but the data.* '
+                       f'file settings now give {mine.get("corpus")!r} (the files, their contents or the split '
+                       'changed): the saved position means nothing here; resume with the original files or train '
+                       'in a new --workdir.')
     self._epoch, self._batch_in_epoch, self._served = (int(state[k]) for k in _STATE_KEYS)
     self._epoch_iter = None
 
