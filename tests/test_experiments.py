@@ -63,7 +63,9 @@ def test_report_table_equals_the_runs_numbers(smoke):
     assert cells[1] == f'{stored / 1e6:.2f}M'
     assert cells[6] == f'{math.exp(ce):.2f}', (run.name, cells)
   assert 'command: `samoe_jax.experiments.reproduce --suite=smoke' in text
-  assert re.search(r'commit: `[0-9a-f]{40}', text) and 'machine: ' in text and 'training wall time: ' in text
+  assert re.search(r'commit \(report\): `[0-9a-f]{40}', text)
+  assert re.search(r'runs trained at: `[0-9a-f]{40}', text)
+  assert 'machine: ' in text and 'training wall time: ' in text
 
 
 def test_conclusions_are_computed_from_the_numbers(smoke):

@@ -19,7 +19,7 @@ import jax
 
 from samoe_jax.experiments import figures
 from samoe_jax.experiments import results as results_lib
-from samoe_jax.experiments.runner import Run, is_finished, suite_wall_seconds
+from samoe_jax.experiments.runner import Run, is_finished, read_log, suite_wall_seconds
 from samoe_jax.experiments.suites import Suite
 from samoe_jax.training.metrics_writer import format_duration, read_metrics
 
@@ -92,6 +92,12 @@ def _analyses(runs: Sequence[Run], report_dir: str, rows: list[results_lib.Confi
   return speedup_report, grad_report, notes
 
 
+def _trained_at(out_dir: str) -> str:
+  """The commits the runs were trained at (suite_log.jsonl; logs older than the field say so)."""
+  commits = sorted({r.get('commit', 'not logged') for r in read_log(out_dir)})
+  return f'- runs trained at: {", ".join(f"`{c}`" for c in commits) or "no run trained yet"}'
+
+
 def _figure_lines(title: str, names: Sequence[str | None], prefix: str = '') -> list[str]:
   lines = [f'### {title}', '']
   lines += [f'![{name}]({prefix}{name})' for name in names if name]
@@ -115,7 +121,8 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
   wall = suite_wall_seconds(out_dir)
   tokens = rows[0].tokens if rows else 0
   lines = [f'# SaMoE comparison: suite `{suite.name}`', '', suite.description, '',
-           f'- command: `{command}`', f'- commit: `{commit()}`', f'- machine: {machine()}',
+           f'- command: `{command}`', f'- commit (report): `{commit()}`', _trained_at(out_dir),
+           f'- machine: {machine()}',
            f'- date: {time.strftime("%Y-%m-%d")}',
            f'- training wall time: {format_duration(wall)} over {finished} of {len(runs)} runs finished '
            f'(sum of the training sessions in suite_log.jsonl; sized for {suite.budget})',

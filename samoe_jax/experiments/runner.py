@@ -129,7 +129,8 @@ def train_runs(runs: Sequence[Run], out_dir: str) -> list[Run]:
 
 def _train_one(run: Run, i: int, todo: Sequence[Run], out_dir: str, estimator: Estimator) -> None:
   """Trains run i of `todo` (resuming its checkpoint), writes its report and logs it."""
-  from samoe_jax import report  # pylint: disable=g-import-not-at-top  (heavy imports after the flags)
+  from samoe_jax import report as run_report  # pylint: disable=g-import-not-at-top  (heavy imports after the flags)
+  from samoe_jax.experiments import report  # pylint: disable=g-import-not-at-top
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   estimates = [estimator.seconds_for(r) for r in todo[i:]]
   suite_eta = None if any(e is None for e in estimates) else sum(estimates)
@@ -138,11 +139,12 @@ def _train_one(run: Run, i: int, todo: Sequence[Run], out_dir: str, estimator: E
   start = time.time()
   resumed = os.path.isdir(os.path.join(run.workdir, 'checkpoints'))
   final = loop.train(run.config, run.workdir)
-  report.write_report(run.workdir)
+  run_report.write_report(run.workdir)
   seconds = time.time() - start
   record = {'run': run.name, 'config': run.spec.name, 'seed': run.seed, 'status': 'finished',
             'complete': not resumed, 'seconds': seconds, 'train_flops': run.train_flops(),
-            'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S'), 'eval/perplexity': final.get('eval/perplexity')}
+            'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S'), 'eval/perplexity': final.get('eval/perplexity'),
+            'commit': report.commit()}
   _append_log(out_dir, record)
   estimator.add(record)
   logging.info('suite: %s done in %s (validation perplexity %.2f)', run.name, format_duration(seconds),
