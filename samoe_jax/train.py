@@ -21,30 +21,59 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from samoe_jax import cli
 from samoe_jax.config.validate import validate_config
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
 
 
 class _DropLibraryInfo(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console (warnings and errors still show)."""
+  """Keeps orbax's per-save INFO chatter out of the console; its errors show as one line each, without the
+  tracebacks of its background threads (the trainer reports a failed save itself: CheckpointSaveError)."""
 
   def filter(self, record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or 'orbax' not in record.pathname
+    if record.name == 'asyncio' and 'exception was never retrieved' in str(record.msg):
+      return False   # the same failed write once per array, from orbax's abandoned futures
+    if 'orbax' not in record.pathname:
+      return True
+    if record.levelno < std_logging.WARNING:
+      return False
+    if record.exc_info or record.levelno >= std_logging.ERROR:
+      first = (record.getMessage().strip().splitlines() or [''])[0]
+      record.msg, record.args, record.exc_info, record.exc_text = first[:300], None, None, None
+    return True
+
+
+def _is_closed_loop_noise(exc_type: type, value: BaseException) -> bool:
+  return exc_type is RuntimeError and str(value) == 'Event loop is closed'
 
 
 def quiet_library_logs() -> None:
-  """Drops orbax's per-save INFO lines from absl's console handler (warnings and errors still show)."""
+  """Drops orbax's per-save INFO lines from absl's console handler (warnings and errors still show, one line
+  each), and the 'Event loop is closed' tracebacks that TensorStore callbacks print after a failed async save."""
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  previous = sys.excepthook
+
+  def excepthook(exc_type, value, tb):
+    if not _is_closed_loop_noise(exc_type, value):
+      previous(exc_type, value, tb)
+  sys.excepthook = excepthook
+  previous_unraisable = sys.unraisablehook
+
+  def unraisablehook(unraisable):
+    if not _is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value):
+      previous_unraisable(unraisable)
+  sys.unraisablehook = unraisablehook
 
 
 def resolve_config(config_flag: flags.FlagHolder) -> Any:
   """The run's ConfigDict from --config (ml-collections) or --gin_file/--gin_bindings (gin); exactly one."""
   gin_files, gin_bindings = flags.FLAGS.gin_file or [], flags.FLAGS.gin_bindings or []
-  if config_flag.value is not None and (gin_files or gin_bindings):
+  config = config_flag.value
+  if config is not None and (gin_files or gin_bindings):
     raise ValueError('give either --config=FILE or --gin_file=FILE (with --gin.KEY=VALUE bindings), not both')
-  if config_flag.value is not None:
-    return config_flag.value
+  if config is not None:
+    return config
   if not gin_files:
     raise ValueError('give --config=FILE (e.g. configs/tiny_samoe.py) or --gin_file=FILE (e.g. '
                      'configs/gin/tiny_samoe.gin)')
@@ -68,14 +97,11 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
 
   quiet_library_logs()
   workdir = workdir_flag.value
-  try:
-    config = resolve_config(config_flag)
-    validate_config(config)
-    distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  except ValueError as err:   # a bad config or process layout is the user's input: the message, no traceback
-    sys.exit(f'samoe_jax.train: {err}')
+  config = resolve_config(config_flag)   # bad input raises; cli.run_app prints its message, exit code 1
+  validate_config(config)
+  distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
   final = loop.train(config, workdir)
-  if jax.process_index() != 0:   # only process 0 writes the report
+  if jax.process_index() != 0 or final.get('already_finished'):   # process 0 writes the report, once
     return
   _write_gin_config(workdir)
   path = report.write_report(workdir)
@@ -96,7 +122,7 @@ def main() -> None:
   flags.DEFINE_integer('process_id', -1, 'Multi-process runs without a scheduler: this process, 0-based.')
   flags.mark_flags_as_required(['workdir'])
   from samoe_jax.config.gin_config import rewrite_gin_args  # pylint: disable=g-import-not-at-top
-  app.run(functools.partial(_run, config_flag, workdir_flag), argv=rewrite_gin_args(sys.argv))
+  cli.run_app('samoe_jax.train', functools.partial(_run, config_flag, workdir_flag), rewrite_gin_args(sys.argv))
 
 
 if __name__ == '__main__':

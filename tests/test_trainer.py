@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 
@@ -171,8 +172,11 @@ def test_incompatible_checkpoint_is_refused_untouched(runs, overrides, message):
 
 
 def test_non_finite_loss_names_the_step():
-  with pytest.raises(FloatingPointError, match=r'loss is nan at step 12; stopping \(last checkpoint: step 10\)'):
-    loop.check_finite([11, 12, 13], [1.0, float('nan'), float('inf')], 10)
+  with pytest.raises(FloatingPointError, match=r'loss is nan at step 12; the run stopped \(the last good '
+                     r'checkpoint, step 10 in /w/checkpoints, is kept'):
+    loop.check_finite([11, 12, 13], [1.0, float('nan'), float('inf')], 10, '/w/checkpoints')
+  with pytest.raises(FloatingPointError, match=r'loss is inf at step 2; the run stopped \(no checkpoint had been'):
+    loop.check_finite([1, 2], [1.0, float('inf')], None)
   loop.check_finite([1, 2], [0.5, 0.25], None)
 
 
@@ -188,28 +192,52 @@ def test_report_figures(runs, tmp_path):
   assert (tmp_path / 'expert.png').stat().st_size > 0
 
 
-def test_command_line_rerun_evaluates_and_reports(runs, tmp_path):
-  """`python -m samoe_jax.train` on a finished workdir evaluates only and rewrites the report; unknown keys fail."""
+def _tree_state(workdir: str) -> dict[str, tuple[float, bytes]]:
+  return {p: (os.path.getmtime(p), pathlib.Path(p).read_bytes() if os.path.isfile(p) else b'')
+          for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+
+
+def test_command_line_rerun_of_a_finished_run_changes_nothing(runs, tmp_path):
+  """`python -m samoe_jax.train` on a finished workdir leaves every file as it was; unknown keys fail cleanly."""
   config_file = write_tiny_config(tmp_path / 'tiny.py', OVERRIDES)
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
-  report_md = pathlib.Path(runs['full']) / 'report.md'
-  report_md.unlink(missing_ok=True)
+  report.write_report(runs['full'])
+  before = _tree_state(runs['full'])
   cmd = [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={runs["full"]}']
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)
   assert done.returncode == 0, done.stderr[-3000:]
-  assert 'evaluating only' in done.stderr
-  assert report_md.exists()
-  bad = subprocess.run(cmd + ['--config.train.no_such_key=1'], cwd=ROOT, env=env, capture_output=True, text=True,
+  assert 'already finished at step 6' in done.stderr
+  assert _tree_state(runs['full']) == before
+  bad = subprocess.run(cmd + ['--config.train.no_such_ky=1'], cwd=ROOT, env=env, capture_output=True, text=True,
                        timeout=120, check=False)
-  assert bad.returncode != 0 and 'no_such_key' in bad.stderr
+  assert bad.returncode == 1 and 'Traceback' not in bad.stderr, bad.stderr[-2000:]
+  assert "config.train.no_such_ky: the config has no key 'no_such_ky'" in bad.stderr
   new_workdir = tmp_path / 'never_created'
   invalid = subprocess.run(
       [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={new_workdir}',
-       '--config.moe.top_k=9', '--config.pool.size=0'],
+       '--config.moe.top_k=9', '--config.pool.size=0', '--config.train.learning_rate=nan'],
       cwd=ROOT, env=env, capture_output=True, text=True, timeout=120, check=False)
   assert invalid.returncode == 1 and 'Traceback' not in invalid.stderr
   assert 'moe.top_k=9' in invalid.stderr and 'pool.size=0' in invalid.stderr
+  assert 'train.learning_rate=nan: must be a finite number' in invalid.stderr
   assert not new_workdir.exists()
+
+
+def test_run_stopped_after_its_last_checkpoint_finishes_its_bookkeeping_once(runs, tmp_path):
+  """Killed after the final checkpoint but before final_metrics.json: the rerun writes it (train/* keys from
+  metrics.jsonl) without appending a second final validation record."""
+  workdir = tmp_path / 'copy'
+  shutil.copytree(runs['full'], workdir)
+  final = json.loads((workdir / 'final_metrics.json').read_text())
+  (workdir / 'final_metrics.json').unlink()
+  evals_before = len([l for l in (workdir / 'metrics.jsonl').read_text().splitlines() if '"kind": "eval"' in l])
+  result = loop.train(tiny_config(), str(workdir))
+  assert result['resumed_from_step'] == STEPS
+  for key in ('train/loss', 'train/grad_norm', 'eval/loss', 'eval/perplexity'):
+    assert result[key] == final[key], key
+  evals_after = len([l for l in (workdir / 'metrics.jsonl').read_text().splitlines() if '"kind": "eval"' in l])
+  assert evals_after == evals_before
+  assert json.loads((workdir / 'final_metrics.json').read_text())['train/loss'] == final['train/loss']
 
 
 def test_files_of_a_run_without_checkpoint_are_archived_not_overwritten(runs, tmp_path):  # pylint: disable=unused-argument

@@ -8,6 +8,7 @@ explicitly are checked.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Sequence
 
 import ml_collections
@@ -416,6 +417,18 @@ def _check_distill_init(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) 
             'near its own upcycled pool entry)')
 
 
+def _check_finite(node: Any, prefix: str, e: _Errors) -> None:
+  """Every float anywhere in the config (lists included) must be finite: a NaN learning rate would train."""
+  if isinstance(node, (ml_collections.ConfigDict, dict)):
+    for key in node.keys():
+      _check_finite(node[key], f'{prefix}.{key}' if prefix else str(key), e)
+  elif isinstance(node, (list, tuple)):
+    for i, item in enumerate(node):
+      _check_finite(item, f'{prefix}[{i}]', e)
+  elif isinstance(node, float) and not math.isfinite(node):
+    e.add(prefix, node, 'must be a finite number (NaN and Inf are not allowed anywhere in the config)')
+
+
 def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   """All problems found in config, one line each (empty when valid)."""
   e = _Errors()
@@ -424,6 +437,7 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
       e.lines.append(f'{section}: missing config section (start from samoe_jax.config.defaults.get_base_config())')
   if e.lines:
     return e.lines
+  _check_finite(config, '', e)
   moe_layers = _check_model(config.model, e)
   _check_data(config, e)
   num_moe = len(moe_layers) if moe_layers else 0

@@ -158,6 +158,16 @@ def _register(name: str, source: seqio.DataSource, text_key: str, vocab: seqio.V
   )
 
 
+def check_data_source(data_cfg: Any) -> None:
+  """The checks that need no tokenization, run before a run writes anything: the task name, the vocabulary
+  (loaded: a file that is not a SentencePiece model is named) and, for 'tfds_lm', the prepared dataset."""
+  if data_cfg.task not in TASKS:
+    raise ValueError(f'data.task={data_cfg.task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
+  vocabularies.get_vocabulary(data_cfg.vocabulary)
+  if data_cfg.task == 'tfds_lm':
+    check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)
+
+
 def get_task_name(data_cfg: Any) -> str:
   """Registers (once) and returns the seqio task for data_cfg.task / .vocabulary (/ .tfds_* for 'tfds_lm', the
   files for 'text_files', which are read and hashed on every call)."""

@@ -48,6 +48,11 @@ def _load(kind: str, path: str) -> seqio.Vocabulary:
   if kind == 'bpe':  # the shipped file must be GPT-2's (hash-checked); any other .tiktoken file is taken as is
     return gpt2_vocabulary.Gpt2Vocabulary(path, gpt2_vocabulary.GPT2_SHA256 if path == SHIPPED_GPT2 else None)
   vocab = seqio.SentencePieceVocabulary(path)
+  try:
+    vocab.tokenizer   # seqio loads the model lazily: a file that is not one fails here, not mid-pipeline
+  except Exception as err:  # pylint: disable=broad-except  (protobuf DecodeError, RuntimeError, OSError)
+    raise ValueError(f'data.vocabulary={path!r} is not a SentencePiece model ({type(err).__name__}: {err}); give '
+                     'a .model file written by sentencepiece (samoe_jax/data/train_tokenizer.py trains one).') from err
   _check_layout(vocab, path)
   return vocab
 

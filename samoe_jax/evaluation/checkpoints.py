@@ -4,6 +4,10 @@
 'params' subtree of a checkpoint's train state (the Adam moments are never read, so evaluation needs a third of
 training's memory) into arrays carrying the current mesh's shardings, so a run trained on one mesh is
 evaluated on another.
+
+Damaged checkpoints (training/checkpoint_integrity.py: files that no longer match the checksums recorded when
+they were written) are never evaluated and never moved by evaluation: 'latest' falls back to the newest intact
+checkpoint and 'all' skips the damaged ones, each with a warning; a damaged step named explicitly is an error.
 """
 
 from __future__ import annotations
@@ -15,9 +19,12 @@ from typing import Any
 import jax
 import ml_collections
 import orbax.checkpoint as ocp
+from absl import logging
 
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.training.checkpoint import all_finite
 
 
 def checkpoint_dir(workdir: str) -> str:
@@ -39,10 +46,22 @@ def select_steps(workdir: str, which: str) -> list[int]:
   if not steps:
     raise ValueError(f'{checkpoint_dir(workdir)} holds no checkpoint: train first (python -m samoe_jax.train '
                      f'--workdir={workdir} ...) or point --workdir at a trained run')
-  if which == 'latest':
-    return [steps[-1]]
-  if which == 'all':
-    return steps
+  damage = {}
+  def intact(step: int) -> bool:
+    found = integrity.problems(os.path.join(checkpoint_dir(workdir), str(step)))
+    if found:
+      damage[step] = found
+    return not found
+  if which in ('latest', 'all'):
+    chosen = [s for s in (reversed(steps) if which == 'latest' else steps) if intact(s)]
+    for step, found in sorted(damage.items()):
+      if which == 'all' or not chosen or step > chosen[0]:
+        logging.warning('checkpoint step %d in %s is damaged (%s): not evaluated', step, checkpoint_dir(workdir),
+                        '; '.join(found))
+    if not chosen:
+      raise ValueError(f'every checkpoint in {checkpoint_dir(workdir)} is damaged: '
+                       + '; '.join(f'step {s}: {", ".join(f)}' for s, f in sorted(damage.items())))
+    return chosen[:1] if which == 'latest' else chosen
   try:
     wanted = [int(part) for part in which.split(',') if part.strip()]
   except ValueError:
@@ -53,6 +72,11 @@ def select_steps(workdir: str, which: str) -> list[int]:
   if missing:
     raise ValueError(f'--checkpoint={which!r}: no checkpoint of step(s) {missing} in {checkpoint_dir(workdir)}; '
                      f'available: {steps}')
+  bad = [s for s in wanted if not intact(s)]
+  if bad:
+    raise ValueError(f'--checkpoint={which!r}: damaged checkpoint(s) in {checkpoint_dir(workdir)}: '
+                     + '; '.join(f'step {s}: {", ".join(damage[s])}' for s in bad)
+                     + f'; the other steps: {[s for s in steps if s not in bad]}')
   return wanted
 
 
@@ -84,4 +108,6 @@ def restore_params(model: LanguageModel, partitioner: Partitioner, workdir: str,
     except (ValueError, KeyError) as err:
       raise ValueError(f'checkpoint {path} does not hold parameters of this model config ({err}); evaluate '
                        'with the config the run was trained with (its config.json)') from err
+  if not all_finite(restored['params']):
+    raise ValueError(f'checkpoint {path} holds non-finite parameters (NaN or Inf): it cannot be evaluated')
   return restored['params']

@@ -29,21 +29,19 @@ from absl import logging
 from samoe_jax import accounting
 from samoe_jax.config import pyramid
 from samoe_jax.config.layer_plan import moe_layer_indices
-from samoe_jax.config.validate import validate_config
 from samoe_jax.data import pipeline
-from samoe_jax.data.text_files import check_text_files
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
-from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
-from samoe_jax.training.metrics_writer import MetricsWriter, to_json_value
+from samoe_jax.training.preflight import check_before_writing, check_trainer_config, group_rows
+from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer
 from samoe_jax.training.step import make_eval_step, make_train_step
-from samoe_jax.training.task_eval import PeriodicTaskEval, check_task_data
+from samoe_jax.training.task_eval import PeriodicTaskEval
 
 BATCH_DTYPES = {'decoder_input_tokens': np.int32, 'decoder_target_tokens': np.int32,
                 'decoder_loss_weights': np.float32}
@@ -66,28 +64,6 @@ class Run:
   @property
   def primary(self) -> bool:
     return jax.process_index() == 0
-
-
-def group_rows(config: ml_collections.ConfigDict) -> int:
-  """Sequences in one MoE routing group (moe.group_size > data.seq_len spans several), 1 for dense models."""
-  if not moe_layer_indices(config.model):
-    return 1
-  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
-
-
-def check_trainer_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the train.* keys validate_config does not know (decay_steps, microbatches)."""
-  t = config.train
-  decay = t.decay_steps
-  if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
-    raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
-                     f'train.warmup_steps={t.warmup_steps}')
-  micro = check_microbatches(t.get('microbatches', 1))
-  rows = group_rows(config)
-  if config.data.batch_size % (micro * rows):
-    group = f' x {rows} sequences per routing group (moe.group_size={config.moe.group_size})' if rows > 1 else ''
-    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro}'
-                     f'{group}, so that every microbatch has the same number of whole sequences')
 
 
 def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner, has_moe: bool) -> None:
@@ -116,17 +92,22 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
-  """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints."""
+  """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints.
+
+  The mesh checks run before the checkpoint directory is created; the newest intact checkpoint (damaged newer
+  ones are moved aside, training/checkpoint_integrity.py) is compared with this config before anything else is
+  written."""
   model = LanguageModel(config)
   abstract_params = model.abstract_params()
   meta = run_meta(config, abstract_params)
-  checkpointer = Checkpointer(workdir, config.train)
-  latest = checkpointer.latest_step()
-  if latest is not None:
-    checkpointer.check_compatible(latest, meta)
   mesh = make_mesh(config.mesh)
   partitioner = Partitioner(mesh)
   check_mesh_fits(config, partitioner, has_moe=bool(moe_layer_indices(config.model)))
+  os.makedirs(workdir, exist_ok=True)
+  checkpointer = Checkpointer(workdir, config.train)
+  latest = checkpointer.verified_latest()
+  if latest is not None:
+    checkpointer.check_compatible(latest, meta)
   logging.info('mesh: %s', describe_mesh(mesh))
   logging.info('logical axis rules:\n%s', partitioner.describe_rules())
   param_axes = model.param_logical_axes()
@@ -175,9 +156,9 @@ def write_run_files(run: Run) -> dict[str, int]:
 
 def initial_state(run: Run) -> tuple[state_lib.TrainState, dict[str, Any] | None, int]:
   """(state, data iterator state or None, start step): the latest checkpoint, else a fresh initialisation."""
-  step = run.checkpointer.latest_step()
-  if step is not None:
-    state, data_state, _ = run.checkpointer.restore(step, run.abstract)
+  restored = run.checkpointer.restore_intact(run.abstract, run.meta)   # verified, finite; damaged ones set aside
+  if restored is not None:
+    state, data_state, step = restored
     logging.info('resumed from checkpoint step %d in %s', step, run.checkpointer.directory)
     return state, data_state, step
   init = jax.jit(lambda rng: state_lib.init_state(run.model, run.optimizer, rng), out_shardings=run.shardings)
@@ -277,13 +258,16 @@ def average_interval(host: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def check_finite(steps: list[int], losses: list[Any], last_checkpoint: int | None) -> None:
-  """Raises FloatingPointError naming the first step whose loss is NaN or Inf."""
+def check_finite(steps: list[int], losses: list[Any], latest: int | None, directory: str = 'checkpoints') -> None:
+  """Raises FloatingPointError naming the first step whose loss is NaN or Inf and the last good checkpoint
+  (`latest` in `directory`; checkpoints are saved only after their steps' losses were checked)."""
   for step, loss in zip(steps, losses):
     if not np.isfinite(loss):
+      kept = (f'the last good checkpoint, step {latest} in {directory}, is kept and a rerun resumes from it'
+              if latest is not None else 'no checkpoint had been saved yet')
       raise FloatingPointError(
-          f'loss is {float(loss)} at step {step}; stopping (last checkpoint: step {last_checkpoint}). '
-          'Lower train.learning_rate, raise train.warmup_steps or set train.grad_clip.')
+          f'loss is {float(loss)} at step {step}; the run stopped ({kept}). Lower train.learning_rate, raise '
+          'train.warmup_steps or set train.grad_clip.')
 
 
 class MetricsBuffer:
@@ -316,7 +300,7 @@ class MetricsBuffer:
     """Fetches the losses of every unlogged step (a sync; used before checkpoints)."""
     items = self.ready + self.pending
     check_finite([s for s, _ in items], jax.device_get([m['loss'] for _, m in items]),
-                 self.run.checkpointer.latest_step())
+                 self.run.checkpointer.latest_step(), self.run.checkpointer.directory)
 
   def flush(self) -> None:
     """Writes the ready interval (blocks until its last step has finished)."""
@@ -325,7 +309,8 @@ class MetricsBuffer:
     steps = [s for s, _ in self.ready]
     host = jax.device_get([m for _, m in self.ready])
     self.ready = []
-    check_finite(steps, [h['loss'] for h in host], self.run.checkpointer.latest_step())
+    check_finite(steps, [h['loss'] for h in host], self.run.checkpointer.latest_step(),
+                 self.run.checkpointer.directory)
     now = time.time()
     seconds = max(now - self.clock, 1e-9)
     num_steps = steps[-1] - self.clock_step
@@ -389,6 +374,7 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
     for step in range(start_step + 1, t.steps + 1):
       batch = shard_host_batch(run, next(data_iter))
       state, metrics = train_fn(state, batch, rng, step)
+      run.checkpointer.poll(step)      # a failed asynchronous save stops the run here (CheckpointSaveError)
       buffer.flush()                   # the previous log step's metrics, now that this step is queued
       buffer.add(step, metrics, log_now=step % t.log_every == 0 or step == t.steps)
       if (t.eval_every and step % t.eval_every == 0 and eval_batches) or step == t.steps:
@@ -442,16 +428,32 @@ def make_data(run: Run, data_state: dict[str, Any] | None) -> tuple[Any, list[di
   return data_iter, eval_batches
 
 
+def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any] | None:
+  """final_metrics.json of a run that already reached train.steps (left exactly as it is), else None."""
+  path = os.path.join(workdir, 'final_metrics.json')
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    final = json.load(f)
+  if int(final.get('step', -1)) < int(config.train.steps):
+    return None
+  steps = Checkpointer.steps_on_disk(workdir)
+  return final if steps and max(steps) >= int(config.train.steps) else None
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'."""
-  validate_config(config)
-  check_trainer_config(config)
-  check_task_data(config)
-  check_text_files(config.data, eval_batches=config.train.eval_batches)  # data.task='text_files': read, not tokenized
-  if distill.enabled(config):     # missing teacher / vocabulary mismatch: refused before anything is written
-    distill.teacher_config(config)
-  os.makedirs(workdir, exist_ok=True)
-  run = build_run(config, workdir)
+  """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'.
+
+  A run that already finished (final_metrics.json and a checkpoint at >= train.steps) is left exactly as it is
+  and its final metrics are returned with 'already_finished': True; raise train.steps to continue it."""
+  check_before_writing(config, workdir)   # every check that needs no devices: nothing is written before
+  run = build_run(config, workdir)        # mesh checks, then the newest intact checkpoint checked compatible
+  done = finished_run(config, workdir)
+  if done is not None:
+    run.checkpointer.close()
+    logging.info('%s already finished at step %s (final_metrics.json): nothing to do; raise train.steps to train '
+                 'on', workdir, done.get('step'))
+    return dict(done, already_finished=True)
   archive_stale_run_files(run)
   write_run_files(run)
   state, data_state, start_step = initial_state(run)
@@ -468,10 +470,16 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
       task_eval = PeriodicTaskEval(config, workdir, run.model, run.partitioner)
       state, last_train, last_eval = run_loop(run, state, data_iter, start_step, train_fn, eval_fn, eval_batches,
                                               writer, task_eval)
-    elif eval_batches:
+    else:   # stopped after the last checkpoint, before final_metrics.json: finish the run's bookkeeping only
       logging.info('the checkpoint is at step %d >= train.steps=%d: evaluating only', start_step, config.train.steps)
-      last_eval = evaluate(eval_fn, state.params, eval_batches)
-      writer.write_eval(start_step, last_eval)
+      logged = read_metrics(workdir, 'train')
+      last_train = {k: v for k, v in logged[-1].items() if k not in ('kind', 'time')} if logged else {}
+      evals = [r for r in read_metrics(workdir, 'eval') if r.get('step') == start_step]
+      if evals:     # the final validation was written already: not appended twice
+        last_eval = {k: v for k, v in evals[-1].items() if k.startswith('eval/')}
+      elif eval_batches:
+        last_eval = evaluate(eval_fn, state.params, eval_batches)
+        writer.write_eval(start_step, last_eval)
   finally:
     data_iter.close()
     writer.close()

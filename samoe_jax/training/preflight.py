@@ -1,0 +1,78 @@
+"""The checks a training run makes before it writes anything into its workdir.
+
+Bad input found here never leaves a half-made workdir behind: the config (validate_config: every problem at
+once, non-finite numbers included), the trainer's own keys, the evaluation tasks' data, the corpus files, the
+vocabulary (loaded), a prepared TFDS dataset, the distillation teacher, and the workdir itself (a directory, or
+creatable, and writable). Checks that need the device mesh run in the trainer right after, still before writing.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import ml_collections
+
+from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.validate import validate_config
+from samoe_jax.data.tasks import check_data_source
+from samoe_jax.data.text_files import check_text_files
+from samoe_jax.training import distill
+from samoe_jax.training.accumulate import check_microbatches
+from samoe_jax.training.task_eval import check_task_data
+
+
+def group_rows(config: ml_collections.ConfigDict) -> int:
+  """Sequences in one MoE routing group (moe.group_size > data.seq_len spans several), 1 for dense models."""
+  if not moe_layer_indices(config.model):
+    return 1
+  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
+
+
+def check_trainer_config(config: ml_collections.ConfigDict) -> None:
+  """Checks the train.* keys validate_config does not know (decay_steps, microbatches)."""
+  t = config.train
+  decay = t.decay_steps
+  if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
+    raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
+                     f'train.warmup_steps={t.warmup_steps}')
+  micro = check_microbatches(t.get('microbatches', 1))
+  rows = group_rows(config)
+  if config.data.batch_size % (micro * rows):
+    group = f' x {rows} sequences per routing group (moe.group_size={config.moe.group_size})' if rows > 1 else ''
+    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro}'
+                     f'{group}, so that every microbatch has the same number of whole sequences')
+
+
+def check_workdir(workdir: str) -> None:
+  """Raises ValueError naming `workdir` when it is a file, cannot be created, or is not writable."""
+  if not workdir:
+    raise ValueError('--workdir is empty: give the run directory, e.g. --workdir=runs/my_run')
+  if '://' in workdir:   # gs:// and similar: the store is checked when the first file is written
+    return
+  path = os.path.abspath(workdir)
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise ValueError(f'--workdir={workdir!r} is a file, not a directory: give a directory for the run')
+  parent = path
+  while not os.path.exists(parent):
+    parent = os.path.dirname(parent)
+  if not os.path.isdir(parent):
+    raise ValueError(f'--workdir={workdir!r} cannot be created: {parent} is a file')
+  try:
+    with tempfile.TemporaryFile(dir=parent):
+      pass
+  except OSError as err:
+    what = 'is not writable' if parent == path else f'cannot be created ({parent} is not writable)'
+    raise ValueError(f'--workdir={workdir!r} {what}: {err.strerror or err}') from err
+
+
+def check_before_writing(config: ml_collections.ConfigDict, workdir: str) -> None:
+  """All checks that need neither devices nor the workdir's contents; raises ValueError/OSError."""
+  validate_config(config)
+  check_trainer_config(config)
+  check_workdir(workdir)
+  check_data_source(config.data)
+  check_task_data(config)
+  check_text_files(config.data, eval_batches=config.train.eval_batches)  # data.task='text_files': read only
+  if distill.enabled(config):     # missing teacher / vocabulary mismatch
+    distill.teacher_config(config)
