@@ -104,6 +104,12 @@ def _figure_lines(title: str, names: Sequence[str | None], prefix: str = '') -> 
   return lines + ['']
 
 
+def _seeds_line(suite: Suite, runs: Sequence[Run]) -> str:
+  seeds = sorted({r.seed for r in runs})
+  note = '' if len(seeds) == suite.seeds else f" (the suite's default is {suite.seeds}; this report has {len(seeds)})"
+  return f'- seeds per config: {len(seeds)}, seeds {seeds}{note}'
+
+
 def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, corpus_dir: str = '') -> str:
   """Writes OUT/report/; returns the path of report.md."""
   start = time.time()
@@ -124,6 +130,7 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
            f'- command: `{command}`', f'- commit (report): `{commit()}`', _trained_at(out_dir),
            f'- machine: {machine()}',
            f'- date: {time.strftime("%Y-%m-%d")}',
+           _seeds_line(suite, runs),
            f'- training wall time: {format_duration(wall)} over {finished} of {len(runs)} runs finished '
            f'(sum of the training sessions in suite_log.jsonl; sized for {suite.budget})',
            _corpus_line(corpus_dir, tokens), '', '## Results', '']

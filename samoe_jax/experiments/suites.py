@@ -212,7 +212,7 @@ SMOKE = Suite(
      ConfigSpec('samoe_p1', 'SaMoE P=1 (tied experts)', 'samoe', {'pool.size': 1, 'pool.mixing': 'learned'})),
     seeds=1, steps=24, evals=3, grad_stats=3, needs_corpus=False, budget='under 3 minutes on 2 CPU cores')
 CPU = Suite(
-    'cpu', 'The SaMoE comparison at CPU scale: 4 MoE blocks of 16 experts (top-1), 655k tokens per run, 3 seeds.',
+    'cpu', 'The SaMoE comparison at CPU scale: 4 MoE blocks of 16 experts (top-1), 655k tokens per run.',
     cpu_base, _comparison(4, 128, 4, 16, 512, dense_widths=(64, 192, 256), sweep=(4, 8, 16, 32),
                           pool_sizes=(1, 2, 3)),
     seeds=3, steps=320, evals=5, grad_stats=20, needs_corpus=True, budget='about 90 minutes on 2 CPU cores')
