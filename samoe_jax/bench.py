@@ -25,6 +25,7 @@ import numpy as np
 from absl import app, flags
 from ml_collections import config_flags
 
+from samoe_jax import cli
 from samoe_jax import accounting
 from samoe_jax.config.validate import validate_config
 from samoe_jax.models.model import LanguageModel
@@ -176,7 +177,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if _JSON_OUT.value:
       with open(_JSON_OUT.value, 'w') as f:
         json.dump({'results': results, 'samoe_over_moe_step_time': ratio}, f, indent=2)
-  app.run(run, argv=argv)
+  cli.run_app('samoe_jax.bench', run, list(argv) if argv is not None else sys.argv)
 
 
 if __name__ == '__main__':

@@ -17,6 +17,7 @@ from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
+from samoe_jax import cli
 from samoe_jax import accounting
 from samoe_jax.config import pyramid
 from samoe_jax.layers.graph_routing import describe_graph
@@ -266,7 +267,7 @@ def model_check(config: ml_collections.ConfigDict, params: dict[str, Any]) -> st
   return 'match' if not diffs else f'MISMATCH (analytic, model): {diffs}'
 
 
-def main(argv: list[str]) -> None:
+def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   config = _CONFIG.value
@@ -283,5 +284,10 @@ def main(argv: list[str]) -> None:
   print(json.dumps(report, indent=2) if _JSON.value else format_text(report))
 
 
+def main() -> None:
+  """Console-script entry point: bad input ends with one message and exit code 1 (samoe_jax/cli.py)."""
+  cli.run_app('samoe_jax.describe', _main, sys.argv)
+
+
 if __name__ == '__main__':
-  app.run(main)
+  main()

@@ -20,6 +20,8 @@ import sys
 from typing import Any, Sequence
 
 from absl import app, flags, logging
+
+from samoe_jax import cli
 from ml_collections import config_flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -65,9 +67,12 @@ def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batc
                                        config=config)
       by_step[step] = scores
       if primary:
-        out = outputs.write_step_results(workdir, step, scores, details)
-        events.scalars(outputs.tensorboard_scalars(scores), step)
-        print(outputs.markdown_table(scores, f'{workdir} step {step}'), flush=True)
+        setting = settings.setting()
+        out = outputs.write_step_results(workdir, step, scores, details, setting)
+        key = outputs.setting_key(setting)
+        named = {f'{t}@{key}' if key else t: v for t, v in scores.items()}
+        events.scalars(outputs.tensorboard_scalars(named), step)
+        print(outputs.markdown_table(scores, f'{workdir} step {step} ({outputs.setting_label(setting)})'), flush=True)
         logging.info('results of step %d in %s', step, out)
     if primary:
       logging.info('summary: %s', outputs.write_summary(workdir))
@@ -87,6 +92,7 @@ def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
     config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
     validate_config(config)
     settings = settings_from_flags(config)
+    settings.check_data()                               # every task's data, all problems at once
     checkpoints.select_steps(f.workdir, f.checkpoint)   # fail before compiling anything
     if f.batch_size < 1:
       raise ValueError(f'--batch_size={f.batch_size} must be >= 1')
@@ -112,7 +118,7 @@ def main() -> None:
   flags.DEFINE_string('validation_batches', 'config', 'Validation-split perplexity of the pretraining task: '
                       'config (train.eval_batches), all, none, or a number of batches.')
   flags.DEFINE_integer('bootstrap_iters', 100000, 'Bootstrap iterations for perplexity stderrs (0: none).')
-  app.run(functools.partial(_run, config_flag))
+  cli.run_app('samoe_jax.evaluate', functools.partial(_run, config_flag), sys.argv)
 
 
 if __name__ == '__main__':

@@ -39,6 +39,7 @@ from typing import Sequence
 
 import ml_collections
 
+from samoe_jax import cli
 from samoe_jax import accounting
 
 GIB = 1024 ** 3
@@ -213,13 +214,13 @@ def main(argv: Sequence[str]) -> None:
 
 
 def run() -> None:
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).')
   flags.DEFINE_enum('hardware', 'tpu-v5p', sorted(HARDWARE), 'Device kind.')
   flags.DEFINE_integer('devices', 64, 'Devices in the slice or node (chips / GPUs).')
   flags.DEFINE_bool('readme', False, 'Print the README table of recommended settings and exit.')
-  app.run(main)
+  cli.run_app('samoe_jax.mesh_plan', main, sys.argv)
 
 
 if __name__ == '__main__':

@@ -12,6 +12,7 @@ No model or checkpoint is loaded, so it is instant and can be rerun any time:
 
 from __future__ import annotations
 
+import sys
 import json
 import math
 import os
@@ -25,6 +26,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from samoe_jax import cli
 from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
 
 
@@ -166,9 +168,12 @@ def main() -> None:
   def _run(argv: Sequence[str]) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-    print(write_report(flags.FLAGS.workdir))
+    workdir = flags.FLAGS.workdir
+    if not os.path.isfile(os.path.join(workdir, 'metrics.jsonl')):
+      raise ValueError(f'--workdir={workdir!r} holds no metrics.jsonl: give a directory written by samoe_jax.train')
+    print(write_report(workdir))
 
-  app.run(_run)
+  cli.run_app('samoe_jax.report', _run, sys.argv)
 
 
 if __name__ == '__main__':

@@ -50,8 +50,12 @@ def _is_closed_loop_noise(exc_type: type, value: BaseException) -> bool:
 
 def quiet_library_logs() -> None:
   """Drops orbax's per-save INFO lines from absl's console handler (warnings and errors still show, one line
-  each), and the 'Event loop is closed' tracebacks that TensorStore callbacks print after a failed async save."""
+  each), the 'Event loop is closed' tracebacks that TensorStore callbacks print after a failed async save,
+  jax's INFO line about backends it did not find, and SentencePiece's INFO log."""
   logging.get_absl_handler().addFilter(_DropLibraryInfo())
+  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)   # "Unable to initialize backend 'tpu'"
+  import sentencepiece  # pylint: disable=g-import-not-at-top
+  sentencepiece.set_min_log_level(1)   # its normalizer's INFO line on every model load
   previous = sys.excepthook
 
   def excepthook(exc_type, value, tb):

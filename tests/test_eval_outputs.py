@@ -37,6 +37,31 @@ def test_step_results_and_summary_files(tmp_path):
   assert 'step 100' in open(summary).read()
 
 
+def test_other_settings_never_replace_earlier_results(tmp_path):
+  """The same step evaluated 0-shot, then 5-shot with two seeds, then 0-shot on another task: three results, none
+  replaced; the summary keeps them all and its tables name the shots and seeds."""
+  workdir = str(tmp_path)
+  five_shot = {'num_fewshot': 5, 'fewshot_seeds': [1234, 1235], 'limit': None}
+  zero = outputs.write_step_results(workdir, 100, {'piqa': {'acc': 0.5}}, {'piqa': {'num_docs': 8}},
+                                    {'num_fewshot': 0, 'fewshot_seeds': [1234], 'limit': None})
+  few = outputs.write_step_results(workdir, 100, {'piqa': {'acc': 0.75}}, {}, five_shot)
+  outputs.write_step_results(workdir, 100, {'boolq': {'acc': 0.25}}, {}, None)
+  assert os.path.basename(zero) == 'step_100' and os.path.basename(few) == 'step_100_5shot_seeds1234-1235'
+  zero_record = json.loads(open(os.path.join(zero, 'results.json')).read())
+  assert zero_record['scores'] == {'piqa': {'acc': 0.5}, 'boolq': {'acc': 0.25}}
+  assert zero_record['details']['piqa']['num_docs'] == 8
+  few_record = json.loads(open(os.path.join(few, 'results.json')).read())
+  assert few_record['scores'] == {'piqa': {'acc': 0.75}} and few_record['setting'] == five_shot
+  assert few_record['setting_label'] == '5-shot, seeds 1234, 1235'
+  assert '## Evaluation of step 100 (5-shot, seeds 1234, 1235)' in open(os.path.join(few, 'results.md')).read()
+  summary_md = open(outputs.write_summary(workdir)).read()
+  assert '## step 100 (0-shot)' in summary_md and '## step 100 (5-shot, seeds 1234, 1235)' in summary_md
+  summary = json.loads(open(os.path.join(workdir, 'eval', 'summary.json')).read())
+  assert summary == {'100': {'piqa': {'acc': 0.5}, 'boolq': {'acc': 0.25},
+                             'piqa@5shot_seeds1234-1235': {'acc': 0.75}}}
+  assert outputs.setting_key({'num_fewshot': 0, 'limit': 10}) == '0shot_limit10'
+
+
 def test_no_plot_without_accuracy_metrics(tmp_path):
   assert not outputs.plot_bars({'ppl:x.txt': {'word_perplexity': 3.0}}, str(tmp_path / 'a.png'), 't')
   assert not (tmp_path / 'a.png').exists()

@@ -373,6 +373,51 @@ def test_nested_field_and_empty_file_errors(tmp_path):
     get_task('arc_easy', str(tmp_path)).docs()
 
 
+def test_gold_outside_the_choices_names_file_and_line(tmp_path):
+  """The harness counts such a row as a miss (gold -100), which silently lowers accuracy: here it is an error."""
+  (tmp_path / 'piqa').mkdir()
+  good = json.dumps({'goal': 'g', 'sol1': 'a', 'sol2': 'b', 'label': 1})
+  bad = json.dumps({'goal': 'g', 'sol1': 'a', 'sol2': 'b', 'label': 5})
+  (tmp_path / 'piqa' / 'validation.jsonl').write_text(f'{good}\n\n{bad}\n')
+  with pytest.raises(ValueError, match=r"validation\.jsonl:3: the gold label 5 is outside the 2 choices "
+                                       r"\(allowed: 0\.\.1\) \(task 'piqa'\)"):
+    get_task('piqa', str(tmp_path)).docs()
+  (tmp_path / 'arc_easy').mkdir()
+  row = {'question': 'q', 'choices': {'text': ['a', 'b'], 'label': ['A', 'B']}, 'answerKey': 'E'}
+  (tmp_path / 'arc_easy' / 'test.jsonl').write_text(json.dumps(row) + '\n')
+  with pytest.raises(ValueError, match=r"test\.jsonl:1: answer key 'E' is not one of the choice labels \['A', 'B'\]"):
+    get_task('arc_easy', str(tmp_path)).docs()
+  for name in TASK_NAMES:   # every shipped fixture row has a scorable gold answer
+    if os.path.isdir(os.path.join(FIXTURES, name)):
+      task = get_task(name, FIXTURES)
+      for split in task.splits:
+        if os.path.isfile(task.path(split)):
+          task.docs(split)
+
+
+def test_bytes_that_are_not_utf8_name_file_line_and_offset(tmp_path):
+  (tmp_path / 'piqa').mkdir()
+  good = json.dumps({'goal': 'g', 'sol1': 'a', 'sol2': 'b', 'label': 1}).encode()
+  (tmp_path / 'piqa' / 'validation.jsonl').write_bytes(good + b'\n' + good[:10] + b'\xff\xfe' + good[10:] + b'\n')
+  with pytest.raises(ValueError, match=rf"validation\.jsonl:2: not UTF-8 text \(byte offset {len(good) + 11}"):
+    get_task('piqa', str(tmp_path)).docs()
+
+
+def test_perplexity_files_empty_or_not_utf8_are_errors(tmp_path):
+  from samoe_jax.evaluation.perplexity import read_documents  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'empty.txt').write_text('  \n\n')
+  with pytest.raises(ValueError, match=r"empty\.txt' holds no text: there is nothing to score"):
+    read_documents(str(tmp_path / 'empty.txt'))
+  (tmp_path / 'empty.jsonl').write_text('{"text": ""}\n')
+  with pytest.raises(ValueError, match='holds no text'):
+    read_documents(str(tmp_path / 'empty.jsonl'))
+  (tmp_path / 'latin1.txt').write_bytes('line one\ncaf\u00e9\n'.encode('latin-1'))
+  with pytest.raises(ValueError, match=r'latin1\.txt:2: not UTF-8 text \(byte offset 12'):
+    read_documents(str(tmp_path / 'latin1.txt'))
+  (tmp_path / 'ok.jsonl').write_text('{"text": "a b"}\n\n{"text": "c"}\n')
+  assert read_documents(str(tmp_path / 'ok.jsonl')) == ['a b', 'c']
+
+
 # ---------------------------------------------------------------------------------------------- seqio
 
 

@@ -138,6 +138,8 @@ def test_cli_errors_are_messages_not_tracebacks(run, tmp_path):
       ([f'--workdir={run}', f'--eval_data_dir={FIXTURES}', '--tasks=piqa', '--checkpoint=3'],
        'no checkpoint of step(s) [3]'),
       ([f'--workdir={run}', f'--eval_data_dir={tmp_path}', '--tasks=piqa'], 'piqa'),
+      ([f'--workdir={run}', f'--eval_data_dir={FIXTURES}', '--tasks=piqa,arc_challenge', '--num_fewshot=500'],
+       'evaluation data (2 problems):\n  piqa: 500 shots need 500 documents, but the few-shot pool'),
   ]
   for args, message in cases:
     result = _python('-m', 'samoe_jax.evaluate', *args)

@@ -244,3 +244,21 @@ def test_sharded_scoring_equals_one_device():
                         text=True, timeout=600, check=False)
   assert done.returncode == 0, done.stderr[-4000:]
   assert done.stdout.strip().endswith('OK 4')
+
+
+def test_backend_counts_the_requests_it_cuts_to_the_model_length(models):
+  """Contexts longer than the model are cut from the left as the harness cuts them; the backend counts them so
+  that the evaluation can warn and record how many (evaluation/runner.py)."""
+  import seqio  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.requests import LoglikelihoodRequest  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.tokenization import EvalTokenizer  # pylint: disable=g-import-not-at-top
+  model, params, _ = models['dense']
+  backend = ModelBackend(model, params, EvalTokenizer(seqio.ByteVocabulary()), batch_size=4)
+  fits = LoglikelihoodRequest('a' * (L - 2), ' b')          # 30 + 2 bytes = L: nothing cut
+  edge = LoglikelihoodRequest('a' * (L - 1), ' b')          # L + 1: the start token goes, no context token
+  cut = LoglikelihoodRequest('a' * (2 * L), ' b')           # 2L context bytes: cut from the left
+  backend.loglikelihood([fits, edge])
+  assert backend.truncated == 0
+  backend.loglikelihood([fits, cut, cut])
+  assert backend.truncated == 2

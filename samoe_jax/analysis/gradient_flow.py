@@ -28,6 +28,7 @@ from typing import Any, Iterable, Sequence
 import ml_collections
 import numpy as np
 
+from samoe_jax import cli
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.pyramid import format_counts, groups_of_config
 
@@ -559,7 +560,7 @@ def main() -> None:
     print('\n'.join(report['sentences']))
     print(report['files']['md'])
 
-  app.run(_run)
+  cli.run_app(PROG, _run, sys.argv)
 
 
 if __name__ == '__main__':

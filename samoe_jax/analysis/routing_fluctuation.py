@@ -25,6 +25,8 @@ import sys
 from typing import Any, Sequence
 
 from absl import app, flags
+
+from samoe_jax import cli
 import ml_collections
 from ml_collections import config_flags
 
@@ -206,7 +208,7 @@ def main() -> None:
   flags.DEFINE_string('workdir', None, 'A samoe_jax.train run directory.', required=True)
   flags.DEFINE_string('steps', 'all', 'all, or comma-separated checkpoint steps (at least two).')
   flags.DEFINE_integer('batches', 0, 'Validation batches of the fixed token set (0: train.eval_batches).')
-  app.run(functools.partial(_main, config_flag))
+  cli.run_app('samoe_jax.analysis.routing_fluctuation', functools.partial(_main, config_flag), sys.argv)
 
 
 if __name__ == '__main__':

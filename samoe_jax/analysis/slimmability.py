@@ -26,6 +26,8 @@ import sys
 from typing import Any, Sequence
 
 from absl import app, flags
+
+from samoe_jax import cli
 import ml_collections
 from ml_collections import config_flags
 
@@ -201,7 +203,7 @@ def main() -> None:
   flags.DEFINE_string('checkpoint', 'latest', 'latest or one checkpoint step.')
   flags.DEFINE_string('validation_batches', 'config', 'config (train.eval_batches), all, or a number of batches.')
   flags.DEFINE_bool('uniform', True, "Also evaluate the dense mode: all experts, uniform gates 1/E ('uniform').")
-  app.run(functools.partial(_main, config_flag))
+  cli.run_app('samoe_jax.analysis.slimmability', functools.partial(_main, config_flag), sys.argv)
 
 
 if __name__ == '__main__':

@@ -43,6 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 from absl import app, flags, logging
 
+from samoe_jax import cli
 from samoe_jax.analysis import frontier as frontier_lib
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
@@ -522,7 +523,7 @@ def main() -> None:
   flags.DEFINE_string('metric', 'eval/cross_entropy', 'Validation metric of the frontier (eval/... or tasks/...).')
   flags.DEFINE_string('tasks', 'auto', 'auto (every task metric of all dense groups and the run), none, or a '
                       'comma list of tasks/<task>/<metric>.')
-  app.run(_main)
+  cli.run_app('samoe_jax.analysis.speedup', _main, sys.argv)
 
 
 if __name__ == '__main__':

@@ -34,7 +34,8 @@ def cut_at_stop(text: str, until: Sequence[str]) -> str:
 
 
 class ModelBackend:
-  """Backend (requests.py) over one model and its parameters."""
+  """Backend (requests.py) over one model and its parameters. `truncated` counts the requests so far whose
+  context was cut from the left to fit model.max_len (the harness does the same, silently)."""
 
   def __init__(self, model: LanguageModel, params: Any, tokenizer: EvalTokenizer, *, batch_size: int = 16,
                partitioner: Partitioner | None = None):
@@ -43,6 +44,7 @@ class ModelBackend:
     self.tokenizer = tokenizer
     self.batch_size = batch_size
     self.scorer = LoglikelihoodScorer(model, params, batch_size=batch_size, partitioner=partitioner)
+    self.truncated = 0
 
   def set_params(self, params: Any) -> None:
     """New parameters of the same model (the trainer's periodic evaluation); compiled shapes are reused."""
@@ -51,6 +53,7 @@ class ModelBackend:
 
   def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
     pairs = [self.tokenizer.split_context_continuation(r.context, r.continuation) for r in requests]
+    self.truncated += sum(len(c) + len(x) > self.model.spec.max_len + 1 for c, x in pairs)   # scorer.scoring_row
     return self.scorer.score(pairs)
 
   def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihoodRequest]) -> list[float]:
@@ -72,6 +75,7 @@ class ModelBackend:
       max_gen_toks = min(max_gen_toks, self.model.spec.max_len - 1)   # leave room for at least one context token
       stops = [[self.tokenizer.eos_id]] + [self.tokenizer.encode(s) for s in until if s]
       prompts = [self.tokenizer.encode(requests[i].context) for i in indices]
+      self.truncated += sum(len(p) > self.model.spec.max_len - max_gen_toks for p in prompts)
       generated = greedy_generate(self.model, self.params, prompts, max_new_tokens=max_gen_toks,
                                   stop_sequences=[s for s in stops if s], batch_size=self.batch_size)
       for i, ids in zip(indices, generated):

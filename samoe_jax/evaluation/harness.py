@@ -81,9 +81,18 @@ class SamoeLM(LM):
     return self.backend.generate_until([generation_request(*r.args) for r in requests])
 
 
+EVALUATOR_BATCH_SIZE = 16   # python -m samoe_jax.evaluate --batch_size default
+
+
 def main() -> None:
-  """The harness's command line with the 'samoe' model registered (importing this module registered it)."""
+  """The harness's command line with the 'samoe' model registered (importing this module registered it).
+
+  Without --batch_size it runs at the evaluator's batch size (16), not lm-eval's default 1, so the documented
+  command gives the evaluator's numbers bit for bit (batching changes scores only within float32 rounding)."""
+  import sys  # pylint: disable=g-import-not-at-top
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
+  if not any(a == '--batch_size' or a.startswith('--batch_size=') or a == '-b' for a in sys.argv[1:]):
+    sys.argv += ['--batch_size', str(EVALUATOR_BATCH_SIZE)]
   cli_evaluate()
 
 

@@ -1,8 +1,12 @@
 """Evaluation results as a console/markdown table, JSON, PNG bar charts, accuracy-vs-step plots and TensorBoard.
 
 `scores` everywhere is {task: {metric: float}} (accuracy-like metrics in [0, 1], perplexity as is). Per
-checkpoint step, `write_step_results` writes WORKDIR/eval/step_<N>/{results.json, results.md, results.png};
-`write_summary` writes WORKDIR/eval/{summary.json, summary.md, metrics_vs_step.png} over every evaluated step.
+checkpoint step and evaluation setting (shots, few-shot seeds, document limit), `write_step_results` writes
+WORKDIR/eval/step_<N>[_<setting>]/{results.json, results.md, results.png} (no suffix for zero-shot on every
+document); evaluating the same step with other settings adds a directory and never replaces one, and the same
+step and setting again merges its tasks in. `write_summary` writes WORKDIR/eval/{summary.json, summary.md,
+metrics_vs_step.png} over everything evaluated so far: summary.json is {step: {task: {metric: value}}} with a
+non-default setting's tasks named `<task>@<setting>` (for example `piqa@5shot_seeds1234-1235`).
 """
 
 from __future__ import annotations
@@ -104,42 +108,88 @@ def _write_json(path: str, value: Any) -> None:
   os.replace(tmp, path)
 
 
-def write_step_results(workdir: str, step: int, scores: Scores, details: Mapping[str, Any]) -> str:
-  """WORKDIR/eval/step_<step>/{results.json, results.md, results.png}; returns the directory."""
-  out = os.path.join(eval_dir(workdir), f'step_{step}')
+def setting_key(setting: Mapping[str, Any] | None) -> str:
+  """'' for zero-shot on every document; else e.g. '5shot_seeds1234-1235' or '0shot_limit100'."""
+  setting = setting or {}
+  k, limit = int(setting.get('num_fewshot', 0)), setting.get('limit')
+  key = f'{k}shot_seeds{"-".join(str(s) for s in setting.get("fewshot_seeds", ()))}' if k else ''
+  if limit:
+    key = (key or '0shot') + f'_limit{limit}'
+  return key
+
+
+def setting_label(setting: Mapping[str, Any] | None) -> str:
+  """Human-readable: '0-shot', '5-shot, seeds 1234, 1235', '0-shot, first 100 documents'."""
+  setting = setting or {}
+  k, limit = int(setting.get('num_fewshot', 0)), setting.get('limit')
+  label = f'{k}-shot' + (f', seeds {", ".join(str(s) for s in setting.get("fewshot_seeds", ()))}' if k else '')
+  return label + (f', first {limit} documents' if limit else '')
+
+
+def write_step_results(workdir: str, step: int, scores: Scores, details: Mapping[str, Any],
+                       setting: Mapping[str, Any] | None = None) -> str:
+  """WORKDIR/eval/step_<step>[_<setting>]/{results.json, results.md, results.png}; returns the directory.
+
+  setting: {'num_fewshot', 'fewshot_seeds', 'limit'} of this evaluation (None: zero-shot, every document). Tasks
+  already recorded for the same step and setting by an earlier call are kept beside the new ones."""
+  key = setting_key(setting)
+  out = os.path.join(eval_dir(workdir), f'step_{step}' + (f'_{key}' if key else ''))
   os.makedirs(out, exist_ok=True)
-  _write_json(os.path.join(out, 'results.json'), {'step': step, 'scores': scores, 'details': details})
+  path = os.path.join(out, 'results.json')
+  merged_scores, merged_details = {}, {}
+  if os.path.isfile(path):
+    with open(path) as f:
+      earlier = json.load(f)
+    merged_scores, merged_details = dict(earlier.get('scores', {})), dict(earlier.get('details', {}))
+  merged_scores.update(scores)
+  merged_details.update(details)
+  label = setting_label(setting)
+  _write_json(path, {'step': step, 'setting': dict(setting or {'num_fewshot': 0}), 'setting_label': label,
+                     'scores': merged_scores, 'details': merged_details})
   with open(os.path.join(out, 'results.md'), 'w') as f:
-    f.write(markdown_table(scores, f'Evaluation of step {step}'))
-  plot_bars(scores, os.path.join(out, 'results.png'), f'step {step}')
+    f.write(markdown_table(merged_scores, f'Evaluation of step {step} ({label})'))
+  plot_bars(merged_scores, os.path.join(out, 'results.png'), f'step {step} ({label})')
   return out
 
 
 def read_all_results(workdir: str) -> dict[int, dict[str, dict[str, float]]]:
-  """{step: scores} of every WORKDIR/eval/step_<N>/results.json (earlier invocations included)."""
+  """{step: scores} over every WORKDIR/eval/step_*/results.json (earlier invocations included); the tasks of a
+  non-default setting are named '<task>@<setting key>'."""
+  return {step: {name: scores for (_, name), scores in tasks.items()} for step, tasks in _by_step_and_setting(
+      workdir).items()}
+
+
+def _by_step_and_setting(workdir: str) -> dict[int, dict[tuple[str, str], dict[str, float]]]:
+  """{step: {(setting label, task name in the summary): scores}}."""
   root = eval_dir(workdir)
-  out = {}
+  out: dict[int, dict[tuple[str, str], dict[str, float]]] = {}
   if os.path.isdir(root):
-    for name in os.listdir(root):
+    for name in sorted(os.listdir(root)):
       path = os.path.join(root, name, 'results.json')
       if name.startswith('step_') and os.path.isfile(path):
         with open(path) as f:
           record = json.load(f)
-        out[int(record['step'])] = record['scores']
+        key, label = setting_key(record.get('setting')), setting_label(record.get('setting'))
+        for task, scores in record['scores'].items():
+          out.setdefault(int(record['step']), {})[(label, f'{task}@{key}' if key else task)] = scores
   return out
 
 
 def write_summary(workdir: str) -> str:
-  """WORKDIR/eval/{summary.json, summary.md, metrics_vs_step.png} over every evaluated step; returns summary.md."""
+  """WORKDIR/eval/{summary.json, summary.md, metrics_vs_step.png} over every evaluated step and setting;
+  returns summary.md."""
   by_step = read_all_results(workdir)
+  detailed = _by_step_and_setting(workdir)
   root = eval_dir(workdir)
   os.makedirs(root, exist_ok=True)
   _write_json(os.path.join(root, 'summary.json'), {str(s): by_step[s] for s in sorted(by_step)})
   lines = ['# Evaluation summary', '']
   if plot_over_steps(by_step, os.path.join(root, 'metrics_vs_step.png')):
     lines += ['![metrics vs step](metrics_vs_step.png)', '']
-  for step in sorted(by_step):
-    lines.append(markdown_table(by_step[step], f'step {step}'))
+  for step in sorted(detailed):
+    for label in sorted({l for l, _ in detailed[step]}):
+      tasks = {name: v for (l, name), v in detailed[step].items() if l == label}
+      lines.append(markdown_table(tasks, f'step {step} ({label})'))
   path = os.path.join(root, 'summary.md')
   with open(path, 'w') as f:
     f.write('\n'.join(lines))

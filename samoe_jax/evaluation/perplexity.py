@@ -23,6 +23,7 @@ import jax
 import ml_collections
 
 from samoe_jax.data import pipeline
+from samoe_jax.evaluation.tasks.readers import read_text
 from samoe_jax.evaluation.requests import Backend, RollingLoglikelihoodRequest
 from samoe_jax.sharding.partitioner import Partitioner
 
@@ -49,11 +50,12 @@ def read_documents(path: str) -> list[str]:
   """The documents of a local text file (see the module docstring); errors name the file and line."""
   if not os.path.isfile(path):
     raise ValueError(f'perplexity file {path!r} does not exist')
-  with open(path, encoding='utf-8') as f:
-    if not path.endswith('.jsonl'):
-      return [f.read()]
+  text = read_text(path)   # bytes that are not UTF-8: an error naming the line and byte offset
+  if not path.endswith('.jsonl'):
+    docs = [text]
+  else:
     docs = []
-    for number, line in enumerate(f, 1):
+    for number, line in enumerate(text.split('\n'), 1):
       if not line.strip():
         continue
       try:
@@ -63,7 +65,10 @@ def read_documents(path: str) -> list[str]:
       if not isinstance(record, dict) or not isinstance(record.get('text'), str):
         raise ValueError(f'{path}:{number}: a JSON object with a string field "text" is required')
       docs.append(record['text'])
-    return docs
+  if not any(d.strip() for d in docs):
+    raise ValueError(f'perplexity file {path!r} holds no text: there is nothing to score (a perplexity over 0 '
+                     'tokens would read as 1)')
+  return docs
 
 
 def text_perplexity(backend: Backend, tokenizer: Any, paths: Sequence[str]) -> dict[str, dict[str, float]]:

@@ -48,6 +48,44 @@ class EvalSettings:
     if self.limit is not None and self.limit < 1:
       raise ValueError(f'limit={self.limit!r} must be >= 1 (or unset for every document)')
 
+  def data_problems(self) -> list[str]:
+    """Every problem with the tasks' data and the perplexity files, found by reading them (nothing compiled):
+    a missing or malformed file, a gold answer outside the choices, more shots than the few-shot pool holds."""
+    problems = []
+    for name in self.tasks:
+      task = get_task(name, self.data_dir)
+      try:
+        docs = task.docs()
+        if self.num_fewshot:
+          pool = task.docs(task.fewshot_split)
+          leave_out = task.exclude_eval_doc_from_shots and task.fewshot_split == task.eval_split
+          need = self.num_fewshot + (1 if leave_out else 0)
+          if need > len(pool):
+            extra = ' + 1 to leave out the evaluated document' if leave_out else ''
+            problems.append(f'{name}: {self.num_fewshot} shots{extra} need {need} documents, but the few-shot '
+                            f'pool {task.path(task.fewshot_split)} holds {len(pool)}')
+        del docs
+      except (ValueError, OSError) as err:
+        problems.append(f'{name}: {err}')
+    for path in self.perplexity_files:
+      try:
+        perplexity.read_documents(path)
+      except (ValueError, OSError) as err:
+        problems.append(str(err))
+    return problems
+
+  def check_data(self) -> None:
+    """Raises one ValueError listing every data problem (see data_problems), before anything is compiled."""
+    self.check()
+    problems = self.data_problems()
+    if problems:
+      raise ValueError(f'evaluation data ({len(problems)} problem{"s" if len(problems) > 1 else ""}):\n'
+                       + '\n'.join(f'  {p}' for p in problems))
+
+  def setting(self) -> dict[str, Any]:
+    """What distinguishes this evaluation's results from another's of the same step (evaluation/outputs.py)."""
+    return {'num_fewshot': self.num_fewshot, 'fewshot_seeds': list(self.seeds()), 'limit': self.limit}
+
   def seeds(self) -> tuple[int, ...]:
     """Zero-shot prompts draw no shots, so one seed is enough whatever fewshot_seeds says."""
     return self.fewshot_seeds if self.num_fewshot else self.fewshot_seeds[:1]
@@ -84,8 +122,14 @@ def run_evaluation(backend: Any, settings: EvalSettings, *, model: Any = None, p
   for name in settings.tasks:
     start = time.time()
     task = get_task(name, settings.data_dir)
+    cut_before = getattr(backend, 'truncated', 0)
     result = evaluate_task(task, backend, num_fewshot=settings.num_fewshot, fewshot_seeds=settings.seeds(),
                            limit=settings.limit, bootstrap_iters=settings.bootstrap_iters)
+    result['truncated_requests'] = cut = getattr(backend, 'truncated', 0) - cut_before
+    if cut:
+      logging.warning('%s (%d-shot): %d request(s) were longer than the model (model.max_len=%s) and were cut from '
+                      'the left, as lm-evaluation-harness cuts them', name, settings.num_fewshot, cut,
+                      getattr(getattr(getattr(backend, 'model', None), 'spec', None), 'max_len', '?'))
     scores[name] = dict(result['metrics'])
     details[name] = result
     logging.info('%s (%d docs, %d-shot): %s in %.1fs', name, result['num_docs'], settings.num_fewshot,

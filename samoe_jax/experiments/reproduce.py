@@ -22,6 +22,8 @@ from typing import Sequence
 
 from absl import app, flags, logging
 
+from samoe_jax import cli
+
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 PROG = 'samoe_jax.experiments.reproduce'
@@ -98,7 +100,7 @@ def _main(argv: Sequence[str]) -> None:
 
 def main() -> None:
   flags.mark_flag_as_required('suite')
-  app.run(_main)
+  cli.run_app(PROG, _main, sys.argv)
 
 
 if __name__ == '__main__':

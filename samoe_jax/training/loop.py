@@ -109,7 +109,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   if latest is not None:
     checkpointer.check_compatible(latest, meta)
   logging.info('mesh: %s', describe_mesh(mesh))
-  logging.info('logical axis rules:\n%s', partitioner.describe_rules())
+  logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
   optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes)
   abstract = state_lib.abstract_state(model, optimizer)

@@ -7,7 +7,6 @@ Results go to metrics.jsonl (kind 'tasks'), TensorBoard ('tasks/<task>/<metric>'
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Any
 
@@ -29,20 +28,16 @@ def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings | No
 
 
 def check_task_data(config: ml_collections.ConfigDict) -> None:
-  """Fails before training starts when a configured task's data file is missing (the error names the file)."""
-  from samoe_jax.evaluation.tasks import get_task  # pylint: disable=g-import-not-at-top
+  """Fails before training starts when a configured task's data cannot be scored (one error listing every
+  problem: missing or malformed files, gold answers outside the choices, too few documents for the shots)."""
   settings = settings_from_config(config)
   if settings is None:
     return
-  settings.check()
-  for name in settings.tasks:
-    task = get_task(name, settings.data_dir)
-    splits = [task.eval_split] + ([task.fewshot_split] if settings.num_fewshot and task.fewshot_split else [])
-    for split in splits:
-      path = task.path(split)
-      if not os.path.isfile(path):
-        raise ValueError(f'eval.tasks={config.eval.tasks!r}: task {name} needs {path}, which does not exist '
-                         '(docs/evaluation.md says where to get each data set)')
+  try:
+    settings.check_data()
+  except ValueError as err:
+    raise ValueError(f'eval.tasks={config.eval.tasks!r}: {err} (docs/evaluation.md says where to get each data '
+                     'set)') from None
 
 
 class PeriodicTaskEval:
@@ -70,7 +65,7 @@ class PeriodicTaskEval:
       self._backend.set_params(params)
     scores, details = run_evaluation(self._backend, self.settings)
     if jax.process_index() == 0:
-      outputs.write_step_results(self.workdir, step, scores, details)
+      outputs.write_step_results(self.workdir, step, scores, details, self.settings.setting())
       writer.write_tasks(step, outputs.tensorboard_scalars(scores))
     logging.info('task evaluation at step %d took %.1fs', step, time.time() - start)
     return scores

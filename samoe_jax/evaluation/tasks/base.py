@@ -52,6 +52,7 @@ class Task(abc.ABC):
   def __init__(self, data_dir: str):
     self.data_dir = data_dir
     self._docs: dict[str, list[Doc]] = {}
+    self._lines: dict[str, list[int]] = {}
     self._processed: dict[str, list[Doc]] = {}
 
   def __repr__(self) -> str:
@@ -74,7 +75,10 @@ class Task(abc.ABC):
   def raw_docs(self, split: str) -> list[Doc]:
     """The rows of `split` as stored (checked against the schema), cached."""
     if split not in self._docs:
-      self._docs[split] = readers.read_jsonl(self.path(split), self.schema, how_to_get=self.how_to_get(split))
+      path = self.path(split)
+      readers.read_jsonl(path, self.schema, how_to_get=self.how_to_get(split)) if not os.path.isfile(path) else None
+      rows = readers.read_jsonl_with_lines(path, self.schema)
+      self._docs[split], self._lines[split] = [d for d, _ in rows], [n for _, n in rows]
     return self._docs[split]
 
   def docs(self, split: str | None = None) -> list[Doc]:
@@ -84,12 +88,22 @@ class Task(abc.ABC):
     """
     split = self.eval_split if split is None else split
     if split not in self._processed:
-      self._processed[split] = [self.process_doc(doc) for doc in self.raw_docs(split)]
+      processed = [self.process_doc(doc) for doc in self.raw_docs(split)]
+      for doc, line in zip(processed, self._lines[split]):
+        problem = self.target_problem(doc)
+        if problem:
+          raise ValueError(f'{self.path(split)}:{line}: {problem} (task {self.name!r})')
+      self._processed[split] = processed
     return list(self._processed[split])
 
   def process_doc(self, doc: Doc) -> Doc:
     """The harness's `process_docs` applied to one row (identity unless the task preprocesses)."""
     return doc
+
+  def target_problem(self, doc: Doc) -> str | None:
+    """Why a row's gold answer cannot be scored (for example a label outside the choices), or None."""
+    del doc
+    return None
 
   # ------------------------------------------------------------------------------------------------- prompting
   @abc.abstractmethod

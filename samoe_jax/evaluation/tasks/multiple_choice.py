@@ -70,6 +70,20 @@ class MultipleChoiceTask(Task):
   def gold(self, doc: Doc) -> Any:
     return self.doc_to_target(doc)
 
+  def target_problem(self, doc: Doc) -> str | None:
+    """A gold index outside the choices, or a gold text that is none of them, would be counted as a miss (the
+    harness maps it to -100); here it is an error naming the row."""
+    try:
+      choices, gold = self.doc_to_choice(doc), self.gold(doc)
+    except ValueError as err:   # e.g. an answer key that is none of the choice labels
+      return str(err).split(' in {')[0]
+    for g in gold if isinstance(gold, list) else [gold]:
+      if isinstance(g, str) and g not in choices:
+        return f'the gold answer {g!r} is none of the {len(choices)} choices {choices}'
+      if not isinstance(g, str) and not 0 <= g < len(choices):
+        return f'the gold label {g} is outside the {len(choices)} choices (allowed: 0..{len(choices) - 1})'
+    return None
+
   def build_requests(self, doc: Doc, context: str | list[str]) -> list[LoglikelihoodRequest]:
     if isinstance(context, list):  # multiple inputs: one context per choice, one continuation
       continuation = self.target_delimiter + self.doc_to_target(doc)

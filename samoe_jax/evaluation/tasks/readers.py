@@ -61,6 +61,18 @@ def check_doc(doc: Any, schema: Schema, where: str) -> dict[str, Any]:
   return doc
 
 
+def read_text(path: str) -> str:
+  """The UTF-8 text of `path`; bytes that are not UTF-8 are a ValueError naming the file, line and byte offset."""
+  with open(path, 'rb') as f:
+    data = f.read()
+  try:
+    return data.decode('utf-8')
+  except UnicodeDecodeError as err:
+    line = data.count(b'\n', 0, err.start) + 1
+    raise ValueError(f'{path}:{line}: not UTF-8 text (byte offset {err.start}: {data[err.start:err.start + 4]!r}); '
+                     'evaluation files must be UTF-8') from None
+
+
 def read_jsonl(path: str, schema: Schema, *, how_to_get: str = '') -> list[dict[str, Any]]:
   """Every row of the JSONL file `path`, in file order, checked against `schema`.
 
@@ -71,17 +83,21 @@ def read_jsonl(path: str, schema: Schema, *, how_to_get: str = '') -> list[dict[
   if not os.path.isfile(path):
     hint = f' {how_to_get}' if how_to_get else ''
     raise FileNotFoundError(f'evaluation data file {path!r} does not exist.{hint}')
+  return [doc for doc, _ in read_jsonl_with_lines(path, schema)]
+
+
+def read_jsonl_with_lines(path: str, schema: Schema) -> list[tuple[dict[str, Any], int]]:
+  """(row, 1-based line number) of every row of an existing JSONL file, checked as read_jsonl checks."""
   docs = []
-  with open(path, encoding='utf-8') as f:
-    for number, line in enumerate(f, start=1):
-      if not line.strip():
-        continue
-      where = f'{path}:{number}'
-      try:
-        doc = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise ValueError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
-      docs.append(check_doc(doc, schema, where))
+  for number, line in enumerate(read_text(path).split('\n'), start=1):
+    if not line.strip():
+      continue
+    where = f'{path}:{number}'
+    try:
+      doc = json.loads(line)
+    except json.JSONDecodeError as e:
+      raise ValueError(f'{where}: not valid JSON ({e.msg} at column {e.colno})') from None
+    docs.append((check_doc(doc, schema, where), number))
   if not docs:
     raise ValueError(f'{path}: the file holds no rows (one JSON object per line expected)')
   return docs
