@@ -91,9 +91,11 @@ def main() -> None:
   command gives the evaluator's numbers bit for bit (batching changes scores only within float32 rounding)."""
   import sys  # pylint: disable=g-import-not-at-top
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
+  from samoe_jax import cli  # pylint: disable=g-import-not-at-top
   if not any(a == '--batch_size' or a.startswith('--batch_size=') or a == '-b' for a in sys.argv[1:]):
     sys.argv += ['--batch_size', str(EVALUATOR_BATCH_SIZE)]
-  cli_evaluate()
+  with cli.user_errors('samoe_jax.evaluation.harness'):   # bad model_args, a missing run: one message, exit 1
+    cli_evaluate()
 
 
 if __name__ == '__main__':
