@@ -59,6 +59,7 @@ def test_flag_errors_name_the_file_or_the_key():
     ({'data.vocabulary': 'JUNK_MODEL'}, r"data.vocabulary='.*junk.model' is not a SentencePiece model"),
     ({'data.task': 'tfds_lm', 'data.tfds_name': 'c4:3.0.1', 'data.tfds_data_dir': '/nonexistent/tfds'},
      r"data.tfds_data_dir='/nonexistent/tfds' does not exist"),
+    ({'init.from_workdir': '/nonexistent/run'}, r"init.from_workdir='/nonexistent/run': .*config.json does not exist"),
 ])
 def test_bad_config_is_refused_before_the_workdir_exists(tmp_path, overrides, message):
   if overrides.get('data.vocabulary') == 'JUNK_MODEL':

@@ -2,8 +2,8 @@
 
 Bad input found here never leaves a half-made workdir behind: the config (validate_config: every problem at
 once, non-finite numbers included), the trainer's own keys, the evaluation tasks' data, the corpus files, the
-vocabulary (loaded), a prepared TFDS dataset, the distillation teacher, and the workdir itself (a directory, or
-creatable, and writable). Checks that need the device mesh run in the trainer right after, still before writing.
+vocabulary (loaded), a prepared TFDS dataset, the distillation teacher, the run to initialise from (config.init),
+and the workdir itself (a directory, or creatable, and writable). Checks that need the device mesh run in the trainer right after, still before writing.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data.tasks import check_data_source
 from samoe_jax.data.text_files import check_text_files
-from samoe_jax.training import distill
+from samoe_jax.training import distill, init_from
+from samoe_jax.training.checkpoint import Checkpointer
 from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.task_eval import check_task_data
 
@@ -76,3 +77,5 @@ def check_before_writing(config: ml_collections.ConfigDict, workdir: str) -> Non
   check_text_files(config.data, eval_batches=config.train.eval_batches)  # data.task='text_files': read only
   if distill.enabled(config):     # missing teacher / vocabulary mismatch
     distill.teacher_config(config)
+  if init_from.enabled(config) and not Checkpointer.steps_on_disk(workdir):   # a fresh run starts from it
+    init_from.source_config(config)
