@@ -204,7 +204,10 @@ class Checkpointer:
     return restored.state, dict(restored.data), dict(restored.meta)
 
   def set_aside(self, step: int, reasons: list[str]) -> None:
-    """Moves damaged checkpoint `step` to WORKDIR/checkpoints_damaged/ (process 0), never deleting it."""
+    """Moves damaged checkpoint `step` to WORKDIR/checkpoints_damaged/ (process 0), never deleting it. Every
+    process reads the same files and reaches the same verdict; the barriers keep the move after all have read."""
+    if jax.process_count() > 1:
+      multihost_utils.sync_global_devices(f'samoe_before_set_aside_{step}')
     if jax.process_index() == 0:
       target = integrity.move_aside(self.directory, os.path.join(self.directory, str(step)), reasons)
       logging.warning('checkpoint step %d in %s is damaged (%s): moved it to %s; using an older one', step,
