@@ -1,4 +1,4 @@
-"""GPT-3 1.3B dense base of the DeepSpeed-MoE comparisons (methods.md §3.1, §3.3).
+"""GPT-3 1.3B dense base of the DeepSpeed-MoE comparisons (docs/methods/pr_moe.md).
 
 Reproduces: 24 layers, d_model 2048, 16 heads, d_ff 8192 (~1.32B parameters with the 50304-row vocabulary).
 Recipe: seq 2048, batch 512, 300B tokens, 375M warm-up tokens, LR 2.0e-4 -> 2.0e-5 cosine, AdamW b2 0.95,

@@ -1,4 +1,4 @@
-"""GPT-3 1.3B + MoE-128: the DeepSpeed-MoE standard MoE baseline (methods.md §3.1, §3.3).
+"""GPT-3 1.3B + MoE-128: the DeepSpeed-MoE standard MoE baseline (docs/methods/pr_moe.md).
 
 Reproduces: 24 layers, d_model 2048, 16 heads, 128 top-1 experts on every other FFN (12 MoE layers), "52B"
 parameters (52.47B here with the 50304-row vocabulary), per-token compute of the dense 1.3B base. Recipe: seq

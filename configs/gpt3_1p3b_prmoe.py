@@ -1,8 +1,8 @@
-"""GPT-3 1.3B + PR-MoE-64/128 (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.1-3.2): "31B" parameters.
+"""GPT-3 1.3B + PR-MoE-64/128 (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md): "31B" parameters.
 
 PR-MoE on the 1.3B+MoE-128 recipe (gpt3_1p3b_moe128.py: 24 layers, d_model 2048, 16 heads, 12 MoE layers on
 every other FFN, top-1): the first 10 MoE layers have 64 experts, the last 2 have 128
-(moe.experts_per_layer='64x10,128x2'; the 10 x 64 + 2 x 128 split is methods.md's [INFERENCE], the paper gives only
+(moe.experts_per_layer='64x10,128x2'; the 10 x 64 + 2 x 128 split is our inference (docs/methods/pr_moe.md), the paper gives only
 "64/128" and the 31B total), each with a Residual-MoE dense MLP combined as in DeepSpeed's `use_residual`
 (moe.residual='learned_softmax'; the paper's plain sum: --config.moe.residual=sum).
 Total 31.39B stored parameters with the 50304-row vocabulary (DeepSpeed: "31B"). mesh.expert = 64 divides both

@@ -1,4 +1,4 @@
-"""GPT-3 350M dense base of the DeepSpeed-MoE comparisons (methods.md §3.1, §3.3).
+"""GPT-3 350M dense base of the DeepSpeed-MoE comparisons (docs/methods/pr_moe.md).
 
 Reproduces: 24 layers, d_model 1024, 16 heads, d_ff 4096 (~0.36B parameters with the 50304-row vocabulary).
 Recipe: seq 2048, batch 256, 300B tokens, 375M warm-up tokens, LR 3.0e-4 -> 3.0e-5 cosine, AdamW b2 0.95,

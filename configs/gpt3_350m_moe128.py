@@ -1,4 +1,4 @@
-"""GPT-3 350M + MoE-128: the DeepSpeed-MoE standard MoE baseline (methods.md §3.1, §3.3).
+"""GPT-3 350M + MoE-128: the DeepSpeed-MoE standard MoE baseline (docs/methods/pr_moe.md).
 
 Reproduces: 24 layers, d_model 1024, 16 heads, 128 top-1 experts on every other FFN (12 MoE layers), "13B"
 parameters (13.15B here with the 50304-row vocabulary), per-token compute of the dense 350M base. Recipe: seq 2048,

@@ -1,4 +1,4 @@
-"""GPT-3 350M + PR-MoE-32/64 (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.1-3.2): "4B" parameters.
+"""GPT-3 350M + PR-MoE-32/64 (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md): "4B" parameters.
 
 PR-MoE = Pyramid-MoE + Residual-MoE on the 350M+MoE-128 recipe (gpt3_350m_moe128.py: 24 layers, d_model 1024,
 16 heads, MoE on every other FFN = 12 MoE layers, top-1, capacity factor 1.0, same training recipe):

@@ -1,7 +1,7 @@
 """Tiny AdamSMoE on the embedded Shakespeare corpus: tiny_moe.py with Adam-style moments across MoE layers.
 
 Teo & Nguyen, "MomentumSMoE: Integrating Momentum into Sparse Mixture of Experts", NeurIPS 2024, arXiv 2410.14574
-(methods.md §7.2; docs/methods/momentum.md). The standard MoE of tiny_moe.py (4 layers, d_model 128, 8 experts
+(docs/methods/momentum.md). The standard MoE of tiny_moe.py (4 layers, d_model 128, 8 experts
 top-2 on blocks 1 and 3), where the MoE blocks' FFN outputs f_l drive an Adam update of the residual stream:
 m_l = b1 m + (1 - b1) f_l, v_l = b2 v + (1 - b2) f_l^2, x_{l+1} = x_l + gamma m_l / sqrt(v_l + eps), with b1 0.9,
 b2 0.999, eps 1e-8, gamma 1.0. moe.adam_layers='first' follows the official code: Adam in the first MoE layer only,

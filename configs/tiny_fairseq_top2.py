@@ -1,4 +1,4 @@
-"""Tiny fairseq / Artetxe et al. 2021 MoE (arXiv 2112.10684; methods.md §1.1, §5.2): top-2, gates renormalised
+"""Tiny fairseq / Artetxe et al. 2021 MoE (arXiv 2112.10684; docs/methods/routing.md): top-2, gates renormalised
 over the two chosen experts, second_policy 'sampling' (the 2nd expert is the argmax of h + Gumbel noise over the
 other experts, in training), capacity C = 2 ceil(T/E).
 

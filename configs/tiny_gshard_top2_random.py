@@ -1,4 +1,4 @@
-"""Tiny GShard MoE (Lepikhin et al. 2020, arXiv 2006.16668; methods.md §1.1): top-2 with GShard's random routing
+"""Tiny GShard MoE (Lepikhin et al. 2020, arXiv 2006.16668; docs/methods/routing.md): top-2 with GShard's random routing
 (second_policy='random': the 2nd expert is used only when 2 g2 > U(0, 1), g2 = p2 / (p1 + p2), in training),
 capacity 2 ceil(T/E) shared by both choices (fairseq's top-2 formula), causal 'position' slot priority.
 

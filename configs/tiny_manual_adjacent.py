@@ -1,6 +1,6 @@
 """Tiny manual sharing, adjacent layers share: MoE layers (0, 1) use pool entry 0 and (2, 3) use entry 1.
 
-SaMoE's heuristic baseline (methods.md §2.1 special cases, §2.4 baselines; docs/methods/sharing.md): a fixed one-hot
+SaMoE's heuristic baseline (docs/methods/sharing.md): a fixed one-hot
 mixing with P = L_moe / 2 pool entries and the 'block' assignment l -> l * P // L_moe. The tiny 4-layer GPT with an
 MoE FFN in every block (layer_plan 'all', 8 experts top-2; each MoE layer its own router), so L_moe = 4, P = 2.
 Compare with tiny_manual_strided.py (same sizes, strided), the standard MoE of the same layout

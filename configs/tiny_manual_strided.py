@@ -1,6 +1,6 @@
 """Tiny manual sharing, strided: MoE layers (0, 2) use pool entry 0 and (1, 3) use entry 1.
 
-SaMoE's heuristic baseline (methods.md §2.1 special cases, §2.4 baselines; docs/methods/sharing.md): a fixed one-hot
+SaMoE's heuristic baseline (docs/methods/sharing.md): a fixed one-hot
 mixing with P = 2 pool entries and the 'modulo' assignment l -> l mod P, so layers P apart share. The tiny 4-layer
 GPT with an MoE FFN in every block (layer_plan 'all', 8 experts top-2; each MoE layer its own router), L_moe = 4.
 Same sizes as tiny_manual_adjacent.py.

@@ -1,7 +1,7 @@
 """Tiny MomentumSMoE on the embedded Shakespeare corpus: tiny_moe.py with heavy-ball momentum across MoE layers.
 
 Teo & Nguyen, "MomentumSMoE: Integrating Momentum into Sparse Mixture of Experts", NeurIPS 2024, arXiv 2410.14574
-(methods.md §7.1; docs/methods/momentum.md). The standard MoE of tiny_moe.py (4 layers, d_model 128, 8 experts
+(docs/methods/momentum.md). The standard MoE of tiny_moe.py (4 layers, d_model 128, 8 experts
 top-2 on blocks 1 and 3, each MoE layer its own experts), where an MoE block adds the momentum p_l instead of its
 FFN output f_l:  p_l = mu p_{l-1} + gamma f_l (p_0 = 0),  x_{l+1} = x_l + p_l;  mu 0.7, gamma 1.0 (the official
 code's layer defaults). No extra parameters. Dense blocks 0 and 2 are unchanged (the MomentumGLaM layout); the

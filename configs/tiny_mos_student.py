@@ -1,4 +1,4 @@
-"""Tiny Mixture-of-Students (MoS, DeepSpeed-MoE, methods.md §3.5): a reduced-depth MoE student with staged KD.
+"""Tiny Mixture-of-Students (MoS, DeepSpeed-MoE, docs/methods/distillation.md): a reduced-depth MoE student with staged KD.
 
 The teacher is the tiny 4-layer standard MoE (configs/tiny_moe.py: MoE blocks 1 and 3). The student is the same
 model with 3 layers (12.5 % -> 25 % depth reduction at this size; the paper's 350M/1.3B PR-MoE go 24 -> 21 layers):

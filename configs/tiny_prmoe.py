@@ -1,5 +1,4 @@
-"""Tiny PR-MoE-8/16 = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.2; §12
-row 5).
+"""Tiny PR-MoE-8/16 = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md).
 
 tiny_pyramid.py (top-1; 8 experts in block 1, 16 in block 3, two pool groups) with a Residual-MoE dense MLP in
 each MoE layer, combined as in DeepSpeed's use_residual: c = softmax(W_c x + b_c), y = c0 MoE(x) + c1 MLP(x)

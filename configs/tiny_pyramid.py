@@ -1,4 +1,4 @@
-"""Tiny Pyramid-MoE-8/16 (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.2 Phenomenon-I; §12 row 5).
+"""Tiny Pyramid-MoE-8/16 (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md Phenomenon-I).
 
 The tiny standard MoE (tiny_moe.py: 4 layers, MoE on blocks 1 and 3, fixed one pool entry per MoE layer) with
 top-1 routing and more experts in the deeper MoE layer: 8 experts in block 1, 16 in block 3

@@ -1,4 +1,4 @@
-"""Tiny Residual-MoE-8 (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.2 Phenomenon-II; §12 row 4).
+"""Tiny Residual-MoE-8 (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md Phenomenon-II).
 
 The tiny standard MoE (tiny_moe.py) with top-1 routing, where every MoE layer also runs one fixed dense MLP of
 the expert's shape (d_ff 512) on every token: y = MLP(x) + MoE(x) (moe.residual='sum', the paper's form). The

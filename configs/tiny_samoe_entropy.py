@@ -1,6 +1,6 @@
 """Tiny SaMoE with the mixing-entropy regulariser: loss += entropy_coef * mean_l H(softmax(alpha_l / tau)).
 
-methods.md §2.1 regularisation ("an entropy penalty or bonus on w_l ... not known whether the paper uses one");
+docs/methods/sharing.md regularisation ("an entropy penalty or bonus on w_l ... not known whether the paper uses one");
 docs/methods/sharing.md. tiny_samoe.py (P = 2, blocks 1 and 3, 8 experts top-2) with pool.entropy_coef = 0.01 by
 default: a positive coefficient penalises entropy and pushes each MoE layer towards one pool entry (specialisation,
 towards manual sharing), a negative one rewards entropy and pushes towards uniform mixing (sharing). The entropy is

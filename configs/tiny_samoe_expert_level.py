@@ -1,6 +1,6 @@
 """Tiny SaMoE ablation: expert-level mixing (every expert slot of every MoE layer mixes the pool on its own).
 
-methods.md §2.1 granularity (b), §2.4 ablations; docs/methods/sharing.md. tiny_samoe.py (P = 2, blocks 1 and 3,
+docs/methods/sharing.md, granularity (b). tiny_samoe.py (P = 2, blocks 1 and 3,
 8 experts top-2) with pool.granularity = 'expert': alpha_l is [E, P] instead of [P], so expert e of layer l is
 W^(l)_e = sum_j softmax(alpha_{l,e} / tau)_j W_{j,e}. Costs L_moe * E * P = 32 mixing logits instead of 4; the
 per-token compute is that of one MoE layer, like the layer-level default.

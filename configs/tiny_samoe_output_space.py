@@ -1,6 +1,6 @@
 """Tiny SaMoE ablation: output-space mixing y = sum_j w_j MoE_j(x) instead of mixing weights.
 
-methods.md §2.1 ("implement it only as an ablation"), §2.4 ablations; docs/methods/sharing.md. tiny_samoe.py
+docs/methods/sharing.md, an ablation. tiny_samoe.py
 (P = 2, blocks 1 and 3, 8 experts top-2) with pool.space = 'output': each routed token runs through the experts of
 all P pool entries and the outputs are mixed, so expert FLOPs are P = 2 times those of weight-space mixing (describe
 shows it). Same parameters as tiny_samoe.py.

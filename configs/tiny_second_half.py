@@ -1,4 +1,4 @@
-"""Tiny Second-Half-MoE (DeepSpeed-MoE, Rajbhandari et al. 2022, methods.md §3.2 Phenomenon-I): MoE placement.
+"""Tiny Second-Half-MoE (DeepSpeed-MoE, Rajbhandari et al. 2022, docs/methods/pr_moe.md Phenomenon-I): MoE placement.
 
 The tiny standard MoE (tiny_moe.py: 8 experts top-2, one fixed pool entry per MoE layer) with its 2 MoE layers in
 the second half of the 4 blocks (model.layer_plan='second_half': blocks 2 and 3) instead of every

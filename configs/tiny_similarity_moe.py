@@ -1,4 +1,4 @@
-"""Tiny Similarity-Aware (S)MoE on the embedded Shakespeare corpus (methods.md §10; Nguyen, Tran, Nguyen, Baraniuk,
+"""Tiny Similarity-Aware (S)MoE on the embedded Shakespeare corpus (docs/methods/graph_routing.md; Nguyen, Tran, Nguyen, Baraniuk,
 "Improving Routing in Sparse Mixture of Experts with Graph of Tokens", arXiv 2505.00792, 2025).
 
 The standard MoE of tiny_moe.py (8 experts top-2 on blocks 1 and 3, one pool entry per MoE layer), but each token

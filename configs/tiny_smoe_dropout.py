@@ -1,4 +1,4 @@
-"""Tiny SMoE-Dropout on the embedded Shakespeare corpus (methods.md §6; Chen et al., "Sparse MoE as the New
+"""Tiny SMoE-Dropout on the embedded Shakespeare corpus (docs/methods/smoe_dropout.md; Chen et al., "Sparse MoE as the New
 Dropout: Scaling Dense and Self-Slimmable Transformers", ICLR 2023, arXiv 2303.01610).
 
 Same decoder and data as tiny_moe.py (4 layers, d_model 128, d_ff 512), but every block's dense MLP is split

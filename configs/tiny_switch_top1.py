@@ -1,4 +1,4 @@
-"""Tiny Switch Transformer MoE (Fedus et al. 2021, arXiv 2101.03961; methods.md §1.1): top-1 routing, raw gate
+"""Tiny Switch Transformer MoE (Fedus et al. 2021, arXiv 2101.03961; docs/methods/routing.md): top-1 routing, raw gate
 p[e1], Switch capacity C = ceil(T * CF / E) (no minimum), DeepSpeed 'Jitter' router noise (input * U[0.99, 1.01]).
 
 Standard MoE (tiny('moe')) otherwise: 8 experts on blocks 1 and 3. docs/methods/routing.md.

@@ -1,6 +1,6 @@
 """Tiny full WideNet on the embedded Shakespeare corpus: every trainable block weight shared except LayerNorms.
 
-Xue et al., "Go Wider Instead of Deeper", AAAI 2022, arXiv 2107.11817 (methods.md §4; docs/methods/sharing.md).
+Xue et al., "Go Wider Instead of Deeper", AAAI 2022, arXiv 2107.11817 (docs/methods/sharing.md).
 tiny_widenet.py (MoE in every block, one expert set and one router for all of them) plus one set of attention
 weights shared by all 4 blocks (model.share_attention). Each block keeps its own attention_norm and ffn_norm, which
 is what lets the shared layers behave differently per depth (the paper's "individual LayerNorms"). Stored: one
