@@ -76,7 +76,8 @@ class Task(abc.ABC):
     """The rows of `split` as stored (checked against the schema), cached."""
     if split not in self._docs:
       path = self.path(split)
-      readers.read_jsonl(path, self.schema, how_to_get=self.how_to_get(split)) if not os.path.isfile(path) else None
+      if not os.path.isfile(path):
+        raise FileNotFoundError(f'evaluation data file {path!r} does not exist. {self.how_to_get(split)}')
       rows = readers.read_jsonl_with_lines(path, self.schema)
       self._docs[split], self._lines[split] = [d for d, _ in rows], [n for _, n in rows]
     return self._docs[split]
