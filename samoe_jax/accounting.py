@@ -50,7 +50,7 @@ import math
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices
-from samoe_jax.config import pyramid
+from samoe_jax.config import expert_map, pyramid
 from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers import residual_moe
 from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
@@ -85,6 +85,8 @@ class Sizes:
   # Routing policies (layers/routing_policy.py): a router bias [E] per router; hash routing has no router
   router_bias: bool = False
   hash_routing: bool = False
+  # Merged / pruned experts (config/expert_map.py): each MoE layer's router outputs (E_l without a map)
+  router_outputs: tuple[int, ...] = ()
 
   @property
   def layer_experts(self) -> int:
@@ -119,7 +121,16 @@ def resolve(config: ml_collections.ConfigDict) -> Sizes:
                share_router=bool(pool.get('share_router', False)),
                share_attention=bool(m.get('share_attention', False)),
                groups=tuple(pyramid.groups_of_config(config)), residual=moe.get('residual', 'none'),
-               router_bias=bool(moe.get('router_bias', False)), hash_routing=moe.get('routing') == 'hash')
+               router_bias=bool(moe.get('router_bias', False)), hash_routing=moe.get('routing') == 'hash',
+               router_outputs=_router_outputs(config))
+
+
+def _router_outputs(config: ml_collections.ConfigDict) -> tuple[int, ...]:
+  if not moe_layer_indices(config.model):
+    return ()
+  counts = pyramid.stored_counts(config)
+  return expert_map.router_widths(expert_map.parse_expert_map(config.moe.get('expert_map', ''), counts,
+                                                              config.moe.top_k), counts)
 
 
 # ------------------------------------------------------------------------------------------------ parameters
@@ -154,7 +165,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
   per_expert = ffn_params(d, s.expert_d_ff) if s.num_moe else 0
   expert_pool = s.stored_experts * per_expert   # Pyramid-MoE: sum_g P_g E_g experts
   router_in = d + (1 if s.router_bias else 0)   # moe.router_bias adds b [E] to each router
-  routers = min(s.num_moe, 1) * d * s.num_experts if s.share_router else router_in * s.layer_experts
+  routers = min(s.num_moe, 1) * d * s.num_experts if s.share_router else router_in * sum(s.router_outputs)
   routers = 0 if s.hash_routing else routers    # Hash Layers: no router
   # Similarity- / Attention-Aware routing (layers/graph_routing.py): W_s [D, d_s] and theta [1] per MoE layer
   routers += s.num_moe * graph_params_per_layer(GraphConfig.from_moe_section(config.moe), d)
@@ -198,7 +209,7 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
   if s.learned and s.space == 'output':                    # P expert sets per slot, then a P-way weighted sum
     expert = s.pool_size * (expert + 2 * d)
   moe_experts = s.num_moe * s.top_k * expert
-  router = 0 if s.hash_routing else 2 * d * s.layer_experts   # Pyramid-MoE: each router [D, E_l]; hash: none
+  router = 0 if s.hash_routing else 2 * d * sum(s.router_outputs)   # Pyramid-MoE: each router [D, E_l]; hash: none
   residual = s.num_moe * residual_moe.residual_flops(s.residual, d, s.expert_d_ff)   # Residual-MoE dense MLP
   graph = s.num_moe * graph_flops_per_token(GraphConfig.from_moe_section(config.moe), d, s.seq_len,
                                             s.num_experts)   # graph routing: S @ p (+ similarity z z^T)
@@ -282,8 +293,8 @@ def capacity(config: ml_collections.ConfigDict) -> dict[str, int]:
   cap = lambda cf: expert_capacity(tokens, moe.num_experts, moe.top_k, cf, moe.min_capacity, formula)
   out = {'group_tokens': tokens, 'groups_per_batch': groups, 'train': cap(moe.capacity_factor_train),
          'eval': cap(moe.capacity_factor_eval)}
-  counts = sorted({g.num_experts for g in pyramid.groups_of_config(config)})
-  if counts != [moe.num_experts]:   # Pyramid-MoE: C per expert count E_g (train, eval)
+  counts = sorted(set(resolve(config).router_outputs))   # routed over: E_l, or the expert map's router outputs
+  if counts and counts != [moe.num_experts]:   # Pyramid-MoE: C per expert count E_g (train, eval)
     out['by_num_experts'] = {
         n: tuple(expert_capacity(tokens, n, moe.top_k, cf, moe.min_capacity, formula)
                  for cf in (moe.capacity_factor_train, moe.capacity_factor_eval)) for n in counts}

@@ -75,6 +75,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   # residual: 'none', 'sum' (y = MLP(x) + MoE(x), the paper) or 'learned_softmax' (DeepSpeed use_residual:
   # c = softmax(W_c x + b_c), y = c0 MoE(x) + c1 MLP(x)); the dense MLP is expert-shaped, one per MoE layer.
   c.moe.experts_per_layer = ''
+  # Merged / pruned experts (MC-SMoE, UNCURL; samoe_jax/config/expert_map.py, docs/compression.md): one map per MoE
+  # layer, ';'-separated, each a comma list giving every router output's stored expert ('0,0,1,2;0,1,1,1'); a
+  # token routed to output e is computed by stored expert map[e]. '' = identity. python -m samoe_jax.compress sets it.
+  c.moe.expert_map = ''
   c.moe.residual = 'none'
   # SMoE-Dropout (methods.md §6; samoe_jax/layers/k_schedule.py, docs/methods/smoe_dropout.md): the number of experts
   # per token k changes over training. k_schedule: 'constant' (k = top_k, the default), 'linear_increase',
@@ -155,6 +159,11 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.validation_fraction = 0.01  # in (0, 1); only with data.files
   c.data.txt_documents = 'paragraph'  # a .txt file's documents: 'paragraph' (blank-line separated), 'line', 'file'
   c.data.cache_dir = ''              # tokenized text_files rows saved here as .npy (keyed by a sha256); '' = none
+  # Task 'task_finetune' (samoe_jax/data/task_finetune.py, docs/training.md): fine-tune on an evaluation task's
+  # training split, each document as the evaluator's prompt + the gold continuation, loss on the continuation only;
+  # validation on the task's evaluated split. python -m samoe_jax.finetune sets these.
+  c.data.finetune_task = ''          # an evaluation task with a 'train' split, e.g. 'piqa'
+  c.data.finetune_data_dir = ''      # its <task>/<split>.jsonl files (docs/evaluation.md)
   c.data.train_split = 'train'
   c.data.eval_split = 'validation'
 

@@ -95,11 +95,23 @@ def expert_groups(counts: tuple[int, ...], pool_size: int, assignment: str) -> l
   return groups
 
 
+def min_experts(moe: Any) -> int:
+  """The fewest experts a MoE layer may store: top_k, or 1 when moe.expert_map sends several router outputs to
+  one stored expert (config/expert_map.py)."""
+  return 1 if moe.get('expert_map', '') else moe.top_k
+
+
+def stored_counts(config: Any) -> tuple[int, ...]:
+  """Every MoE layer's stored expert count (moe.experts_per_layer, read with .get so older configs load)."""
+  num_moe = len(moe_layer_indices(config.model))
+  return parse_experts_per_layer(config.moe.get('experts_per_layer', ''), num_moe, config.moe.num_experts,
+                                 min_experts(config.moe))
+
+
 def groups_of_config(config: Any) -> list[ExpertGroup]:
   """expert_groups of a ConfigDict (moe.experts_per_layer read with .get, so older configs load)."""
   num_moe = len(moe_layer_indices(config.model))
-  counts = parse_experts_per_layer(config.moe.get('experts_per_layer', ''), num_moe, config.moe.num_experts,
-                                   config.moe.top_k)
+  counts = stored_counts(config)
   return expert_groups(counts, config.pool.size, config.pool.assignment) if num_moe else []
 
 

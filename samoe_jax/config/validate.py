@@ -14,8 +14,9 @@ from typing import Any, Sequence
 import ml_collections
 
 from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_assignment
-from samoe_jax.config.pyramid import parse_experts_per_layer
-from samoe_jax.data import text_files
+from samoe_jax.config.expert_map import parse_expert_map
+from samoe_jax.config.pyramid import min_experts, parse_experts_per_layer
+from samoe_jax.data import task_finetune, text_files
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
 from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
 from samoe_jax.layers.routing import SLOT_PRIORITIES
@@ -108,6 +109,11 @@ def _check_data(c: ml_collections.ConfigDict, e: _Errors) -> None:
     e.add('data.task', d.task, 'must name a registered task (a non-empty string)')
   if d.task == 'tfds_lm' and not d.tfds_name:
     e.add('data.tfds_name', d.tfds_name, "must name a TFDS dataset (e.g. 'c4/en:3.1.0') when data.task='tfds_lm'")
+  if d.task == task_finetune.TASK and d.finetune_task not in task_finetune.tasks_with_training_split():
+    e.add('data.finetune_task', d.finetune_task, 'must be an evaluation task with a training split: one of '
+          + ', '.join(task_finetune.tasks_with_training_split()))
+  if d.task == task_finetune.TASK and not (isinstance(d.finetune_data_dir, str) and d.finetune_data_dir):
+    e.add('data.finetune_data_dir', d.finetune_data_dir, 'must name the directory of <task>/<split>.jsonl files')
   if d.task == text_files.TASK:   # the file keys' types and combination (the files themselves: check_text_files)
     for key, value, allowed in text_files.setting_errors(d):
       e.add(f'data.{key}', value, allowed)
@@ -231,10 +237,21 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
           and pool.assignment in ASSIGNMENTS):
     return
   try:
-    counts = parse_experts_per_layer(text, num_moe, moe.num_experts, moe.top_k)
+    counts = parse_experts_per_layer(text, num_moe, moe.num_experts, min_experts(moe))
   except ValueError as err:
     e.lines.append(str(err))
     return
+  try:   # merged / pruned experts (config/expert_map.py)
+    maps = parse_expert_map(moe.get('expert_map', ''), counts, moe.top_k)
+  except ValueError as err:
+    e.lines.append(str(err))
+    return
+  if maps and pool.space != 'weight':
+    e.add('moe.expert_map', moe.expert_map, "needs pool.space='weight' (output-space mixing runs whole pool "
+          'entries, not mapped experts)')
+  if maps and pool.get('share_router', False) and any(len(m) != moe.num_experts for m in maps):
+    e.add('moe.expert_map', moe.expert_map, f'with pool.share_router every map needs moe.num_experts='
+          f'{moe.num_experts} router outputs (one router for all MoE layers)')
   groups = sorted(set(counts))
   expert_axis = c.mesh.expert if 'mesh' in c else 1
   # moe.num_experts itself is checked against mesh.expert in _check_mesh
@@ -245,7 +262,7 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
           "(every group's experts are split over the expert axis)")
   if len(groups) < 2:
     return
-  if pool.get('share_router', False):
+  if pool.get('share_router', False) and not maps:
     e.add('pool.share_router', True, f'cannot share one router across MoE layers with different expert counts '
           f'(moe.experts_per_layer={text!r}); use False')
   if pool.get('entropy_coef', 0.0):

@@ -8,7 +8,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
-from samoe_jax.config.pyramid import ExpertGroup, expert_groups, layer_entries, parse_experts_per_layer
+from samoe_jax.config.expert_map import parse_expert_map
+from samoe_jax.config.pyramid import ExpertGroup, expert_groups, layer_entries, min_experts, parse_experts_per_layer
 from samoe_jax.layers.graph_routing import GraphConfig
 from samoe_jax.layers.momentum import MomentumConfig
 from samoe_jax.layers.routing_policy import RoutingPolicy
@@ -60,6 +61,9 @@ class ModelSpec:
   # PR-MoE (methods.md §3.2; config/pyramid.py, layers/residual_moe.py, docs/methods/pr_moe.md)
   expert_groups: tuple[ExpertGroup, ...] = ()   # moe.experts_per_layer: MoE layers grouped by expert count
   residual: str = 'none'               # moe.residual: 'none' | 'sum' | 'learned_softmax' (Residual-MoE)
+  # Merged / pruned experts (config/expert_map.py, docs/compression.md): per MoE layer, router output -> stored
+  # expert; () = identity
+  expert_maps: tuple[tuple[int, ...], ...] = ()
   # Routing policies (methods.md §1, §6; layers/routing_policy.py, docs/methods/routing.md)
   routing_policy: RoutingPolicy = RoutingPolicy()
   # SMoE-Dropout (methods.md §6; layers/k_schedule.py, docs/methods/smoe_dropout.md): k and gate of the evaluation
@@ -90,9 +94,9 @@ class ModelSpec:
     m, moe, pool = config.model, config.moe, config.pool
     moe_layers = tuple(moe_layer_indices(m))
     entries = tuple(pool_assignment(len(moe_layers), pool.size, pool.assignment)) if moe_layers else ()
-    groups = tuple(expert_groups(parse_experts_per_layer(   # Pyramid-MoE (config/pyramid.py)
-        moe.get('experts_per_layer', ''), len(moe_layers), moe.num_experts, moe.top_k), pool.size,
-        pool.assignment)) if moe_layers else ()
+    counts = parse_experts_per_layer(   # Pyramid-MoE (config/pyramid.py)
+        moe.get('experts_per_layer', ''), len(moe_layers), moe.num_experts, min_experts(moe)) if moe_layers else ()
+    groups = tuple(expert_groups(counts, pool.size, pool.assignment)) if moe_layers else ()
     entries = layer_entries(list(groups), len(moe_layers)) if len(groups) > 1 else entries
     return cls(
         vocab_size=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
@@ -112,6 +116,7 @@ class ModelSpec:
         share_attention=bool(m.get('share_attention', False)),
         entropy_coef=float(pool.get('entropy_coef', 0.0)) if moe_layers else 0.0,
         expert_groups=groups, residual=moe.get('residual', 'none') if moe_layers else 'none',
+        expert_maps=parse_expert_map(moe.get('expert_map', ''), counts, moe.top_k) if moe_layers else (),
         routing_policy=RoutingPolicy.from_moe_section(moe),
         eval_top_k=int(moe.get('eval_top_k', 0)), eval_gate=moe.get('eval_gate', ''),
         graph=GraphConfig.from_moe_section(moe) if moe_layers else GraphConfig())

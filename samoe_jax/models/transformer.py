@@ -196,8 +196,19 @@ class Decoder(nn.Module):
         spec, groups, [getattr(self, g.pool_name)() for g in groups], [m() if m is not None else None for m in logits])
     # Gradient-flow probes (training/grad_stats.py): a zero added to each layer's effective experts W^(l) when the
     # 'perturbations' collection is passed to apply, so dL/dW^(l) comes out of the same backward pass; else a no-op.
-    return {b: LayerExperts(self.perturb(probe_name(b), per_layer[i][0]), per_layer[i][1])
-            for i, b in enumerate(spec.moe_layers)}, weights
+    out = {b: LayerExperts(self.perturb(probe_name(b), per_layer[i][0]), per_layer[i][1])
+           for i, b in enumerate(spec.moe_layers)}
+    if spec.expert_maps:   # merged / pruned experts (config/expert_map.py): router output e -> stored map[e]
+      out = {b: LayerExperts(expand_experts(out[b].experts, spec.expert_maps[i]))
+             for i, b in enumerate(spec.moe_layers)}
+    return out, weights
+
+
+def expand_experts(experts: ExpertWeights, mapping: tuple[int, ...]) -> ExpertWeights:
+  """One layer's stored experts (leading E') as its router's experts (leading E = len(mapping)): expert e is
+  stored expert mapping[e], the same weights for every member of a group (so their gradients add up)."""
+  index = jnp.asarray(mapping, jnp.int32)
+  return jax.tree.map(lambda a: jnp.take(a, index, axis=0), experts)
 
 
 def probe_name(block: int) -> str:
