@@ -22,3 +22,14 @@ def write_tiny_config(path: pathlib.Path, overrides: dict[str, Any]) -> pathlib.
   """Writes a config file at `path`: configs/test_tiny.py with `overrides` (dotted keys) applied."""
   path.write_text(_TEMPLATE.format(path=str(ROOT / 'configs' / 'test_tiny.py'), overrides=dict(overrides)))
   return path
+
+
+def tiny_config(overrides: dict[str, Any] | None = None):
+  """configs/test_tiny.py's ConfigDict with `overrides` (dotted keys) applied, in this process."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location('configs_test_tiny', str(ROOT / 'configs' / 'test_tiny.py'))
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  config.update_from_flattened_dict(dict(overrides or {}))
+  return config

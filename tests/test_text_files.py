@@ -207,7 +207,7 @@ def test_resume_is_exact_across_epoch_boundary(corpus):
   assert_same_batches(reference, take(resumed, 5))
   assert resumed.get_state() == it.get_state()
   changed = pipeline.make_train_iterator(cfg(corpus, txt_documents='line'))   # other documents: another corpus
-  with pytest.raises(ValueError, match='saved on the text_files corpus .* resume with the original files'):
+  with pytest.raises(ValueError, match='saved on the corpus .* resume with the original files'):
     changed.set_state(state)
 
 

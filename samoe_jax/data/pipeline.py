@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+from samoe_jax.data import task_finetune
+
 Batch = dict[str, np.ndarray]
 FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
 _STATE_KEYS = ('epoch', 'batch_in_epoch', 'batches_served')
@@ -79,12 +81,19 @@ class TrainIterator:
   def __init__(self, data_cfg: Any, *, shard_index: int = 0, num_shards: int = 1):
     self._batch = _check_sharding(data_cfg, shard_index, num_shards)
     self._cfg = data_cfg
-    self._seq = _sequences()
-    self._task = self._seq.get_task(data_cfg, 'train_split')
-    self._in_memory = self._seq.is_in_memory(data_cfg.task)
     self._shard_index, self._num_shards = shard_index, num_shards
     self._epoch = self._batch_in_epoch = self._served = 0
     self._epoch_iter: Iterator[Batch] | None = None
+    self._finetune = None
+    if data_cfg.task == task_finetune.TASK:   # an evaluation task's training split (task_finetune.py)
+      self._finetune = task_finetune.SplitExamples.load(data_cfg, task_finetune.TRAIN_SPLIT)
+      if len(self._finetune.rows) < data_cfg.batch_size:
+        raise ValueError(f'data.finetune_task={data_cfg.finetune_task!r} has {len(self._finetune.rows)} training '
+                         f'documents, fewer than one global batch (data.batch_size={data_cfg.batch_size}).')
+      return
+    self._seq = _sequences()
+    self._task = self._seq.get_task(data_cfg, 'train_split')
+    self._in_memory = self._seq.is_in_memory(data_cfg.task)
     if self._in_memory:
       rows = self._seq.in_memory_rows(data_cfg, self._task, data_cfg.train_split)
       tokens = int(np.count_nonzero(rows))
@@ -104,6 +113,9 @@ class TrainIterator:
   def _epoch_batches(self, epoch: int, start: int) -> Iterator[Batch]:
     """The batches of `epoch` from batch index `start` on (this shard's rows)."""
     cfg = self._cfg
+    if self._finetune is not None:
+      return task_finetune.epoch_batches(self._finetune, cfg.batch_size, cfg.shuffle_seed, epoch, start,
+                                         self._shard_index, self._num_shards)
     if self._in_memory:
       rows = self._seq.in_memory_rows(cfg, self._task, cfg.train_split)
       num_batches = len(rows) // cfg.batch_size
@@ -146,6 +158,8 @@ class TrainIterator:
              'shuffle_seed': cfg.shuffle_seed}
     if cfg.task == 'text_files':   # the seqio task name carries the corpus fingerprint (files, contents, settings)
       state['corpus'] = self._task.name
+    if self._finetune is not None:   # task, split and file contents
+      state['corpus'] = self._finetune.fingerprint
     return state
 
   def set_state(self, state: dict[str, Any]) -> None:
@@ -160,8 +174,8 @@ class TrainIterator:
         raise ValueError(f'iterator state was saved with data.{key}={state[key]!r} but this iterator has '
                          f'data.{key}={mine[key]!r}: the saved position means nothing here.')
     if 'corpus' in state and state['corpus'] != mine.get('corpus'):
-      raise ValueError(f'iterator state was saved on the text_files corpus {state["corpus"]!r}, but the data.* '
-                       f'file settings now give {mine.get("corpus")!r} (the files, their contents or the split '
+      raise ValueError(f'iterator state was saved on the corpus {state["corpus"]!r}, but the data.* '
+                       f'settings now give {mine.get("corpus")!r} (the files, their contents or the split '
                        'changed): the saved position means nothing here; resume with the original files or train '
                        'in a new --workdir.')
     self._epoch, self._batch_in_epoch, self._served = (int(state[k]) for k in _STATE_KEYS)
@@ -185,6 +199,8 @@ def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, 
   if not _is_int(num_batches) or num_batches <= 0:
     raise ValueError(f'num_batches={num_batches!r} must be a positive integer.')
   batch = _check_sharding(data_cfg, shard_index, num_shards)
+  if data_cfg.task == task_finetune.TASK:   # the task's evaluated split, gold continuations (task_finetune.py)
+    return task_finetune.eval_batches(data_cfg, num_batches, shard_index, num_shards)
   seq = _sequences()
   task = seq.get_task(data_cfg, 'eval_split')
   global_batch, seq_len = data_cfg.batch_size, data_cfg.seq_len

@@ -27,13 +27,14 @@ import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-orde
 
 from samoe_jax.data import documents  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import preprocessors  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import task_finetune  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import text_files  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import vocabularies  # pylint: disable=g-import-not-at-top,wrong-import-order
 
 # Embedded corpora: task -> (directory under samoe_jax/data/corpus, file suffix).
 EMBEDDED = {'shakespeare': ('shakespeare', '.txt.gz'), 'shakespeare_tiny': ('shakespeare_tiny', '.txt')}
 EMBEDDED_SPLITS = ('train', 'validation')
-TASKS = (*EMBEDDED, 'tfds_lm', text_files.TASK)
+TASKS = (*EMBEDDED, 'tfds_lm', text_files.TASK, task_finetune.TASK)
 # Tasks tokenized once per process and held in memory as int32 [N, seq_len] rows (the others stream).
 IN_MEMORY = (*EMBEDDED, text_files.TASK)
 # text_files examples are chunks of this many documents when the vocabulary encodes a batch of strings at once
@@ -164,6 +165,9 @@ def check_data_source(data_cfg: Any) -> None:
   if data_cfg.task not in TASKS:
     raise ValueError(f'data.task={data_cfg.task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
   vocabularies.get_vocabulary(data_cfg.vocabulary)
+  if data_cfg.task == task_finetune.TASK:   # the task, its files read and tokenized (cached for the run)
+    task_finetune.SplitExamples.load(data_cfg, task_finetune.TRAIN_SPLIT)
+    task_finetune.SplitExamples.load(data_cfg, None)
   if data_cfg.task == 'tfds_lm':
     check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)
 

@@ -1,0 +1,143 @@
+"""Fine-tuning a trained run on one evaluation task (docs/training.md, "Fine-tuning on a task").
+
+  python -m samoe_jax.finetune --workdir=runs/piqa_ft --init_from=runs/tiny_moe --task=piqa \
+      --eval_data_dir=data/eval [--steps=200 --learning_rate=1e-4 --batch_size=16 --eval_every=50] \
+      [--distill --distill_alpha=0.2 --distill_temperature=2.0] [--set=train.weight_decay=0.01 ...]
+
+An ordinary training run (checkpoints, exact resume, metrics, TensorBoard, report.md) whose config is the source
+run's WORKDIR/config.json with these keys set (every flag is one of them):
+
+  data.task='task_finetune', data.finetune_task=TASK, data.finetune_data_dir=DIR   (samoe_jax/data/task_finetune.py:
+                      the evaluator's prompt + the gold continuation, loss on the continuation tokens only)
+  init.from_workdir=INIT_FROM, init.step, init.mode='same'      (the trained parameters; fresh Adam moments)
+  eval.tasks=TASK, eval.data_dir=DIR, eval.every, eval.limit    (the evaluator at intervals and at the end)
+  train.steps, train.learning_rate, train.warmup_steps, data.batch_size
+  distill.teacher_workdir=INIT_FROM with --distill              (the uncompressed model as teacher)
+
+The validation loss (train.eval_batches) is the gold continuations' loss on the task's evaluated split. Rerun the
+same command to resume. `--set=KEY=VALUE` sets any other config key (a Python literal or a plain string).
+"""
+
+from __future__ import annotations
+
+import ast
+import os
+import sys
+from typing import Any, Sequence
+
+from absl import app, flags, logging
+
+from samoe_jax import cli
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+
+def parse_value(text: str) -> Any:
+  """A --set value: a Python literal (1e-4, True, 'x') or, failing that, the plain string."""
+  try:
+    return ast.literal_eval(text)
+  except (ValueError, SyntaxError):
+    return text
+
+
+def apply_overrides(config: Any, assignments: Sequence[str]) -> None:
+  """KEY=VALUE assignments onto existing keys of `config` (a mistyped key is an error naming it)."""
+  for item in assignments:
+    key, sep, text = item.partition('=')
+    if not sep or not key:
+      raise ValueError(f'--set={item!r}: expected KEY=VALUE, e.g. --set=train.weight_decay=0.01')
+    *sections, leaf = key.split('.')
+    node = config
+    for part in sections:
+      if part not in node:
+        raise ValueError(f'--set={item!r}: the config has no section {part!r}')
+      node = node[part]
+    if leaf not in node:
+      raise ValueError(f'--set={item!r}: the config has no key {key!r}')
+    node[leaf] = parse_value(text)
+
+
+def finetune_config(source: Any, *, task: str, eval_data_dir: str, init_from: str, init_step: int = 0,
+                    steps: int = 200, learning_rate: float = 1e-4, warmup_steps: int = -1, batch_size: int = 0,
+                    eval_every: int = 0, eval_limit: int = 0, eval_batches: int = 8, distill: bool = False,
+                    distill_alpha: float = 0.2, distill_temperature: float = 2.0,
+                    overrides: Sequence[str] = ()) -> Any:
+  """The fine-tuning run's config: the defaults, then the source run's config, then the fine-tuning keys."""
+  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
+  config = get_base_config()
+  config.update(source)   # a config.json of an older version lacks newer keys: they keep their defaults
+  d, t, e = config.data, config.train, config.eval
+  d.task, d.finetune_task, d.finetune_data_dir = 'task_finetune', task, eval_data_dir
+  if batch_size:
+    d.batch_size = batch_size
+  t.steps, t.learning_rate, t.decay_steps = steps, learning_rate, 0
+  t.warmup_steps = min(16, steps) if warmup_steps < 0 else warmup_steps
+  t.eval_every = t.checkpoint_every = eval_every or steps
+  t.eval_batches = eval_batches
+  e.tasks, e.data_dir, e.every, e.limit, e.num_fewshot = task, eval_data_dir, eval_every, eval_limit, 0
+  e.batch_size = d.batch_size
+  config.init.from_workdir, config.init.step, config.init.mode = init_from, init_step, 'same'
+  config.init.noise_std = 0.0
+  config.distill.teacher_workdir = init_from if distill else ''
+  config.distill.teacher_config, config.distill.teacher_step = '', init_step
+  config.distill.alpha, config.distill.temperature, config.distill.stop_step = distill_alpha, distill_temperature, 0
+  apply_overrides(config, overrides)
+  return config
+
+
+def _run(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
+  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
+  f = flags.FLAGS
+  quiet_library_logs()
+  if os.path.abspath(f.workdir) == os.path.abspath(f.init_from):
+    raise ValueError(f'--workdir={f.workdir!r} is the --init_from run itself: fine-tune into a new directory '
+                     '(the source run is never written to)')
+  source = run_config(f.init_from)
+  if 'model' not in source or 'moe' not in source:
+    raise ValueError(f'--init_from={f.init_from!r}: its config.json has no model/moe sections')
+  config = finetune_config(
+      source, task=f.task, eval_data_dir=f.eval_data_dir, init_from=f.init_from, init_step=f.init_step,
+      steps=f.steps, learning_rate=f.learning_rate, warmup_steps=f.warmup_steps, batch_size=f.batch_size,
+      eval_every=f.eval_every, eval_limit=f.eval_limit, eval_batches=f.eval_batches, distill=f.distill,
+      distill_alpha=f.distill_alpha, distill_temperature=f.distill_temperature, overrides=f.set or ())
+  validate_config(config)
+  final = loop.train(config, f.workdir)
+  if final.get('already_finished'):
+    return
+  path = report.write_report(f.workdir)
+  logging.info('fine-tuned %s on %s: validation loss %s; report: %s', f.init_from, f.task, final.get('eval/loss'),
+               path)
+
+
+def main() -> None:
+  """Console-script entry point (flags are defined here, so importing this module is harmless)."""
+  flags.DEFINE_string('workdir', None, 'The fine-tuning run directory (new, or one to resume).')
+  flags.DEFINE_string('init_from', None, 'The trained run (its workdir) whose checkpoint is fine-tuned.')
+  flags.DEFINE_string('task', None, 'An evaluation task with a training split, e.g. piqa.')
+  flags.DEFINE_string('eval_data_dir', None, 'Directory of <task>/<split>.jsonl files (docs/evaluation.md).')
+  flags.DEFINE_integer('init_step', 0, 'Checkpoint step of --init_from; 0 = latest.')
+  flags.DEFINE_integer('steps', 200, 'train.steps of the fine-tuning run.')
+  flags.DEFINE_float('learning_rate', 1e-4, 'train.learning_rate (peak; warm-up then cosine decay).')
+  flags.DEFINE_integer('warmup_steps', -1, 'train.warmup_steps; -1 = min(16, --steps) (MC-SMoE warms up 16 '
+                       'steps).')
+  flags.DEFINE_integer('batch_size', 0, 'data.batch_size; 0 = the source run\'s.')
+  flags.DEFINE_integer('eval_every', 0, 'Steps between task evaluations (also validation and checkpoints); '
+                       '0 = only at the end.')
+  flags.DEFINE_integer('eval_limit', 0, 'eval.limit: documents evaluated per task evaluation; 0 = all.')
+  flags.DEFINE_integer('eval_batches', 8, 'train.eval_batches of gold-continuation validation loss.')
+  flags.DEFINE_bool('distill', False, 'Distil from --init_from (the uncompressed model) while fine-tuning.')
+  flags.DEFINE_float('distill_alpha', 0.2, 'distill.alpha (MC-SMoE: 0.2).')
+  flags.DEFINE_float('distill_temperature', 2.0, 'distill.temperature (MC-SMoE: 2.0).')
+  flags.DEFINE_multi_string('set', None, 'KEY=VALUE for any other config key, e.g. train.weight_decay=0.01.')
+  flags.mark_flags_as_required(['workdir', 'init_from', 'task', 'eval_data_dir'])
+  cli.run_app('samoe_jax.finetune', _run, sys.argv)
+
+
+if __name__ == '__main__':
+  main()
