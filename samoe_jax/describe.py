@@ -28,6 +28,8 @@ from samoe_jax.training import distill, init_from
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).',
                                           lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, "A run's directory instead of --config: its config.json (and, for a "
+                                'compressed run, compression.json).')
 _JSON = flags.DEFINE_bool('json', False, 'Print the report as JSON.')
 _POOL_SWEEP = flags.DEFINE_list('pool_sweep', [], 'Pool sizes to tabulate stored parameters and reduction for '
                                 '(MoE configs; default: 1,2,3,4,6 for SaMoE configs, none otherwise).')
@@ -256,7 +258,25 @@ def format_text(report: dict[str, Any]) -> str:
                  f'{i["noise_std"]}); only when the workdir has no checkpoint')
   if 'model_check' in report:
     lines.append(f'model eval_shape check: {report["model_check"]}')
+  if 'compression' in report:   # a run written by python -m samoe_jax.compress (docs/compression.md)
+    c = report['compression']
+    lines.append(f'compressed by {c.get("method")} from {c.get("source_workdir")} (step {c.get("source_step")}): '
+                 f'{c.get("summary", "")}')
   return '\n'.join(lines)
+
+
+def run_config_of(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any] | None]:
+  """A run's config (WORKDIR/config.json over the defaults) and its compression record, if any."""
+  import os  # pylint: disable=g-import-not-at-top
+  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
+  config = get_base_config()
+  config.update(run_config(workdir))
+  path = os.path.join(workdir, 'compression.json')
+  if not os.path.isfile(path):
+    return config, None
+  with open(path) as f:
+    return config, json.load(f)
 
 
 def model_check(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
@@ -270,9 +290,13 @@ def model_check(config: ml_collections.ConfigDict, params: dict[str, Any]) -> st
 def _main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config = _CONFIG.value
+  config, compression = _CONFIG.value, None
+  if config is not None and _WORKDIR.value:
+    raise app.UsageError('give --config=FILE or --workdir=RUN, not both')
+  if _WORKDIR.value:
+    config, compression = run_config_of(_WORKDIR.value)
   if config is None:
-    raise app.UsageError('--config=configs/NAME.py is required')
+    raise app.UsageError('--config=configs/NAME.py (or --workdir=RUN) is required')
   sweep = [int(x) for x in _POOL_SWEEP.value] or None
   try:
     report = describe(config, sweep)
@@ -281,6 +305,8 @@ def _main(argv: list[str]) -> None:
     sys.exit(1)
   if _CHECK_MODEL.value:
     report['model_check'] = model_check(config, report['params'])
+  if compression is not None:
+    report['compression'] = compression
   print(json.dumps(report, indent=2) if _JSON.value else format_text(report))
 
 

@@ -1,0 +1,257 @@
+"""python -m samoe_jax.compress {stats, uncurl, mcsmoe} (docs/compression.md).
+
+  stats   --workdir=RUN (--task=piqa --eval_data_dir=DIR | --split=validation) [--out=DIR]
+  uncurl  --workdir=RUN --task=piqa --eval_data_dir=DIR --factors=2,4,8 --out=DIR
+          [--reduce=merge|prune|both] [--router=map|sum|both] [--finetune_steps=N] [--tolerance=0.01]
+          [--scratch=RUN_E4,...]
+  mcsmoe  --workdir=RUN --task=piqa --eval_data_dir=DIR --groups=N --out=DIR [--router=map|sum]
+          [--finetune_steps=N --distill]
+
+Every check (a dense or already compressed run, no checkpoint, a task without a training split, a factor that
+does not divide E, missing data files) runs before any work. Rerunning a command on the same --out reuses the
+compressed runs and fine-tuning runs already there (they resume or are skipped).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any
+
+from absl import app, flags, logging
+
+from samoe_jax import cli
+
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+COMMANDS = ('stats', 'uncurl', 'mcsmoe')
+FLAGS = flags.FLAGS
+
+
+def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
+  chosen = list(allowed) if value == 'both' else [value]
+  if any(c not in allowed for c in chosen):
+    raise ValueError(f'--{flag}={value!r}: use one of {", ".join(allowed)} or both')
+  return chosen
+
+
+def _factor(text: str) -> int:
+  if not text.strip().isdigit():
+    raise ValueError(f'--factors: {text!r} is not a positive integer pruning factor (e.g. --factors=2,4,8)')
+  return int(text)
+
+
+def _check_task(config: Any) -> None:
+  """The task has a training split and its files load (tokenized once; cached for the run)."""
+  from samoe_jax.data import task_finetune  # pylint: disable=g-import-not-at-top
+  if not FLAGS.eval_data_dir:
+    raise ValueError('--eval_data_dir is required with --task (the directory of <task>/<split>.jsonl files)')
+  data = config.data.copy_and_resolve_references()
+  data.task, data.finetune_task, data.finetune_data_dir = task_finetune.TASK, FLAGS.task, FLAGS.eval_data_dir
+  task_finetune.get_finetune_task(data)
+  task_finetune.SplitExamples.load(data, task_finetune.TRAIN_SPLIT)
+  task_finetune.SplitExamples.load(data, None)
+
+
+def _collect_stats(source: Any) -> tuple[list[Any], str]:
+  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  if FLAGS.task:
+    batches = stats_lib.task_batches(source.config, FLAGS.task, FLAGS.eval_data_dir, FLAGS.num_samples,
+                                     FLAGS.stats_batch_size)
+    name = f'{FLAGS.task}/train'
+  else:
+    batches = stats_lib.validation_batches(source.config, FLAGS.batches)
+    name = f'{source.config.data.task}/{source.config.data.eval_split}'
+  return stats_lib.collect(source, batches), name
+
+
+def _settings(distill: bool) -> Any:
+  from samoe_jax.compress.sweep import FinetuneSettings  # pylint: disable=g-import-not-at-top
+  return FinetuneSettings(task=FLAGS.task, data_dir=FLAGS.eval_data_dir, steps=FLAGS.finetune_steps,
+                          learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
+                          eval_limit=FLAGS.eval_limit, distill=distill, metric=FLAGS.metric)
+
+
+def _compressed_run(source: Any, layers: Any, out: str, record: dict[str, Any]) -> str:
+  """Writes (or reuses, when written before from the same source step) one compressed run in `out`."""
+  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
+  previous = os.path.join(out, 'compression.json')
+  if os.path.isfile(previous):
+    with open(previous) as f:
+      old = json.load(f)
+    if (old.get('source_workdir'), old.get('source_step')) != (os.path.abspath(source.workdir), source.step):
+      raise ValueError(f'{out} holds a run compressed from {old.get("source_workdir")} step {old.get("source_step")}'
+                       f', not {source.workdir} step {source.step}: choose a new --out')
+    logging.info('%s: compressed run already written, reused', out)
+    return out
+  config = runs.compressed_config(source, layers)
+  params = runs.compressed_params(source, layers, LanguageModel(config))
+  counts = [e.num_experts for e in layers.experts]
+  summary = f'experts per MoE layer {[l.num_experts for l in source.layers]} -> {counts}, router {layers.router!r}'
+  runs.write_run(out, config, params, dict(record, source_workdir=os.path.abspath(source.workdir),
+                                           source_step=source.step, experts_per_layer=counts,
+                                           labels=[l.tolist() for l in layers.labels], summary=summary))
+  return out
+
+
+def _scored_dir(out: str, name: str) -> str:
+  """Where model `name` is fine-tuned (a run) or, without fine-tuning, where its scores are written."""
+  return os.path.join(out, name, 'finetuned' if FLAGS.finetune_steps > 0 else 'scored')
+
+
+def _stats(source: Any) -> None:
+  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  layer_stats, name = _collect_stats(source)
+  out = FLAGS.out or os.path.join(source.workdir, 'routing_stats', name.replace('/', '_'))
+  record = stats_lib.save(layer_stats, out, {'source_workdir': os.path.abspath(source.workdir),
+                                             'source_step': source.step, 'data': name})
+  for layer in record['layers']:
+    logging.info('MoE block %d: %d tokens, usage %s', layer['block'], layer['tokens'], layer['frequency'])
+  logging.info('routing statistics: %s', out)
+
+
+def _baseline(source: Any, out: str) -> tuple[str, dict[str, float], Any]:
+  """The uncompressed model's scores (fine-tuned when --finetune_steps > 0) and the run compressed from (the
+  fine-tuned model when fine-tuning: compression is task-aware), loaded."""
+  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.compress.sweep import score  # pylint: disable=g-import-not-at-top
+  settings = _settings(distill=False)
+  if settings.steps <= 0:
+    return source.workdir, score(source.workdir, os.path.join(out, 'uncompressed'), settings), source
+  tuned = os.path.join(out, 'uncompressed_finetuned')
+  scores = score(source.workdir, tuned, settings)
+  return tuned, scores, runs.load_source(tuned)
+
+
+def _prepare(source: Any, out: str) -> tuple[str, Any, list[Any], dict[str, Any]]:
+  """The uncompressed model scored (and fine-tuned), the run to compress, its routing statistics (also saved to
+  OUT/routing_stats) and the uncompressed model's report row."""
+  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
+  from samoe_jax.compress.sweep import model_row  # pylint: disable=g-import-not-at-top
+  base_dir, base_scores, compress_from = _baseline(source, out)
+  layer_stats, data_name = _collect_stats(compress_from)
+  stats_lib.save(layer_stats, os.path.join(out, 'routing_stats'), {'source_workdir': compress_from.workdir,
+                                                                   'source_step': compress_from.step,
+                                                                   'data': data_name})
+  row = model_row('uncompressed', base_dir, base_scores, FLAGS.metric, series='uncompressed')
+  return base_dir, compress_from, layer_stats, row
+
+
+def _uncurl(source: Any) -> None:
+  from samoe_jax.compress import methods, merge  # pylint: disable=g-import-not-at-top
+  from samoe_jax.compress.sweep import model_row, score, threshold_factor, write_report  # pylint: disable=g-import-not-at-top
+  factors = [_factor(x) for x in FLAGS.factors]
+  reduces = _choices(FLAGS.reduce, merge.METHODS, 'reduce')
+  routers = _choices(FLAGS.router, merge.ROUTERS, 'router')
+  for r in factors:
+    for router in routers:
+      methods.check_factor(source, r, router)
+  out, metric = FLAGS.out, FLAGS.metric
+  base_dir, compress_from, layer_stats, base_row = _prepare(source, out)
+  rows = [dict(base_row, factor=1)]
+  settings = _settings(distill=FLAGS.distill)
+  for reduce in reduces:
+    for router in routers:
+      for r in factors:
+        name = f'r{r}_{reduce}_{router}'
+        layers = methods.uncurl_layers(compress_from, layer_stats, r, reduce, router)
+        run_dir = _compressed_run(compress_from, layers, os.path.join(out, name, 'compressed'),
+                                  {'method': 'uncurl', 'factor': r, 'reduce': reduce, 'router': router})
+        scores = score(run_dir, _scored_dir(out, name), settings, teacher=base_dir)
+        rows.append(model_row(name, run_dir, scores, metric, factor=r, series=f'{reduce}, router {router}'))
+  for scratch in FLAGS.scratch or []:
+    scores = score(scratch, os.path.join(out, 'scratch_' + os.path.basename(os.path.normpath(scratch))),
+                   _settings(distill=False))
+    rows.append(model_row(f'from scratch: {os.path.basename(os.path.normpath(scratch))}', scratch, scores, metric,
+                          factor=None, series='trained from scratch'))
+  sentences = []
+  for reduce in reduces:
+    for router in routers:
+      series = [r for r in rows[1:] if r.get('series') == f'{reduce}, router {router}']
+      r_star = threshold_factor(series, rows[0]['score'], FLAGS.tolerance)
+      sentences.append(f'{reduce}, router {router}: threshold factor r* = {r_star if r_star else "none"} (largest '
+                       f'r with {metric} >= {rows[0]["score"]:.4f} - {FLAGS.tolerance}; factors tried {factors})')
+  write_report(out, 'UNCURL task-specific expert reduction', rows, _meta(compress_from, 'uncurl'), sentences)
+
+
+def _mcsmoe(source: Any) -> None:
+  from samoe_jax.compress import methods  # pylint: disable=g-import-not-at-top
+  from samoe_jax.compress.sweep import model_row, score, write_report  # pylint: disable=g-import-not-at-top
+  methods.check_router(FLAGS.router)
+  smallest = min(l.num_experts for l in source.layers)
+  if not 1 <= FLAGS.groups <= smallest:
+    raise ValueError(f'--groups={FLAGS.groups} must be in [1, {smallest}] (the fewest experts of a MoE layer of '
+                     f'{source.workdir})')
+  out, metric = FLAGS.out, FLAGS.metric
+  base_dir, compress_from, layer_stats, base_row = _prepare(source, out)
+  layers = methods.mcsmoe_layers(compress_from, layer_stats, FLAGS.groups, FLAGS.router)
+  name = f'merged_g{FLAGS.groups}_{FLAGS.router}'
+  run_dir = _compressed_run(compress_from, layers, os.path.join(out, name, 'compressed'),
+                            {'method': 'mcsmoe', 'groups': FLAGS.groups, 'router': FLAGS.router})
+  scores = score(run_dir, _scored_dir(out, name), _settings(distill=FLAGS.distill), teacher=base_dir)
+  rows = [base_row, model_row(name, run_dir, scores, metric, series='MC-SMoE merged')]
+  counts = [e.num_experts for e in layers.experts]
+  sentences = [f'group counts per MoE layer (global, adaptive; average {FLAGS.groups}): {counts}',
+               f'{metric} {rows[1]["score"]:.4f} vs {rows[0]["score"]:.4f} uncompressed '
+               f'({rows[1]["score"] - rows[0]["score"]:+.4f}); expert memory '
+               f'{rows[0]["expert_params"] / max(rows[1]["expert_params"], 1):.2f}x smaller']
+  write_report(out, 'MC-SMoE merging', rows, _meta(compress_from, 'mcsmoe'), sentences)
+
+
+def _meta(source: Any, method: str) -> dict[str, Any]:
+  from samoe_jax.experiments.report import commit  # pylint: disable=g-import-not-at-top
+  return {'method': method, 'command': ' '.join(['python -m samoe_jax.compress', *sys.argv[1:]]),
+          'commit': commit(), 'source_workdir': source.workdir, 'source_step': source.step, 'task': FLAGS.task,
+          'finetune_steps': FLAGS.finetune_steps, 'tolerance': FLAGS.tolerance}
+
+
+def _main(argv: list[str]) -> None:
+  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
+  if len(argv) != 2 or argv[1] not in COMMANDS:
+    raise app.UsageError(f'give one command: {", ".join(COMMANDS)} (got {argv[1:]})')
+  command = argv[1]
+  quiet_library_logs()
+  if command != 'stats' and not (FLAGS.task and FLAGS.out):
+    raise ValueError(f'{command} needs --task (an evaluation task with a training split) and --out')
+  if command == 'stats' and bool(FLAGS.task) == bool(FLAGS.split):
+    raise ValueError('stats needs exactly one of --task=TASK (with --eval_data_dir) or --split=validation')
+  if FLAGS.out and os.path.isfile(FLAGS.out):
+    raise ValueError(f'--out={FLAGS.out!r} is a file')
+  config = runs.run_config_checked(FLAGS.workdir, FLAGS.step)
+  if FLAGS.task:
+    _check_task(config)
+  source = runs.load_source(FLAGS.workdir, FLAGS.step)
+  {'stats': _stats, 'uncurl': _uncurl, 'mcsmoe': _mcsmoe}[command](source)
+
+
+def main() -> None:
+  flags.DEFINE_string('workdir', None, 'The trained run to analyse or compress.')
+  flags.DEFINE_integer('step', 0, 'Its checkpoint step; 0 = latest.')
+  flags.DEFINE_string('task', '', 'Evaluation task with a training split (statistics data, fine-tuning, metric).')
+  flags.DEFINE_string('eval_data_dir', '', 'Directory of <task>/<split>.jsonl files (docs/evaluation.md).')
+  flags.DEFINE_string('split', '', "stats only: 'validation' = the run's own validation batches instead of a task.")
+  flags.DEFINE_integer('batches', 8, 'stats --split: validation batches.')
+  flags.DEFINE_integer('num_samples', 256, 'Task training documents in the statistics pass (MC-SMoE: 256).')
+  flags.DEFINE_integer('stats_batch_size', 16, 'Sequences per statistics forward pass.')
+  flags.DEFINE_string('out', '', 'Output directory (stats: default WORKDIR/routing_stats/<data>).')
+  flags.DEFINE_list('factors', ['2', '4'], 'uncurl: pruning factors r (each divides every layer\'s E).')
+  flags.DEFINE_string('reduce', 'both', 'uncurl: merge, prune or both (compress/merge.py).')
+  flags.DEFINE_string('router', 'map', "Router after reduction: map, sum (uncurl also 'both').")
+  flags.DEFINE_integer('groups', 2, 'mcsmoe: average number of groups (merged experts) per MoE layer.')
+  flags.DEFINE_integer('finetune_steps', 0, 'Fine-tuning steps of every model before it is scored; 0 = none.')
+  flags.DEFINE_float('learning_rate', 1e-4, 'Fine-tuning learning rate.')
+  flags.DEFINE_integer('batch_size', 0, 'Fine-tuning / evaluation batch size; 0 = the run\'s.')
+  flags.DEFINE_integer('eval_limit', 0, 'Documents evaluated per task evaluation; 0 = all.')
+  flags.DEFINE_bool('distill', False, 'Distil compressed models from the (fine-tuned) uncompressed model '
+                    '(MC-SMoE: alpha 0.2, temperature 2).')
+  flags.DEFINE_string('metric', 'acc', 'The task metric reported and compared.')
+  flags.DEFINE_float('tolerance', 0.01, 'uncurl: r* is the largest r within this of the uncompressed metric.')
+  flags.DEFINE_list('scratch', [], 'uncurl: runs with E/r experts trained from scratch, scored the same way.')
+  flags.mark_flags_as_required(['workdir'])
+  cli.run_app('samoe_jax.compress', _main, sys.argv)
+
+
+if __name__ == '__main__':
+  main()
