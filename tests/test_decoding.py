@@ -31,11 +31,17 @@ def models():
 
 
 def naive_generate(logits_fn, params, prompt, max_new_tokens):
-  """Full forward pass over [0] + prompt + generated so far, argmax of the last position, max_new_tokens times."""
+  """Full forward pass over [0] + prompt + generated so far, argmax of the last position, max_new_tokens times.
+
+  The inputs are right-padded with zeros to the model's L positions, so one compiled forward pass serves every
+  length: padding never reaches an earlier position (causal attention; evaluation routing never routes padding,
+  tests/test_scorer.py checks that lengths and buckets never change a score)."""
   inputs = list(prompt_inputs(prompt, L, max_new_tokens))
   generated = []
   for _ in range(max_new_tokens):
-    logits = np.asarray(logits_fn(params, jnp.asarray([inputs], jnp.int32))[0, -1])
+    padded = np.zeros((1, L), np.int32)
+    padded[0, :len(inputs)] = inputs
+    logits = np.asarray(logits_fn(params, jnp.asarray(padded))[0, len(inputs) - 1])
     token = int(np.argmax(logits))
     generated.append(token)
     inputs.append(token)

@@ -107,15 +107,17 @@ def trained(tmp_path_factory):
 def test_finetune_is_an_ordinary_run_that_evaluates_the_task_and_resumes(trained):
   source = str(trained / 'source')
   config = finetune_config(runs.run_config_checked(source), task='piqa', eval_data_dir=str(FIXTURES),
-                           init_from=source, steps=2, batch_size=2, eval_every=1, eval_batches=1)
+                           init_from=source, steps=2, batch_size=2, eval_every=1, eval_batches=1, eval_limit=2)
   assert (config.data.task, config.init.from_workdir, config.train.warmup_steps) == ('task_finetune', source, 2)
   workdir = str(trained / 'piqa_ft')
   final = loop.train(config, workdir)
   assert np.isfinite(final['eval/loss'])
-  for step in (1, 2):   # the evaluator at the interval and at the end
-    results = json.loads(pathlib.Path(workdir, 'eval', f'step_{step}', 'results.json').read_text())
-    assert set(results['scores']['piqa']) == {'acc', 'acc_norm'}
+  for step in (1, 2):   # the evaluator at the interval and at the end, on the first 2 documents
+    results = json.loads(pathlib.Path(workdir, 'eval', f'step_{step}_0shot_limit2', 'results.json').read_text())
+    assert set(results['scores']['piqa']) == {'acc', 'acc_norm'} and results['details']['piqa']['num_docs'] == 2
   assert loop.train(config, workdir)['already_finished']
+  settings = sweep.FinetuneSettings(task='piqa', data_dir=str(FIXTURES), steps=2, batch_size=2, eval_limit=2)
+  assert sweep.score(source, workdir, settings) == results['scores']['piqa']   # the finished run's final scores
 
 
 def test_bad_tasks_factors_and_workdirs_are_refused_before_any_work(trained, tmp_path):

@@ -58,8 +58,11 @@ def score(run_dir: str, out_dir: str, settings: FinetuneSettings, teacher: str =
                            distill_temperature=settings.distill_temperature)
   if settings.distill and teacher:
     config.distill.teacher_workdir = teacher
-  loop.train(config, out_dir)
-  path = os.path.join(out_dir, 'eval', f'step_{settings.steps}', 'results.json')
+  loop.train(config, out_dir)   # a finished run is left as it is
+  from samoe_jax.evaluation import outputs  # pylint: disable=g-import-not-at-top
+  key = outputs.setting_key({'num_fewshot': 0, 'limit': settings.eval_limit or None})
+  path = os.path.join(outputs.eval_dir(out_dir), f'step_{settings.steps}' + (f'_{key}' if key else ''),
+                      'results.json')
   with open(path) as f:
     return json.load(f)['scores'][settings.task]
 
