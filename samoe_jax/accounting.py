@@ -30,13 +30,13 @@ FLOP conventions (per token, forward; one multiply-add = 2 FLOPs; MaxText-style 
   attention for all blocks; both are counted once in total (and materialized), but once per use in
   active_per_token (like tied experts, which count top_k per MoE layer), so active_per_token and the FLOPs are
   those of the unshared model: every block still runs its router and attention.
-  PR-MoE (methods.md §3.2): Pyramid-MoE (moe.experts_per_layer, config/pyramid.py) stores sum_g P_g E_g experts
+  PR-MoE (docs/methods/pr_moe.md): Pyramid-MoE (moe.experts_per_layer, config/pyramid.py) stores sum_g P_g E_g experts
   (groups of MoE layers with equal E) and routers [D, E_l]; materialized counts sum_l E_l experts; the router
   FLOPs are 2 D E_l per layer. Residual-MoE (moe.residual, layers/residual_moe.py) adds one expert-shaped dense
   MLP per MoE layer (2 D F' + F' + D parameters; + W_c [D, 2] and b_c [2] = 2D + 2 for 'learned_softmax') to
   non_expert (so to active_per_token too; 'residual_moe' reports the sum) and 2 * 2 D F' (+ 2 * 2 D) FLOPs per
   token per MoE layer ('residual_moe' in flops_per_token).
-  Similarity- / Attention-Aware routing (moe.graph_routing, layers/graph_routing.py, methods.md §10): W_s [D, d_s]
+  Similarity- / Attention-Aware routing (moe.graph_routing, layers/graph_routing.py, docs/methods/graph_routing.md): W_s [D, d_s]
   (learned metric) and theta [1] (learned lambda) per MoE layer count as routers; per token and MoE layer the
   mixing S @ p costs 2 L E and similarity's z z^T 2 L d (+ x W_s: 2 D d_s) FLOPs ('graph_routing'; full L x L,
   like the attention scores before halving; the attention matrix itself is the block's).
@@ -79,7 +79,7 @@ class Sizes:
   space: str
   share_router: bool = False        # pool.share_router (WideNet): one router [D, E] for all MoE layers
   share_attention: bool = False     # model.share_attention (WideNet): one attention for all blocks
-  # PR-MoE (methods.md §3.2): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
+  # PR-MoE (docs/methods/pr_moe.md): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
   groups: tuple[pyramid.ExpertGroup, ...] = ()
   residual: str = 'none'
   # Routing policies (layers/routing_policy.py): a router bias [E] per router; hash routing has no router
@@ -241,7 +241,7 @@ def flops_per_step(config: ml_collections.ConfigDict) -> dict[str, float]:
 
 
 def momentum_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
-  """MomentumSMoE / AdamSMoE (methods.md §7): the setting, its parameters (none) and the elementwise FLOPs per token
+  """MomentumSMoE / AdamSMoE (docs/methods/momentum.md): the setting, its parameters (none) and the elementwise FLOPs per token
   of the state updates (forward; not included in flops_per_token, which counts matmuls only). None when off."""
   momentum = momentum_lib.MomentumConfig.from_moe_section(config.moe)
   if not momentum.enabled:
@@ -254,7 +254,7 @@ def momentum_summary(config: ml_collections.ConfigDict) -> dict[str, object] | N
 
 
 def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
-  """SMoE-Dropout (methods.md §6, layers/k_schedule.py): the k schedule and the evaluation k / gate. None when
+  """SMoE-Dropout (docs/methods/smoe_dropout.md, layers/k_schedule.py): the k schedule and the evaluation k / gate. None when
   both are off (moe.k_schedule='constant', moe.eval_top_k=0, moe.eval_gate='') or the model is dense.
 
   param_counts / flops_per_token count moe.top_k experts (= k_max, the most a token uses in training); here:

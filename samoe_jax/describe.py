@@ -101,7 +101,7 @@ def layer_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
 
 
 def pr_moe_rows(config: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -> None:
-  """PR-MoE (methods.md §3.2): each MoE row gets its layer's expert count, its pool group ('expert_pool' or
+  """PR-MoE (docs/methods/pr_moe.md): each MoE row gets its layer's expert count, its pool group ('expert_pool' or
   'expert_pool_e<E>', config/pyramid.py) and moe.residual. With several groups, a fixed row's 'pool_entry' is
   its entry in the groups' pools laid end to end (group 0's P_0 entries first), 'group_entry' the one within its
   group, and a learned row's 'pool_size' its group's P_g."""
@@ -120,7 +120,7 @@ def pr_moe_rows(config: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -
 
 
 def pr_moe_sharing(config: ml_collections.ConfigDict, num_moe: int) -> str:
-  """'' or the PR-MoE options (methods.md §3.2) appended to sharing_mode."""
+  """'' or the PR-MoE options (docs/methods/pr_moe.md) appended to sharing_mode."""
   if not num_moe:
     return ''
   groups = pyramid.groups_of_config(config)
@@ -177,7 +177,7 @@ def _block_line(r: dict[str, Any]) -> str:
   if r['ffn'] == 'dense':
     return head + f'dense FFN (d_ff {r["d_ff"]})'
   text = head + f'MoE #{r["moe_layer"]:<2} {r["num_experts"]} experts top-{r["top_k"]} (d_ff {r["d_ff"]}), '
-  if r.get('residual', 'none') != 'none':   # Residual-MoE (methods.md §3.2)
+  if r.get('residual', 'none') != 'none':   # Residual-MoE (docs/methods/pr_moe.md)
     text += f'+ residual MLP ({r["residual"]}), '
   if 'group_entry' in r:   # Pyramid-MoE with several pool groups
     text += f'{r["pool_group"]} entry {r["group_entry"]}, '

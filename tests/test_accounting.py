@@ -102,7 +102,7 @@ def test_granularity_space_and_untied_variants():
 def test_350m_moe128_is_13b():
   p = accounting.param_counts(load_config('gpt3_350m_moe128'))
   assert p['total'] == pytest.approx(13e9, rel=0.03)
-  assert p['non_expert'] == pytest.approx(0.255e9, rel=0.01)              # methods.md §2.2
+  assert p['non_expert'] == pytest.approx(0.255e9, rel=0.01)              # docs/model.md
   assert p['params_per_expert'] == 2 * 1024 * 4096 + 4096 + 1024        # 8.39M
   assert p['reduction_factor'] == 1.0 and p['materialized'] == p['total']
 
@@ -127,7 +127,7 @@ def test_samoe_reduction_factors(size, baseline):
   config = load_config(f'gpt3_{size}_samoe')
   p = accounting.param_counts(config)
   assert p['materialized'] == pytest.approx(baseline, rel=1e-3)
-  assert p['reduction_factor'] == pytest.approx(5.5, abs=0.1)           # methods.md §2.2: P = 2 gives 5.5x
+  assert p['reduction_factor'] == pytest.approx(5.5, abs=0.1)           # docs/model.md: P = 2 gives 5.5x
   sweep = {r['pool_size']: r['reduction_factor'] for r in accounting.pool_size_sweep(config)}
   assert sorted(sweep) == [1, 2, 3, 4, 6]
   assert [round(sweep[q], 1) for q in (1, 2, 3, 4, 6)] == (

@@ -1,4 +1,4 @@
-"""Similarity- / Attention-Aware (S)MoE routing (samoe_jax/layers/graph_routing.py, methods.md §10) and the routing
+"""Similarity- / Attention-Aware (S)MoE routing (samoe_jax/layers/graph_routing.py, docs/methods/graph_routing.md) and the routing
 fluctuation tool (samoe_jax/analysis/routing_fluctuation.py), against plain Python loops over (i, j)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MomentumSMoE / AdamSMoE (samoe_jax/layers/momentum.py, methods.md §7).
+"""MomentumSMoE / AdamSMoE (samoe_jax/layers/momentum.py, docs/methods/momentum.md).
 
 References: `reference_hidden` runs the decoder as a plain Python loop over its blocks, calling the real layers
 (LayerNorm, attention, dense FFN, MoE FFN) with the model's parameters and combining the MoE outputs with the

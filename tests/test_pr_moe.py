@@ -1,4 +1,4 @@
-"""PR-MoE = Pyramid-MoE + Residual-MoE (methods.md §3.2; config/pyramid.py, layers/pool_groups.py,
+"""PR-MoE = Pyramid-MoE + Residual-MoE (docs/methods/pr_moe.md; config/pyramid.py, layers/pool_groups.py,
 layers/residual_moe.py): parsing and validation of moe.experts_per_layer, the pool groups' parameter tree, the
 residual layer and the whole pyramid model against plain references, accounting (DeepSpeed's 4B / 31B),
 causality, KV-cache decoding, describe, and a short training run."""
@@ -123,7 +123,7 @@ def _softmax(x):
 
 def _reference_moe(x_TD, router_DE, experts, top_k):
   """Top-k MoE token by token in numpy float64, no capacity: y_t = sum_{e in topk} g_e u_e(x_t); top-1 keeps p_e,
-  top-k >= 2 renormalises over the chosen experts (methods.md §1.1)."""
+  top-k >= 2 renormalises over the chosen experts (docs/methods/routing.md)."""
   w = jax.tree.map(lambda a: np.asarray(a, np.float64), experts)
   y_TD = np.zeros_like(x_TD)
   for t, x_D in enumerate(x_TD):
@@ -280,7 +280,7 @@ def test_residual_and_pyramid_accounting_by_hand():
 
 
 def test_deepspeed_pr_moe_totals():
-  """methods.md §3.1: 350M+PR-MoE-32/64 "4B", 1.3B+PR-MoE-64/128 "31B" (DeepSpeed-MoE Table 1), from the
+  """docs/methods/pr_moe.md: 350M+PR-MoE-32/64 "4B", 1.3B+PR-MoE-64/128 "31B" (DeepSpeed-MoE Table 1), from the
   analytic counter with the repo's GPT-3 presets (50304-row vocabulary, learned_softmax residual)."""
   small = accounting.param_counts(load_config_file('gpt3_350m_prmoe'))
   large = accounting.param_counts(load_config_file('gpt3_1p3b_prmoe'))

@@ -1,4 +1,4 @@
-"""Routing policies of the MoE layer (methods.md §1, §6; layers/routing.py, capacity.py, expert_choice.py,
+"""Routing policies of the MoE layer (docs/methods/routing.md, §6; layers/routing.py, capacity.py, expert_choice.py,
 hash_routing.py, router_noise.py; docs/methods/routing.md).
 
 Every policy is compared with a plain Python loop over tokens, choices and experts (`reference_route`,

@@ -1,4 +1,4 @@
-"""SMoE-Dropout (methods.md §6): k schedules, active k through the model, evaluation k / gate overrides, the
+"""SMoE-Dropout (docs/methods/smoe_dropout.md): k schedules, active k through the model, evaluation k / gate overrides, the
 frozen random router, accounting, causality, training, and the self-slimmability analysis end to end."""
 
 import json

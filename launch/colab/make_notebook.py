@@ -112,7 +112,7 @@ print(f"train cross-entropy: {train_records[0]['cross_entropy']:.3f} at step {tr
     ('markdown', """\
 ## 6. Mixing weights over the expert pool
 
-Row l is MoE layer l's softmax(alpha_l / tau) over the P pool entries (methods.md §2). Training starts uniform
+Row l is MoE layer l's softmax(alpha_l / tau) over the P pool entries (docs/model.md). Training starts uniform
 (alpha = 0); layers that specialise move towards one entry."""),
     ('code', """\
 weights_LP = np.asarray(final['pool/mixing_weights'])

@@ -1,4 +1,4 @@
-"""Routing fluctuation across the checkpoints of a trained MoE run (methods.md §10.2; StableMoE-style definition,
+"""Routing fluctuation across the checkpoints of a trained MoE run (docs/methods/graph_routing.md; StableMoE-style definition,
 used by Nguyen et al. 2025, arXiv 2505.00792, to motivate Similarity- / Attention-Aware routing).
 
   python -m samoe_jax.analysis.routing_fluctuation --workdir=runs/tiny_similarity_moe [--steps=all | 500,1000,...]

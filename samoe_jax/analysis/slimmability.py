@@ -1,4 +1,4 @@
-"""Self-slimmability of a trained MoE run (SMoE-Dropout, methods.md §6; Chen et al., ICLR 2023, Fig. 1 / 4).
+"""Self-slimmability of a trained MoE run (SMoE-Dropout, docs/methods/smoe_dropout.md; Chen et al., ICLR 2023, Fig. 1 / 4).
 
   python -m samoe_jax.analysis.slimmability --workdir=runs/tiny_smoe_dropout [--ks=1,2,4,8,16]
       [--checkpoint=latest | STEP] [--validation_batches=config | all | N] [--uniform=true]

@@ -1,5 +1,5 @@
 """Shared builders for the config files in configs/: the tiny Shakespeare models, the benchmark workload, and
-the paper-scale GPT-3 + MoE-128 recipe (methods.md §3). One builder per family, so the members of a comparison
+the paper-scale GPT-3 + MoE-128 recipe (docs/methods/pr_moe.md). One builder per family, so the members of a comparison
 differ only in how their experts are shared (`set_sharing`).
 
 DeepSpeed-MoE (Rajbhandari et al. 2022; Megatron-DeepSpeed `ds_pretrain_gpt_{350M,1.3B}_MoE128.sh`):

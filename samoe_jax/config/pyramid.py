@@ -1,4 +1,4 @@
-"""Pyramid-MoE (methods.md §3.2, DeepSpeed-MoE, Rajbhandari et al. 2022): per-MoE-layer expert counts and the
+"""Pyramid-MoE (docs/methods/pr_moe.md, DeepSpeed-MoE, Rajbhandari et al. 2022): per-MoE-layer expert counts and the
 expert groups they form. Pure Python, no JAX: the model, validate_config, accounting and describe share it.
 
 `moe.experts_per_layer` is a comma list with one expert count per MoE layer (after model.layer_plan), with the

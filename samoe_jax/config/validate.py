@@ -188,7 +188,7 @@ def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
 
 
 def _check_momentum(moe: ml_collections.ConfigDict, moe_layers: list[int] | None, e: _Errors) -> None:
-  """MomentumSMoE / AdamSMoE keys (methods.md §7, layers/momentum.py); checked only when moe.momentum is on."""
+  """MomentumSMoE / AdamSMoE keys (docs/methods/momentum.md, layers/momentum.py); checked only when moe.momentum is on."""
   kind = moe.get('momentum', 'none')
   if not e.one_of('moe.momentum', kind, MOMENTUM_KINDS) or kind == 'none':
     return
@@ -205,7 +205,7 @@ def _check_momentum(moe: ml_collections.ConfigDict, moe_layers: list[int] | None
 
 
 def _check_sharing(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
-  """WideNet sharing and the mixing-entropy regulariser (methods.md §2.1, §4; layers/shared.py)."""
+  """WideNet sharing and the mixing-entropy regulariser (docs/model.md, §4; layers/shared.py)."""
   share_attention = c.model.get('share_attention', False)
   if not isinstance(share_attention, bool):
     e.add('model.share_attention', share_attention, 'must be True or False')
@@ -228,7 +228,7 @@ def _check_sharing(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
 
 
 def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
-  """PR-MoE keys (methods.md §3.2): moe.experts_per_layer (Pyramid-MoE, config/pyramid.py) and moe.residual
+  """PR-MoE keys (docs/methods/pr_moe.md): moe.experts_per_layer (Pyramid-MoE, config/pyramid.py) and moe.residual
   (Residual-MoE, layers/residual_moe.py); MoE models only."""
   moe, pool = c.moe, c.pool
   e.one_of('moe.residual', moe.get('residual', 'none'), RESIDUAL_MODES)
@@ -271,7 +271,7 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
 
 
 def _check_k_schedule(c: ml_collections.ConfigDict, e: _Errors) -> None:
-  """SMoE-Dropout keys (methods.md §6, layers/k_schedule.py): the k schedule and the evaluation k / gate (MoE
+  """SMoE-Dropout keys (docs/methods/smoe_dropout.md, layers/k_schedule.py): the k schedule and the evaluation k / gate (MoE
   models only; the schedule's bounds are checked only when a schedule is on)."""
   from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES  # pylint: disable=g-import-not-at-top
   from samoe_jax.layers.routing import GATES  # pylint: disable=g-import-not-at-top

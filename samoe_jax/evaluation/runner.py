@@ -17,7 +17,7 @@ from absl import logging
 from samoe_jax.evaluation import perplexity
 from samoe_jax.evaluation.tasks import TASK_NAMES, evaluate_task, get_task
 
-# The zero-shot suite of DeepSpeed-MoE and SaMoE (methods.md §2, §3.4).
+# The zero-shot suite of DeepSpeed-MoE and SaMoE (docs/model.md, §3.4).
 DEEPSPEED_MOE_TASKS = ('lambada_openai', 'piqa', 'boolq', 'race', 'triviaqa', 'webqs')
 
 

@@ -1,4 +1,4 @@
-"""Expert capacity C (slots per expert per routing group) under the formulas of methods.md §1.1 step 4.
+"""Expert capacity C (slots per expert per routing group) under the formulas of docs/methods/routing.md step 4.
 
 T tokens per group, E experts, k choices per token, CF capacity factor:
 

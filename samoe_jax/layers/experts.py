@@ -2,7 +2,7 @@
 
 Einsum letters: P pool entries, E experts, D model width, F expert hidden width, X tokens (slots) per expert.
 
-SaMoE (methods.md §2): the pool holds P global MoE layers, each a full set of E experts, stored once as stacked
+SaMoE (docs/model.md): the pool holds P global MoE layers, each a full set of E experts, stored once as stacked
 arrays with a leading pool axis. MoE layer l uses the effective experts
     W^(l) = sum_j softmax(alpha_l / tau)_j W_j            (layer-level mixing, alpha_l: [P])
     W^(l)_e = sum_j softmax(alpha_{l,e} / tau)_j W_{j,e}  (expert-level mixing, alpha_l: [E, P])

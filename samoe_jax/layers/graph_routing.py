@@ -1,4 +1,4 @@
-"""Similarity-Aware and Attention-Aware (S)MoE routing (methods.md §10; Nguyen, Tran, Nguyen, Baraniuk, "Improving
+"""Similarity-Aware and Attention-Aware (S)MoE routing (docs/methods/graph_routing.md; Nguyen, Tran, Nguyen, Baraniuk, "Improving
 Routing in Sparse Mixture of Experts with Graph of Tokens", arXiv 2505.00792, 2025). docs/methods/graph_routing.md.
 
 Einsum letters: B batch, L query positions, M key positions (j), E experts, D model width, R = d_s.

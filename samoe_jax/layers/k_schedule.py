@@ -1,4 +1,4 @@
-"""The active-k schedule of SMoE-Dropout (methods.md §6; Chen et al., ICLR 2023, `calculate_gate_number`).
+"""The active-k schedule of SMoE-Dropout (docs/methods/smoe_dropout.md; Chen et al., ICLR 2023, `calculate_gate_number`).
 
 The number of experts each token uses, k(s), changes with the training step s. The MoE layers are built with
 their static maximum k_max = moe.top_k (dispatch buffers, slots); the train step passes the traced k(s) as

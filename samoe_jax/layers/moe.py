@@ -2,7 +2,7 @@
 
 Einsum letters: B batch, L length, G groups, S tokens per group, D width, E experts, P pool entries.
 
-One layer of a standard MoE (GShard/Switch, methods.md §1), a SaMoE layer (§2) and a fully tied layer are the
+One layer of a standard MoE (GShard/Switch, docs/methods/routing.md), a SaMoE layer (§2) and a fully tied layer are the
 same module: it receives its effective experts, which the decoder mixed from the global pool (experts.py).
 Dropped tokens get a zero output, so only the block's residual carries them.
 """
@@ -109,7 +109,7 @@ class MoeFFN(nn.Module):
   priority: str = 'position'  # slot priority, see routing.py ('choice' is fairseq's, not causal)
   dtype: jnp.dtype = jnp.float32
   eval_group_size: int = 0  # positions per evaluation-routing run (0: group_size)
-  # Routing policies (methods.md §1, §6; layers/routing_policy.py, docs/methods/routing.md); defaults = top-k.
+  # Routing policies (docs/methods/routing.md, §6; layers/routing_policy.py, docs/methods/routing.md); defaults = top-k.
   routing_kind: str = 'token_choice'   # 'token_choice' | 'expert_choice' (not causal) | 'hash' (needs tokens_BL)
   gate: str = 'softmax'                # 'softmax' | 'topk_softmax' | 'uniform'
   gate_renorm: str = 'auto'            # 'auto' | 'none' | 'before_drop' | 'after_drop'

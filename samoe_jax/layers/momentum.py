@@ -1,7 +1,7 @@
 """MomentumSMoE and AdamSMoE: a momentum state threaded across the MoE layers of one forward pass.
 
 Teo & Nguyen, "MomentumSMoE: Integrating Momentum into Sparse Mixture of Experts", NeurIPS 2024, arXiv 2410.14574
-(methods.md §7; docs/methods/momentum.md). Einsum letters: B batch, L length, D width.
+(docs/methods/momentum.md; docs/methods/momentum.md). Einsum letters: B batch, L length, D width.
 
 A stack of residual MoE updates x_{l+1} = x_l + f_l(x_l) reads as gradient descent with the MoE output as the
 (negative) gradient; the paper replaces it by heavy-ball momentum or Adam carried from one MoE layer to the next.
@@ -93,13 +93,13 @@ class MomentumState(NamedTuple):
 
 # -------------------------------------------------------------------------------------------- pure updates
 def heavy_ball_update(p_BLD: jax.Array, f_BLD: jax.Array, mu: float, gamma: float) -> jax.Array:
-  """p_l = mu p_{l-1} + gamma f_l (methods.md §7.1)."""
+  """p_l = mu p_{l-1} + gamma f_l (docs/methods/momentum.md)."""
   return mu * p_BLD + gamma * f_BLD
 
 
 def adam_moments(m_BLD: jax.Array, v_BLD: jax.Array, f_BLD: jax.Array, beta1: float,
                  beta2: float) -> tuple[jax.Array, jax.Array]:
-  """m_l = b1 m_{l-1} + (1 - b1) f_l,  v_l = b2 v_{l-1} + (1 - b2) f_l^2 (methods.md §7.2; no bias correction)."""
+  """m_l = b1 m_{l-1} + (1 - b1) f_l,  v_l = b2 v_{l-1} + (1 - b2) f_l^2 (docs/methods/momentum.md; no bias correction)."""
   return beta1 * m_BLD + (1.0 - beta1) * f_BLD, beta2 * v_BLD + (1.0 - beta2) * jnp.square(f_BLD)
 
 

@@ -1,4 +1,4 @@
-"""Expert pools of several expert counts (Pyramid-MoE, methods.md §3.2; groups from config/pyramid.py).
+"""Expert pools of several expert counts (Pyramid-MoE, docs/methods/pr_moe.md; groups from config/pyramid.py).
 
 Einsum letters: L MoE layers, P pool entries, E experts.
 

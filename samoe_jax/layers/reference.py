@@ -37,7 +37,7 @@ def reference_expert(x_TD: jax.Array, w: ExpertWeights, e: int) -> jax.Array:
 def reference_moe(x_TD: jax.Array, router_DE: jax.Array, experts: ExpertWeights, top_k: int) -> jax.Array:
   """Top-k MoE without capacity: y_t = sum_{e in topk(p_t)} g_{t,e} u_e(x_t). x_TD: [T, D] -> [T, D].
 
-  Gates: top-1 keeps p[e1]; k >= 2 renormalises over the chosen experts (methods.md §1.1).
+  Gates: top-1 keeps p[e1]; k >= 2 renormalises over the chosen experts (docs/methods/routing.md).
   """
   probs_TE = jax.nn.softmax(x_TD.astype(jnp.float32) @ router_DE, axis=-1)
   top_p_TK, top_e_TK = jax.lax.top_k(probs_TE, top_k)

@@ -1,4 +1,4 @@
-"""Residual-MoE (methods.md §3.2, DeepSpeed-MoE, Rajbhandari et al. 2022): every token passes through one fixed
+"""Residual-MoE (docs/methods/pr_moe.md, DeepSpeed-MoE, Rajbhandari et al. 2022): every token passes through one fixed
 dense MLP and the routed (top-1) experts, and the two outputs are combined.
 
 Einsum letters: B batch, L length, D width, C the two combine coefficients.

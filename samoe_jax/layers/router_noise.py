@@ -1,4 +1,4 @@
-"""Training-time router noise (moe.noise, methods.md §1.3), applied only when training.
+"""Training-time router noise (moe.noise, docs/methods/routing.md), applied only when training.
 
   'none'      nothing.
   'jitter'    DeepSpeed noisy_gate_policy='Jitter': the router INPUT is multiplied elementwise by

@@ -3,7 +3,7 @@
 Einsum letters: G routing groups, S tokens per group, E experts, K choices per token, C capacity (slots per
 expert per group). Full description with formulas and sources: docs/methods/routing.md.
 
-Routing of one group (methods.md §1.1):
+Routing of one group (docs/methods/routing.md):
   p = softmax(router logits) (or probs_GSE given by the caller)   # float32 ("selective precision", Switch)
   e_1 = argmax p, e_2 = argmax of the rest, ...                   # top-k without replacement
     second_policy 'sampling': e_2.. = argmax over the remaining experts of h + Gumbel noise (GShard/fairseq)

@@ -1,4 +1,4 @@
-"""RoutingPolicy: the routing options of the moe config section (methods.md §1, §6; docs/methods/routing.md), as
+"""RoutingPolicy: the routing options of the moe config section (docs/methods/routing.md, §6; docs/methods/routing.md), as
 one frozen value that ModelSpec carries and make_moe_ffn passes to every MoeFFN.
 
   moe.routing          'token_choice' (default) | 'expert_choice' (Zhou et al. 2022; not causal) | 'hash' (Roller

@@ -1,4 +1,4 @@
-"""Cross-layer sharing beyond the expert pool (WideNet, methods.md §4) and the SaMoE mixing-entropy regulariser (§2.1).
+"""Cross-layer sharing beyond the expert pool (WideNet, docs/methods/sharing.md) and the SaMoE mixing-entropy regulariser (§2.1).
 
 Einsum letters: G groups, S tokens per group, D width, E experts, H heads, K head width, L_moe MoE layers, P pool
 entries.

@@ -3,7 +3,7 @@
 Batches are seqio decoder features: 'decoder_input_tokens' int32 [B, L] (targets shifted right, 0 first),
 'decoder_target_tokens' int32 [B, L], 'decoder_loss_weights' float32 [B, L] (0 on padding).
 
-Total loss = cross-entropy + lb_loss_coef * sum_l L_bal(l) + z_loss_coef * sum_l L_z(l) (methods.md §1.2); the
+Total loss = cross-entropy + lb_loss_coef * sum_l L_bal(l) + z_loss_coef * sum_l L_z(l) (docs/methods/routing.md); the
 cross-entropy is reported on its own so perplexity curves are never polluted by the auxiliary losses.
 """
 

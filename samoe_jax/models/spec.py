@@ -58,19 +58,19 @@ class ModelSpec:
   share_router: bool = False           # pool.share_router: one router [D, E] for every MoE layer
   share_attention: bool = False        # model.share_attention: one set of attention weights for every block
   entropy_coef: float = 0.0            # pool.entropy_coef: coef * mean H(softmax(alpha / tau)) added to the loss
-  # PR-MoE (methods.md §3.2; config/pyramid.py, layers/residual_moe.py, docs/methods/pr_moe.md)
+  # PR-MoE (docs/methods/pr_moe.md; config/pyramid.py, layers/residual_moe.py, docs/methods/pr_moe.md)
   expert_groups: tuple[ExpertGroup, ...] = ()   # moe.experts_per_layer: MoE layers grouped by expert count
   residual: str = 'none'               # moe.residual: 'none' | 'sum' | 'learned_softmax' (Residual-MoE)
   # Merged / pruned experts (config/expert_map.py, docs/compression.md): per MoE layer, router output -> stored
   # expert; () = identity
   expert_maps: tuple[tuple[int, ...], ...] = ()
-  # Routing policies (methods.md §1, §6; layers/routing_policy.py, docs/methods/routing.md)
+  # Routing policies (docs/methods/routing.md, §6; layers/routing_policy.py, docs/methods/routing.md)
   routing_policy: RoutingPolicy = RoutingPolicy()
-  # SMoE-Dropout (methods.md §6; layers/k_schedule.py, docs/methods/smoe_dropout.md): k and gate of the evaluation
+  # SMoE-Dropout (docs/methods/smoe_dropout.md; layers/k_schedule.py, docs/methods/smoe_dropout.md): k and gate of the evaluation
   # forward passes (train=False: validation, scoring, decoding); 0 / '' = top_k / routing_policy.gate
   eval_top_k: int = 0
   eval_gate: str = ''
-  # Similarity- / Attention-Aware (S)MoE (methods.md §10; layers/graph_routing.py, docs/methods/graph_routing.md)
+  # Similarity- / Attention-Aware (S)MoE (docs/methods/graph_routing.md; layers/graph_routing.py, docs/methods/graph_routing.md)
   graph: GraphConfig = GraphConfig()
 
   @property

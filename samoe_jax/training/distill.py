@@ -1,4 +1,4 @@
-"""Knowledge distillation with staged KD (Mixture-of-Students, methods.md §3.5; DeepSpeed-MoE, Eq. 1).
+"""Knowledge distillation with staged KD (Mixture-of-Students, docs/methods/distillation.md; DeepSpeed-MoE, Eq. 1).
 
 Einsum letters: B batch, L length, T tokens (B*L flattened), D width, V vocabulary, C rows of one chunk.
 

@@ -4,7 +4,7 @@ Modes (init.mode), applied only when the run has no checkpoint of its own (a res
 
   'same'           every parameter copied from the same path of the source; shapes must match and the two
                    parameter trees must have the same paths.
-  'bottom_layers'  a student of reduced depth L' <= L (Mixture-of-Students, methods.md §3.5: 24 -> 21 layers;
+  'bottom_layers'  a student of reduced depth L' <= L (Mixture-of-Students, docs/methods/distillation.md: 24 -> 21 layers;
                    DeepSpeed's layer reduction keeps the bottom layers): block i <- source block i for i < L';
                    embeddings, positions and final norm copied; routers of the kept MoE blocks copied (same path).
                    The kept MoE blocks must be exactly the source's MoE blocks among 0..L'-1, so the student's MoE
