@@ -220,6 +220,9 @@ def _main(argv: list[str]) -> None:
   if FLAGS.out and os.path.isfile(FLAGS.out):
     raise ValueError(f'--out={FLAGS.out!r} is a file')
   config = runs.run_config_checked(FLAGS.workdir, FLAGS.step)
+  if FLAGS.split and FLAGS.split != config.data.eval_split:
+    raise ValueError(f'--split={FLAGS.split!r}: the run validates on data.eval_split={config.data.eval_split!r}; '
+                     'give that split (or --task=TASK for task data)')
   if FLAGS.task:
     _check_task(config)
   source = runs.load_source(FLAGS.workdir, FLAGS.step)
