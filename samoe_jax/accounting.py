@@ -40,6 +40,15 @@ FLOP conventions (per token, forward; one multiply-add = 2 FLOPs; MaxText-style 
   (learned metric) and theta [1] (learned lambda) per MoE layer count as routers; per token and MoE layer the
   mixing S @ p costs 2 L E and similarity's z z^T 2 L d (+ x W_s: 2 D d_s) FLOPs ('graph_routing'; full L x L,
   like the attention scores before halving; the attention matrix itself is the block's).
+  Low-rank plus sparse experts (low_rank_sparse.rank = R > 0, layers/low_rank_experts.py, docs/compression.md):
+  each expert matrix [M, N] is stored as U [M, R], V [R, N] and a dense array S [M, N] whose pruned entries are
+  zeros, so the stored arrays hold 2 R (D + F') more parameters per expert than a dense expert ('expert_pool',
+  as param_summary counts them), while U, V, the biases and the (1 - low_rank_sparse.sparsity) kept entries of S
+  are what a sparse format stores ('expert_pool_compressed', 'total_compressed'; the measured fraction after
+  fine-tuning is reported by the compress tool). The forward pass rebuilds W = U V + S once per step
+  ('low_rank_rebuild_per_step', 2 * 2 R D F' per stored expert) and runs the dense experts, so 'forward' counts
+  dense experts; 'moe_experts_low_rank_sparse' is what a low-rank + sparse kernel would execute per token
+  (2 * 2 (R (D + F') + density D F') per routed expert).
 """
 
 from __future__ import annotations
@@ -87,6 +96,9 @@ class Sizes:
   hash_routing: bool = False
   # Merged / pruned experts (config/expert_map.py): each MoE layer's router outputs (E_l without a map)
   router_outputs: tuple[int, ...] = ()
+  # Low-rank plus sparse experts (layers/low_rank_experts.py): rank R (0 = dense) and the final fraction of S pruned
+  expert_rank: int = 0
+  sparsity: float = 0.0
 
   @property
   def layer_experts(self) -> int:
@@ -122,7 +134,9 @@ def resolve(config: ml_collections.ConfigDict) -> Sizes:
                share_attention=bool(m.get('share_attention', False)),
                groups=tuple(pyramid.groups_of_config(config)), residual=moe.get('residual', 'none'),
                router_bias=bool(moe.get('router_bias', False)), hash_routing=moe.get('routing') == 'hash',
-               router_outputs=_router_outputs(config))
+               router_outputs=_router_outputs(config),
+               expert_rank=int(config.get('low_rank_sparse', {}).get('rank', 0)) if moe_layer_indices(m) else 0,
+               sparsity=float(config.get('low_rank_sparse', {}).get('sparsity', 0.0)))
 
 
 def _router_outputs(config: ml_collections.ConfigDict) -> tuple[int, ...]:
@@ -148,6 +162,19 @@ def ffn_params(d: int, f: int) -> int:
   return 2 * d * f + f + d
 
 
+def low_rank_extra_params(s: Sizes) -> int:
+  """U and V of both expert matrices, per expert: 2 R (D + F') (0 for dense experts)."""
+  return 2 * s.expert_rank * (s.d_model + s.expert_d_ff)
+
+
+def compressed_expert_params(s: Sizes) -> float:
+  """One expert as a sparse format stores it: U, V, biases and the kept (1 - sparsity) entries of both S."""
+  d, f = s.d_model, s.expert_d_ff
+  if not s.expert_rank:
+    return ffn_params(d, f)
+  return low_rank_extra_params(s) + (1.0 - s.sparsity) * 2 * d * f + f + d
+
+
 def embedding_params(s: Sizes) -> int:
   """Token table [V, D] (+ an output projection [D, V] when untied) and positions [max_len, D]."""
   return s.vocab * s.d_model * (1 if s.tied else 2) + s.max_len * s.d_model
@@ -162,7 +189,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
   embedding = embedding_params(s)
   non_expert = (embedding + layer_norm_params(d) + attention + s.num_layers * 2 * layer_norm_params(d)
                 + s.num_dense * ffn_params(d, s.d_ff))
-  per_expert = ffn_params(d, s.expert_d_ff) if s.num_moe else 0
+  per_expert = ffn_params(d, s.expert_d_ff) + low_rank_extra_params(s) if s.num_moe else 0
   expert_pool = s.stored_experts * per_expert   # Pyramid-MoE: sum_g P_g E_g experts
   router_in = d + (1 if s.router_bias else 0)   # moe.router_bias adds b [E] to each router
   routers = min(s.num_moe, 1) * d * s.num_experts if s.share_router else router_in * sum(s.router_outputs)
@@ -185,6 +212,8 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
       'routers': routers, 'materialized': materialized, 'active_per_token': active,
       'active_non_embedding': active - embedding, 'embedding': embedding, 'params_per_expert': per_expert,
       'num_moe_layers': s.num_moe, 'reduction_factor': materialized / total, 'residual_moe': residual,
+      'expert_pool_compressed': s.stored_experts * compressed_expert_params(s) if s.num_moe else 0,
+      'total_compressed': total - expert_pool + (s.stored_experts * compressed_expert_params(s) if s.num_moe else 0),
   }
 
 
@@ -217,7 +246,12 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
   forward = attention_proj + attention_scores + dense_ffn + moe_experts + router + residual + graph + logits
   mixing_step = mixing_flops_per_step(config)
   mixing_token = mixing_step / (s.batch_size * s.seq_len)
-  return {
+  low_rank = {}
+  if s.expert_rank and s.num_moe:   # layers/low_rank_experts.py (module docstring)
+    factored = 2 * 2 * (s.expert_rank * (d + s.expert_d_ff) + (1.0 - s.sparsity) * d * s.expert_d_ff)
+    low_rank = {'moe_experts_low_rank_sparse': s.num_moe * s.top_k * factored,
+                'low_rank_rebuild_per_step': s.stored_experts * 2 * 2 * s.expert_rank * d * s.expert_d_ff}
+  return {**low_rank,
       'forward': forward, 'train': 3 * forward, 'attention_proj': attention_proj,
       'attention_scores': attention_scores, 'dense_ffn': dense_ffn, 'moe_experts': moe_experts, 'router': router,
       'logits': logits, 'residual_moe': residual, 'graph_routing': graph,

@@ -177,6 +177,25 @@ def test_uncurl_command_writes_a_report(trained):
   assert (out / 'r2_prune_map' / 'compressed' / 'compression.json').exists()
 
 
+def test_mcsmoe_compress_command_writes_merged_and_low_rank_runs(trained):
+  out = trained / 'mcsmoe_lr'
+  common = ['-m', 'samoe_jax.compress', 'mcsmoe', f'--workdir={trained / "source"}', '--task=piqa',
+            f'--eval_data_dir={FIXTURES}', '--groups=2', '--batch_size=4', '--eval_limit=8', f'--out={out}']
+  result = _python(*common, '--compress', '--rank=8', '--sparsity=0')
+  assert result.returncode == 0, result.stderr[-3000:]
+  report = json.loads((out / 'results.json').read_text())
+  base, merged, compressed = report['rows']
+  assert compressed['name'] == 'merged_g2_map_rank8_sparsity0' and compressed['sparse_density'] > 0.99
+  # no pruning: U V + S is the merged model's function, so its score
+  assert compressed['scores'] == merged['scores'] and base['experts_per_layer'] == [4]
+  d, f, e = 32, 64, 2   # U, V and a dense S for 2 merged experts: more stored than merged, as accounting says
+  assert compressed['expert_params'] == round(merged['expert_params'] + e * 2 * 8 * (d + f)
+                                              - (1 - compressed['sparse_density']) * e * 2 * d * f)
+  record = json.loads((out / compressed['name'] / 'compressed' / 'compression.json').read_text())
+  assert (record['method'], record['rank'], record['sparsity']) == ('low_rank_sparse', 8, 0.0)
+  assert 'merged + low-rank (rank 8)' in report['conclusions'][-1]
+
+
 def test_next_line_task_is_readable_as_piqa_and_never_overwritten(tmp_path):
   from samoe_jax.data import continuation_task
   counts = continuation_task.write_task(str(tmp_path), corpus='shakespeare_tiny', train=20, validation=5,

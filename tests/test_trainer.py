@@ -60,22 +60,6 @@ class _Records(logging.Handler):
 
 
 @pytest.fixture(scope='module')
-def compilation_cache(tmp_path_factory):
-  """A persistent compilation cache for this module: the later runs load the first run's executables."""
-  from jax._src import compilation_cache as cc  # pylint: disable=g-import-not-at-top
-  options = {'jax_compilation_cache_dir': str(tmp_path_factory.mktemp('jax_cache')),
-             'jax_persistent_cache_min_compile_time_secs': 0.0, 'jax_persistent_cache_min_entry_size_bytes': 0}
-  saved = {k: getattr(jax.config, k) for k in options}
-  for key, value in options.items():
-    jax.config.update(key, value)
-  cc.reset_cache()
-  yield
-  for key, value in saved.items():
-    jax.config.update(key, value)
-  cc.reset_cache()
-
-
-@pytest.fixture(scope='module')
 def runs(tmp_path_factory, compilation_cache):  # pylint: disable=redefined-outer-name,unused-argument
   base = tmp_path_factory.mktemp('trainer')
   full, part = str(base / 'full'), str(base / 'part')

@@ -5,7 +5,7 @@
           [--reduce=merge|prune|both] [--router=map|sum|both] [--finetune_steps=N] [--tolerance=0.01]
           [--scratch=RUN_E4,...]
   mcsmoe  --workdir=RUN --task=piqa --eval_data_dir=DIR --groups=N --out=DIR [--router=map|sum]
-          [--finetune_steps=N --distill]
+          [--finetune_steps=N --distill] [--compress --rank=R --sparsity=0.9]
 
 Every check (a dense or already compressed run, no checkpoint, a task without a training split, a factor that
 does not divide E, missing data files) runs before any work. Rerunning a command on the same --out reuses the
@@ -175,28 +175,59 @@ def _uncurl(source: Any) -> None:
   write_report(out, 'UNCURL task-specific expert reduction', rows, _meta(compress_from, 'uncurl'), sentences)
 
 
+def _check_compress_flags(source: Any) -> None:
+  """--compress --rank --sparsity (MC-SMoE's low-rank + sparse stage) checked before any work."""
+  from samoe_jax.compress import low_rank  # pylint: disable=g-import-not-at-top
+  if not FLAGS.compress:
+    given = [f'--{k}' for k in ('rank', 'sparsity') if FLAGS[k].present]
+    if given:
+      raise ValueError(f'{" and ".join(given)} only apply with --compress (low-rank + sparse experts)')
+    return
+  low_rank.check_low_rank(source.config, source.workdir, FLAGS.rank, FLAGS.sparsity, FLAGS.finetune_steps)
+
+
 def _mcsmoe(source: Any) -> None:
-  from samoe_jax.compress import methods  # pylint: disable=g-import-not-at-top
+  from samoe_jax.compress import low_rank, methods  # pylint: disable=g-import-not-at-top
   from samoe_jax.compress.sweep import model_row, score, write_report  # pylint: disable=g-import-not-at-top
   methods.check_router(FLAGS.router)
   smallest = min(l.num_experts for l in source.layers)
   if not 1 <= FLAGS.groups <= smallest:
     raise ValueError(f'--groups={FLAGS.groups} must be in [1, {smallest}] (the fewest experts of a MoE layer of '
                      f'{source.workdir})')
+  _check_compress_flags(source)
   out, metric = FLAGS.out, FLAGS.metric
   base_dir, compress_from, layer_stats, base_row = _prepare(source, out)
   layers = methods.mcsmoe_layers(compress_from, layer_stats, FLAGS.groups, FLAGS.router)
   name = f'merged_g{FLAGS.groups}_{FLAGS.router}'
   run_dir = _compressed_run(compress_from, layers, os.path.join(out, name, 'compressed'),
                             {'method': 'mcsmoe', 'groups': FLAGS.groups, 'router': FLAGS.router})
-  scores = score(run_dir, _scored_dir(out, name), _settings(distill=FLAGS.distill), teacher=base_dir)
-  rows = [base_row, model_row(name, run_dir, scores, metric, series='MC-SMoE merged')]
+  settings = _settings(distill=FLAGS.distill)
+  scores = score(run_dir, _scored_dir(out, name), settings, teacher=base_dir)
+  rows = [base_row, model_row(name, run_dir, scores, metric, series='MC-SMoE')]
   counts = [e.num_experts for e in layers.experts]
   sentences = [f'group counts per MoE layer (global, adaptive; average {FLAGS.groups}): {counts}',
-               f'{metric} {rows[1]["score"]:.4f} vs {rows[0]["score"]:.4f} uncompressed '
+               f'merged: {metric} {rows[1]["score"]:.4f} vs {rows[0]["score"]:.4f} uncompressed '
                f'({rows[1]["score"] - rows[0]["score"]:+.4f}); expert memory '
                f'{rows[0]["expert_params"] / max(rows[1]["expert_params"], 1):.2f}x smaller']
-  write_report(out, 'MC-SMoE merging', rows, _meta(compress_from, 'mcsmoe'), sentences)
+  if FLAGS.compress:   # stage C: the merged (fine-tuned) model as U V + S, S pruned while fine-tuning again
+    merged_final = _scored_dir(out, name) if FLAGS.finetune_steps > 0 else run_dir
+    lr_name = f'{name}_rank{FLAGS.rank}_sparsity{FLAGS.sparsity:g}'
+    lr_dir = low_rank.write_low_rank_run(merged_final, os.path.join(out, lr_name, 'compressed'), FLAGS.rank,
+                                         FLAGS.sparsity)
+    lr_scored = _scored_dir(out, lr_name)
+    lr_scores = score(lr_dir, lr_scored, settings, teacher=base_dir)
+    row = model_row(lr_name, lr_dir, lr_scores, metric, series='MC-SMoE',
+                    final_dir=lr_scored if FLAGS.finetune_steps > 0 else lr_dir)
+    rows.append(row)
+    sentences.append(
+        f'merged + low-rank (rank {FLAGS.rank}) + sparse (target sparsity {FLAGS.sparsity:g}, measured '
+        f'{1 - row["sparse_density"]:.4f}): {metric} {row["score"]:.4f} ({row["score"] - rows[0]["score"]:+.4f}); '
+        f'expert memory {rows[0]["expert_params"] / max(row["expert_params"], 1):.2f}x smaller (U, V, biases and '
+        f'the nonzeros of S counted from the final checkpoint); forward FLOPs/token '
+        f'{row["forward_flops_per_token"]:,.0f} as executed (dense W rebuilt from U V + S), '
+        f'{row["forward_flops_low_rank_sparse"]:,.0f} with a low-rank + sparse kernel')
+  write_report(out, 'MC-SMoE merging' + (' and low-rank + sparse compression' if FLAGS.compress else ''), rows,
+               _meta(compress_from, 'mcsmoe'), sentences)
 
 
 def _meta(source: Any, method: str) -> dict[str, Any]:
@@ -243,6 +274,10 @@ def main() -> None:
   flags.DEFINE_string('reduce', 'both', 'uncurl: merge, prune or both (compress/merge.py).')
   flags.DEFINE_string('router', 'map', "Router after reduction: map, sum (uncurl also 'both').")
   flags.DEFINE_integer('groups', 2, 'mcsmoe: average number of groups (merged experts) per MoE layer.')
+  flags.DEFINE_bool('compress', False, 'mcsmoe: then store the merged experts as low-rank U V + sparse S and prune S '
+                    'during fine-tuning (MC-SMoE stage C, LoSparse).')
+  flags.DEFINE_integer('rank', 0, 'mcsmoe --compress: rank of U V (1 .. min(d_model, expert width)).')
+  flags.DEFINE_float('sparsity', 0.9, 'mcsmoe --compress: final fraction of S pruned (MC-SMoE: 0.9, 10 %% kept).')
   flags.DEFINE_integer('finetune_steps', 0, 'Fine-tuning steps of every model before it is scored; 0 = none.')
   flags.DEFINE_float('learning_rate', 1e-4, 'Fine-tuning learning rate.')
   flags.DEFINE_integer('batch_size', 0, 'Fine-tuning / evaluation batch size; 0 = the run\'s.')

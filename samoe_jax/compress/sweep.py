@@ -100,8 +100,11 @@ def evaluate_latest(run_dir: str, settings: FinetuneSettings, out_dir: str) -> d
   return scores[settings.task]
 
 
-def model_row(name: str, run_dir: str, scores: dict[str, float], metric: str, **extra: Any) -> dict[str, Any]:
-  """One model of the comparison: sizes from its param_summary.json and config, its score."""
+def model_row(name: str, run_dir: str, scores: dict[str, float], metric: str, final_dir: str = '',
+              **extra: Any) -> dict[str, Any]:
+  """One model of the comparison: sizes from its param_summary.json and config, its score. Low-rank + sparse
+  experts (low_rank_sparse.rank > 0) are measured from `final_dir`'s latest checkpoint instead: U, V, biases and
+  the nonzero entries of S (what a sparse format stores), with the measured density of S."""
   from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
   from samoe_jax.config import pyramid  # pylint: disable=g-import-not-at-top
   with open(os.path.join(run_dir, 'param_summary.json')) as f:
@@ -109,12 +112,44 @@ def model_row(name: str, run_dir: str, scores: dict[str, float], metric: str, **
   config = run_config(run_dir)
   if metric not in scores:
     raise ValueError(f'--metric={metric!r} is not a metric of task scores {sorted(scores)}')
-  return dict(name=name, workdir=run_dir, stored_params=int(summary['total']),
-              expert_params=int(summary['expert_pool']),
-              expert_memory_mib=summary['expert_pool'] * BYTES_PER_PARAM / 2**20,
+  flops = accounting.flops_per_token(config)
+  expert_params, stored = int(summary['expert_pool']), int(summary['total'])
+  if config.low_rank_sparse.rank:
+    measured = stored_expert_entries(final_dir or run_dir)
+    stored += measured['stored'] - expert_params
+    expert_params = measured['stored']
+    extra = dict(extra, sparse_density=measured['density'],
+                 forward_flops_low_rank_sparse=float(flops['forward'] - flops['moe_experts']
+                                                     + flops['moe_experts_low_rank_sparse']))
+  return dict(name=name, workdir=run_dir, stored_params=stored, expert_params=expert_params,
+              expert_memory_mib=expert_params * BYTES_PER_PARAM / 2**20,
               experts_per_layer=list(pyramid.stored_counts(config)),
-              forward_flops_per_token=float(accounting.flops_per_token(config)['forward']),
-              metric=metric, score=float(scores[metric]), scores=scores, **extra)
+              forward_flops_per_token=float(flops['forward']), metric=metric, score=float(scores[metric]),
+              scores=scores, **extra)
+
+
+def stored_expert_entries(workdir: str) -> dict[str, float]:
+  """The expert pools of `workdir`'s latest checkpoint as a sparse format stores them: every entry of U, V and the
+  biases, the nonzeros of S ('stored'), and the fraction of S's entries that are nonzero ('density')."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
+  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
+  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
+  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
+  from samoe_jax.training.sparse_pruning import is_sparse_path, sparse_density  # pylint: disable=g-import-not-at-top
+  config = run_config(workdir)
+  model = LanguageModel(config)
+  params = checkpoints.restore_params(model, Partitioner(make_mesh(config.mesh)), workdir,
+                                      max(checkpoints.available_steps(workdir)))
+  pools = {g.pool_name: params[g.pool_name] for g in model.spec.groups}
+  density = sparse_density(pools)
+  stored = 0
+  for pool in pools.values():
+    for key, value in pool.items():
+      sparse = is_sparse_path((jax.tree_util.DictKey(key),))
+      stored += int(np.count_nonzero(np.asarray(value))) if sparse else int(np.size(value))
+  return {'stored': stored, 'density': float(density if density is not None else 1.0)}
 
 
 def threshold_factor(rows: list[dict[str, Any]], baseline: float, tolerance: float) -> int | None:

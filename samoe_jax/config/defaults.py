@@ -225,6 +225,17 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.init.step = 0                    # source checkpoint step; 0 = latest
   c.init.mode = 'same'               # 'same' | 'bottom_layers' (reduced-depth student) | 'upcycle' (dense -> MoE)
   c.init.noise_std = 0.0             # upcycle: Gaussian noise added to every expert copy
+
+  # Low-rank plus sparse experts W = U V + S and the progressive pruning of S during fine-tuning (MC-SMoE's
+  # compression stage, LoSparse; layers/low_rank_experts.py, training/sparse_pruning.py, docs/compression.md).
+  c.low_rank_sparse = ml_collections.ConfigDict()
+  c.low_rank_sparse.rank = 0                # R of U V; 0 = dense experts (off)
+  c.low_rank_sparse.sparsity = 0.0          # final fraction of S's entries pruned (MC-SMoE: 0.9); 0 = no pruning
+  c.low_rank_sparse.initial_warmup = 0.1    # fraction of train.steps before pruning starts
+  c.low_rank_sparse.final_warmup = 0.3      # fraction of train.steps at the end held at the final sparsity
+  c.low_rank_sparse.beta1 = 0.85            # EMA of the importance |S * dL/dS| (PLATON)
+  c.low_rank_sparse.beta2 = 0.95            # EMA of its uncertainty (PLATON)
+  c.low_rank_sparse.mask_every = 10         # updates between pruning steps in the cubic phase (LoSparse's deltaT)
   return c
 
 

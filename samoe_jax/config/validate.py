@@ -22,6 +22,7 @@ from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
 from samoe_jax.layers.routing import SLOT_PRIORITIES
 from samoe_jax.layers.routing_policy import check_routing_config
 from samoe_jax.layers.graph_routing import check_graph_config
+from samoe_jax.training import sparse_pruning
 
 DTYPES = ('float32', 'bfloat16')
 DISPATCH = ('gather', 'einsum')
@@ -472,6 +473,8 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     _check_eval(config, e)
   _check_mesh(config, num_moe, group_tokens, e)
   _check_distill_init(config, num_moe, e)
+  expert_ff = config.moe.get('expert_d_ff', 0) or config.model.d_ff
+  e.lines += sparse_pruning.config_problems(config, num_moe, config.model.d_model, expert_ff)
   return e.lines
 
 

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec
 
-from samoe_jax.layers.experts import ExpertWeights
+from samoe_jax.layers.experts import expert_weight_axes
 from samoe_jax.models.buckets import check_buckets, pick_bucket
 from samoe_jax.models.losses import num_chunks
 from samoe_jax.models.model import LanguageModel
@@ -113,11 +113,9 @@ def experts_logical_axes(model: LanguageModel) -> dict[int, LayerExperts]:
   spec = model.spec
   if not spec.moe_layers:
     return {}
-  pool = model.param_logical_axes()['expert_pool']
   if spec.space == 'output' and spec.mixing == 'learned':
-    return {b: LayerExperts(ExpertWeights(**pool), PartitionSpec()) for b in spec.moe_layers}
-  layer = ExpertWeights(**{k: PartitionSpec(*v[1:]) for k, v in pool.items()})
-  return {b: LayerExperts(layer) for b in spec.moe_layers}
+    return {b: LayerExperts(expert_weight_axes(('pool',)), PartitionSpec()) for b in spec.moe_layers}
+  return {b: LayerExperts(expert_weight_axes()) for b in spec.moe_layers}
 
 
 class LoglikelihoodScorer:

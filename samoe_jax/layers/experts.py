@@ -43,6 +43,15 @@ class ExpertWeights:
 jax.tree_util.register_dataclass(ExpertWeights, data_fields=['w_in', 'b_in', 'w_out', 'b_out'],
                                  meta_fields=[])
 
+# Logical axes of one set of experts (leading E), whatever parameters a pool stores them as
+EXPERT_AXES = {'w_in': ('expert', 'embed', 'expert_mlp'), 'b_in': ('expert', 'expert_mlp'),
+               'w_out': ('expert', 'expert_mlp', 'embed'), 'b_out': ('expert', 'embed')}
+
+
+def expert_weight_axes(leading: tuple[str | None, ...] = ()) -> ExpertWeights:
+  """ExpertWeights of logical PartitionSpecs: EXPERT_AXES after the `leading` axes (e.g. ('pool',))."""
+  return ExpertWeights(**{k: jax.sharding.PartitionSpec(*leading, *v) for k, v in EXPERT_AXES.items()})
+
 
 class ExpertPool(nn.Module):
   """The global expert pool: P x E expert FFNs stored once. Returns ExpertWeights with leading axes [P, E]."""

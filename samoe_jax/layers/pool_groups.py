@@ -18,16 +18,27 @@ import numpy as np
 
 from samoe_jax.config.pyramid import ExpertGroup
 from samoe_jax.layers.experts import ExpertPool, ExpertWeights, MixingLogits, mix_all_layers
+from samoe_jax.layers.low_rank_experts import LowRankSparsePool
 
 
-def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool, MixingLogits | None]:
-  """A group's pool and (learned mixing) mixing logits, unnamed (the caller assigns them in setup)."""
-  pool = ExpertPool(group.pool_size, group.num_experts, spec.d_model, spec.expert_d_ff, spec.init_std,
-                    spec.out_init_std)
+def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool | LowRankSparsePool, MixingLogits | None]:
+  """A group's pool and (learned mixing) mixing logits, unnamed (the caller assigns them in setup). The pool stores
+  dense experts, or low-rank plus sparse ones when low_rank_sparse.rank > 0 (layers/low_rank_experts.py)."""
+  if spec.expert_rank:
+    pool = LowRankSparsePool(group.pool_size, group.num_experts, spec.d_model, spec.expert_d_ff, spec.expert_rank,
+                             spec.init_std, spec.out_init_std)
+  else:
+    pool = ExpertPool(group.pool_size, group.num_experts, spec.d_model, spec.expert_d_ff, spec.init_std,
+                      spec.out_init_std)
   if spec.mixing != 'learned':
     return pool, None
   return pool, MixingLogits(len(group.layers), group.pool_size, group.num_experts, spec.granularity,
                             spec.temperature, spec.mixing_init, group.entries, spec.one_hot_scale)
+
+
+def pool_weights(spec, group: ExpertGroup, pool_params: dict) -> ExpertWeights:
+  """A group's pool (leading [P_g, E_g]) from its stored parameters, through the group's own pool module."""
+  return group_modules(spec, group)[0].apply({'params': pool_params})
 
 
 def pad_stack(weights: Sequence[jax.Array]) -> jax.Array:

@@ -251,7 +251,7 @@ class LanguageModel:
     out = [None] * len(self.spec.moe_layers)
     for g in self.spec.groups:   # Pyramid-MoE: each group mixes its own pool (E_g experts per layer)
       w = jnp.stack([jnp.asarray(pool_groups.unpad(weights, g, i)) for i in range(len(g.layers))])
-      mixed = mix_all_layers(ExpertWeights(**params[g.pool_name]), w)
+      mixed = mix_all_layers(pool_groups.pool_weights(self.spec, g, params[g.pool_name]), w)
       for i, layer in enumerate(g.layers):
         out[layer] = mixed.entry(i)
     return out

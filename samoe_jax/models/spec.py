@@ -64,6 +64,9 @@ class ModelSpec:
   # Merged / pruned experts (config/expert_map.py, docs/compression.md): per MoE layer, router output -> stored
   # expert; () = identity
   expert_maps: tuple[tuple[int, ...], ...] = ()
+  # MC-SMoE / LoSparse compression (layers/low_rank_experts.py, docs/compression.md): experts stored as U V + S
+  # with U V of rank expert_rank; 0 = dense experts
+  expert_rank: int = 0
   # Routing policies (docs/methods/routing.md, §6; layers/routing_policy.py, docs/methods/routing.md)
   routing_policy: RoutingPolicy = RoutingPolicy()
   # SMoE-Dropout (docs/methods/smoe_dropout.md; layers/k_schedule.py, docs/methods/smoe_dropout.md): k and gate of the evaluation
@@ -117,6 +120,7 @@ class ModelSpec:
         entropy_coef=float(pool.get('entropy_coef', 0.0)) if moe_layers else 0.0,
         expert_groups=groups, residual=moe.get('residual', 'none') if moe_layers else 'none',
         expert_maps=parse_expert_map(moe.get('expert_map', ''), counts, moe.top_k) if moe_layers else (),
+        expert_rank=int(config.get('low_rank_sparse', {}).get('rank', 0)) if moe_layers else 0,
         routing_policy=RoutingPolicy.from_moe_section(moe),
         eval_top_k=int(moe.get('eval_top_k', 0)), eval_gate=moe.get('eval_gate', ''),
         graph=GraphConfig.from_moe_section(moe) if moe_layers else GraphConfig())

@@ -25,6 +25,7 @@ LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ('vocab', 'model'),
     ('expert', 'expert'),            # expert index of expert weights and expert-major activations
     ('expert_mlp', 'model'),         # hidden dimension of the expert FFN
+    ('expert_rank', None),           # rank R of low-rank experts U V (layers/low_rank_experts.py)
     ('pool', None),                  # SaMoE pool entries: replicated, so mixing needs no communication
     ('mixing', None),                # the pool axis of a layer's mixing logits (never weight-decayed)
     ('moe_layer', None),             # per-MoE-layer mixing logits

@@ -3,7 +3,7 @@
 Shardings come from the model's parameter logical axes; every optimizer-state leaf that mirrors a parameter
 (Adam's mu and nu) inherits that parameter's logical axes via `optax.tree_map_params`, so pool weights keep
 their 'expert' split in the optimizer state too (the t5x Adafactor pitfall). Other leaves (counts) are
-replicated.
+replicated, as are mirrored leaves whose rank differs from their parameter's (placeholders).
 """
 
 from __future__ import annotations
@@ -41,8 +41,11 @@ def abstract_state(model: Any, optimizer: optax.GradientTransformation) -> Train
 def state_logical_axes(optimizer: optax.GradientTransformation, abstract: TrainState,
                        param_axes: Any) -> TrainState:
   """TrainState of logical PartitionSpecs: params' axes, mirrored optimizer leaves inherit, the rest P()."""
+  # a mirrored leaf of another rank than its parameter (the pruner's scalar placeholders,
+  # training/sparse_pruning.py) is replicated
   opt_axes = optax.tree_map_params(
-      optimizer, lambda _, axes: axes, abstract.opt_state, param_axes,
+      optimizer, lambda leaf, axes: axes if len(leaf.shape) == len(axes) else PartitionSpec(),
+      abstract.opt_state, param_axes,
       transform_non_params=lambda _: PartitionSpec(),
       is_leaf=lambda x: isinstance(x, PartitionSpec))
   return TrainState(step=PartitionSpec(), params=param_axes, opt_state=opt_axes)
