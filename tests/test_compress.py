@@ -180,6 +180,16 @@ def test_expert_map_identity_is_the_plain_model_and_bad_maps_are_named(moe_sourc
     validate_config(moe_config(**{'moe.expert_map': '0,x'}))
 
 
+def test_scratch_baseline_config_has_e_over_r_experts_and_the_sources_recipe():
+  source = moe_config(**{'train.steps': 7, 'init.from_workdir': '/elsewhere'})
+  half, quarter = methods.scratch_config(source, 2), methods.scratch_config(source, 4)
+  assert (half.moe.num_experts, half.moe.top_k, half.train.steps, half.train.seed) == (2, 2, 7, source.train.seed)
+  assert (quarter.moe.num_experts, quarter.moe.top_k) == (1, 1)   # top_k capped at the one remaining expert
+  assert half.init.from_workdir == '' and source.moe.num_experts == 4   # the source config is not modified
+  validate_config(half)
+  validate_config(quarter)
+
+
 def test_bad_factors_and_runs_are_refused_before_any_work(moe_source):
   config, _, params = moe_source
   source = runs.source_from_params(config, params)

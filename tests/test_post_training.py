@@ -166,11 +166,14 @@ def test_uncurl_command_writes_a_report(trained):
   out = trained / 'uncurl'
   result = _python('-m', 'samoe_jax.compress', 'uncurl', f'--workdir={trained / "source"}', '--task=piqa',
                    f'--eval_data_dir={FIXTURES}', '--factors=2', '--reduce=prune', '--router=map',
-                   '--batch_size=4', f'--out={out}')
+                   '--batch_size=4', '--train_scratch', f'--out={out}')
   assert result.returncode == 0, result.stderr[-3000:]
   report = json.loads((out / 'results.json').read_text())
   names = [r['name'] for r in report['rows']]
-  assert names == ['uncompressed', 'r2_prune_map']
+  assert names == ['uncompressed', 'r2_prune_map', 'from scratch: r2']
+  scratch = report['rows'][2]   # E/2 experts trained from scratch with the source's recipe (3 steps)
+  assert scratch['experts_per_layer'] == [2] and scratch['expert_params'] == report['rows'][1]['expert_params']
+  assert json.loads((out / 'scratch_r2' / 'pretrained' / 'final_metrics.json').read_text())['step'] == 3
   assert report['rows'][1]['experts_per_layer'] == [2] and report['rows'][1]['expert_memory_reduction'] == 2.0
   assert 'threshold factor r* =' in report['conclusions'][0]
   assert (out / 'tradeoff.png').stat().st_size > 0 and (out / 'routing_stats' / 'usage.png').exists()

@@ -3,7 +3,7 @@
   stats   --workdir=RUN (--task=piqa --eval_data_dir=DIR | --split=validation) [--out=DIR]
   uncurl  --workdir=RUN --task=piqa --eval_data_dir=DIR --factors=2,4,8 --out=DIR
           [--reduce=merge|prune|both] [--router=map|sum|both] [--finetune_steps=N] [--tolerance=0.01]
-          [--scratch=RUN_E4,...]
+          [--scratch=RUN_E4,... | --train_scratch]
   mcsmoe  --workdir=RUN --task=piqa --eval_data_dir=DIR --groups=N --out=DIR [--router=map|sum]
           [--finetune_steps=N --distill] [--compress --rank=R --sparsity=0.9]
 
@@ -160,11 +160,18 @@ def _uncurl(source: Any) -> None:
                                   {'method': 'uncurl', 'factor': r, 'reduce': reduce, 'router': router})
         scores = score(run_dir, _scored_dir(out, name), settings, teacher=base_dir)
         rows.append(model_row(name, run_dir, scores, metric, factor=r, series=f'{reduce}, router {router}'))
-  for scratch in FLAGS.scratch or []:
-    scores = score(scratch, os.path.join(out, 'scratch_' + os.path.basename(os.path.normpath(scratch))),
-                   _settings(distill=False))
-    rows.append(model_row(f'from scratch: {os.path.basename(os.path.normpath(scratch))}', scratch, scores, metric,
-                          factor=None, series='trained from scratch'))
+  scratch_dirs = list(FLAGS.scratch or [])
+  if FLAGS.train_scratch:   # UNCURL's baseline: E/r experts trained from scratch with the source's recipe
+    from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
+    for r in factors:
+      scratch_dir = os.path.join(out, f'scratch_r{r}', 'pretrained')
+      loop.train(methods.scratch_config(source.config, r), scratch_dir)   # resumes; a finished run is left as is
+      scratch_dirs.append(scratch_dir)
+  for scratch in scratch_dirs:
+    label = _scratch_label(scratch, out)
+    scores = score(scratch, os.path.join(out, 'scratch_' + label), _settings(distill=False))
+    rows.append(model_row(f'from scratch: {label}', scratch, scores, metric, factor=None,
+                          series='trained from scratch'))
   sentences = []
   for reduce in reduces:
     for router in routers:
@@ -184,6 +191,14 @@ def _check_compress_flags(source: Any) -> None:
       raise ValueError(f'{" and ".join(given)} only apply with --compress (low-rank + sparse experts)')
     return
   low_rank.check_low_rank(source.config, source.workdir, FLAGS.rank, FLAGS.sparsity, FLAGS.finetune_steps)
+
+
+def _scratch_label(workdir: str, out: str) -> str:
+  """A from-scratch run's name in the report: 'r<r>' for one --train_scratch trained in `out`, else its basename."""
+  path = os.path.normpath(workdir)
+  if os.path.basename(path) == 'pretrained' and os.path.dirname(os.path.dirname(path)) == os.path.normpath(out):
+    return os.path.basename(os.path.dirname(path)).replace('scratch_', '')
+  return os.path.basename(path)
 
 
 def _mcsmoe(source: Any) -> None:
@@ -287,6 +302,8 @@ def main() -> None:
   flags.DEFINE_string('metric', 'acc', 'The task metric reported and compared.')
   flags.DEFINE_float('tolerance', 0.01, 'uncurl: r* is the largest r within this of the uncompressed metric.')
   flags.DEFINE_list('scratch', [], 'uncurl: runs with E/r experts trained from scratch, scored the same way.')
+  flags.DEFINE_bool('train_scratch', False, 'uncurl: also train, for every factor r, the source run\'s config with '
+                    'E/r experts from scratch (OUT/scratch_r<r>/pretrained; resumable), scored the same way.')
   flags.mark_flags_as_required(['workdir'])
   cli.run_app('samoe_jax.compress', _main, sys.argv)
 

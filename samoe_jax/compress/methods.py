@@ -11,6 +11,7 @@ of `groups` per layer, dominant-expert grouping, frequency-weighted merging, the
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -67,6 +68,24 @@ def mcsmoe_layers(source: SourceRun, stats: Sequence[LayerStats], groups: int, r
       experts.append(merge.reduce_layer(layer, lab, s.frequency_E, 'merge', align=True))
     labels.append(lab)
   return CompressedLayers(experts, labels, router)
+
+
+def scratch_config(source_config: Any, factor: int) -> Any:
+  """UNCURL's from-scratch baseline for pruning factor r: the source run's config (same data, schedule, seed) with
+  E_l / r experts in every MoE layer, trained from random initialisation. top_k (and eval_top_k) are capped at
+  E_l / r when fewer experts remain."""
+  import ml_collections  # pylint: disable=g-import-not-at-top
+  from samoe_jax.config import pyramid  # pylint: disable=g-import-not-at-top
+  config = ml_collections.ConfigDict(source_config.to_dict())
+  counts = [n // factor for n in pyramid.stored_counts(source_config)]
+  moe = config.moe
+  moe.num_experts = source_config.moe.num_experts // factor
+  moe.experts_per_layer = pyramid.format_counts(tuple(counts)) if source_config.moe.get('experts_per_layer', '') else ''
+  moe.top_k = min(moe.top_k, min(counts))
+  if moe.get('eval_top_k', 0):
+    moe.eval_top_k = min(moe.eval_top_k, min(counts))
+  config.init.from_workdir = config.distill.teacher_workdir = ''
+  return config
 
 
 def check_router(router: str) -> None:
