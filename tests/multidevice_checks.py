@@ -72,11 +72,13 @@ def init(model, optimizer, shardings):
   return jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(jax.random.key(0))
 
 
-def one_step(config, devices) -> dict:
-  """Runs one train step on a mesh over `devices`; returns host copies of its results and what it compiled to."""
+def one_step(config, devices, initial=None) -> dict:
+  """Runs one train step on a mesh over `devices` from `initial` (a host TrainState, placed with the mesh's
+  shardings; None: initialised here); returns host copies of its results and what it compiled to."""
   model, partitioner, optimizer, abstract, shardings, step_fn = build(config, devices)
   with partitioner.activate():
-    state = init(model, optimizer, shardings)
+    state = init(model, optimizer, shardings) if initial is None else jax.device_put(initial, shardings)
+    initial_host = jax.device_get(state) if initial is None else None   # before the step donates it
     pool_shards = ({str(s.device): s.data.nbytes for s in state.params['expert_pool']['w_in'].addressable_shards}
                    if 'expert_pool' in state.params else {})
     data = partitioner.shard_batch(batch(config))
@@ -97,7 +99,7 @@ def one_step(config, devices) -> dict:
       # The pool's arrays [P, E, ...] and one layer's effective experts [E, ...], as shape strings.
       'expert_weight_shapes': sorted({','.join(map(str, a.shape[i:])) for a in jax.tree.leaves(
           abstract.params.get('expert_pool', {})) for i in (0, 1)}),
-      'pool_bytes_per_device': pool_shards,
+      'pool_bytes_per_device': pool_shards, 'initial_state': initial_host,
   }
 
 
@@ -146,8 +148,8 @@ def main(out_path: str) -> None:
   results = {}
   for kind in KINDS:
     reference = one_step(tiny(kind, (1, 1, 1)), devices[:1])
-    for mesh in MESHES:
-      got = one_step(tiny(kind, mesh), devices)
+    for mesh in MESHES:   # the same initial state as the reference, placed with the mesh's shardings
+      got = one_step(tiny(kind, mesh), devices, reference['initial_state'])
       results[f'{kind}/{"x".join(map(str, mesh))}'] = {
           'loss': got['loss'], 'reference_loss': reference['loss'],
           'grad_norm': got['grad_norm'], 'reference_grad_norm': reference['grad_norm'],

@@ -233,8 +233,9 @@ def eight_device_process(tmp_path_factory):
   """Starts tests/accumulation_checks.py on 8 fake devices when the module starts, so it runs beside the other
   tests; yields (process, results path, log path)."""
   folder = tmp_path_factory.mktemp('accumulation')
-  env = dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS='--xla_force_host_platform_device_count=8 '
-             '--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true',
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8 '
+             '--xla_llvm_disable_expensive_passes=true',
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   with open(folder / 'log.txt', 'w') as log:
     process = subprocess.Popen([sys.executable, str(ROOT / 'tests' / 'accumulation_checks.py'),

@@ -140,7 +140,8 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
 def test_train_step_on_four_devices_and_restore_onto_one():
   """Expert-sharded params/optimizer state on a (2, 2, 1) mesh; a checkpoint restores onto 1 device and the
   next step's loss and gradient norm match the sharded step's."""
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4',
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   result = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300, check=False)

@@ -23,7 +23,8 @@ KINDS = ('dense', 'moe', 'samoe')
 @pytest.fixture(scope='module')
 def results(tmp_path_factory):
   out = tmp_path_factory.mktemp('multidevice') / 'results.json'
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu',
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8',
              PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   done = subprocess.run([sys.executable, str(ROOT / 'tests' / 'multidevice_checks.py'), str(out)], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=1200, check=False)

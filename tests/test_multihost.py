@@ -28,7 +28,8 @@ def _free_port() -> int:
 
 
 def _env(devices: int) -> dict[str, str]:
-  return dict(os.environ, JAX_PLATFORMS='cpu', XLA_FLAGS=f'--xla_force_host_platform_device_count={devices}',
+  return dict(os.environ, JAX_PLATFORMS='cpu',
+              XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + f' --xla_force_host_platform_device_count={devices}',
               PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
 
 

@@ -238,7 +238,8 @@ print('OK', len(jax.devices()))
 def test_sharded_scoring_equals_one_device():
   """On 4 fake CPU devices (data=2, expert=2), a subprocess: batch split over data x expert, experts over expert."""
   tests = os.path.dirname(os.path.abspath(__file__))
-  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=4', JAX_PLATFORMS='cpu',
+  env = dict(os.environ, JAX_PLATFORMS='cpu',
+             XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=4',
              PYTHONPATH=os.path.dirname(tests) + os.pathsep + os.environ.get('PYTHONPATH', ''))
   done = subprocess.run([sys.executable, '-c', _SHARDED_CHECK.format(tests=tests)], env=env, capture_output=True,
                         text=True, timeout=600, check=False)
