@@ -20,7 +20,7 @@ from samoe_jax.training import checkpoint_integrity as integrity
 from samoe_jax.training import loop
 from samoe_jax.training.checkpoint import NoIntactCheckpointError
 from samoe_jax.training.checkpoint import Checkpointer
-from test_trainer import compilation_cache, tiny_config  # pylint: disable=g-bad-import-order,unused-import  (tests/ helper; the fixture loads compiled steps from a cache)
+from test_trainer import tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper; compilation_cache is in conftest.py)
 
 OVERRIDES = {'train.keep_checkpoints': 3, 'train.log_every': 2}
 
