@@ -41,6 +41,7 @@ import ml_collections
 
 from samoe_jax import cli
 from samoe_jax import accounting
+from samoe_jax.config.layer_plan import group_rows
 
 GIB = 1024 ** 3
 HEADROOM = 0.9        # fraction of HBM the plan may use
@@ -142,13 +143,6 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
   if remat == 'block':
     step *= 4 / 3    # the forward pass runs twice
   return Plan(data, expert, model, rows, remat, microbatches, state, mixed, activations, step, fits)
-
-
-def group_rows(config: ml_collections.ConfigDict) -> int:
-  """Sequences per MoE routing group (a microbatch must keep groups whole); 1 for dense models."""
-  if config.model.layer_plan == 'none':
-    return 1
-  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
 
 
 def _cost(p: Plan) -> tuple[bool, int, int]:

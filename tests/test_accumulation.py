@@ -24,6 +24,7 @@ import optax
 import pytest
 
 from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.config.presets import set_sharing
 from samoe_jax.models.model import LanguageModel, token_mask
 from samoe_jax.training import accumulate
@@ -172,7 +173,7 @@ def test_accumulation_equals_one_big_batch(steps, kind, microbatches):
 def test_averaging_microbatch_means_would_be_wrong(steps, kind):
   """The padding is uneven enough that the plain mean of per-microbatch cross-entropies is off."""
   s, _, metrics_1, _ = steps[kind, 1]
-  split = accumulate.split_microbatches(make_batch(), 2, accumulate.group_rows(s.model, L))
+  split = accumulate.split_microbatches(make_batch(), 2, group_rows(s.model.config))
   cross_entropy = jax.jit(lambda p, b: s.model.loss_fn(p, b, None, True)[1]['cross_entropy'], compiler_options=FAST)
   naive = np.mean([float(cross_entropy(s.state.params, {k: v[m] for k, v in split.items()})) for m in range(2)])
   assert abs(naive - metrics_1['cross_entropy']) > 1e-3 * metrics_1['cross_entropy']

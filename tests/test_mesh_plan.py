@@ -49,6 +49,15 @@ def test_expert_axis_and_rows():
   assert mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 64, 3) is None      # 3 does not divide 64
 
 
+def test_routing_group_rows_are_one_for_any_all_dense_plan():
+  from samoe_jax.config.layer_plan import group_rows
+  config = tiny('moe')
+  config.model.num_layers, config.data.seq_len, config.moe.group_size = 4, 16, 64   # a group spans 4 sequences
+  for plan, rows in (('DMDM', 4), ('DDDD', 1), ('none', 1)):
+    config.model.layer_plan = plan
+    assert group_rows(config) == rows, plan
+
+
 def test_activation_formula_by_hand():
   config = tiny('dense')                        # 4 layers, seq 128, d 128, 4 heads, float32
   per_layer_16bit = 128 * 128 * (10 + 24) + 5 * 4 * 128 * 128

@@ -70,3 +70,12 @@ def pool_assignment(num_moe_layers: int, pool_size: int, assignment: str) -> lis
   if assignment == 'block':
     return [l * pool_size // num_moe_layers for l in range(num_moe_layers)]
   raise ValueError(f'pool.assignment={assignment!r} is not one of {", ".join(map(repr, ASSIGNMENTS))}.')
+
+
+def group_rows(config: Any) -> int:
+  """R: sequences in one MoE routing group (moe.group_size > data.seq_len spans several), 1 for a model without MoE
+  layers after model.layer_plan (an explicit all-dense plan such as 'DDDD' too). The one definition shared by the
+  trainer's checks, the accumulating train step and mesh_plan."""
+  if not moe_layer_indices(config.model):
+    return 1
+  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)

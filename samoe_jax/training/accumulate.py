@@ -54,14 +54,6 @@ def check_microbatches(microbatches: Any) -> int:
   return microbatches
 
 
-def group_rows(model: Any, seq_len: int) -> int:
-  """R: rows of one routing group (moe.group_size > data.seq_len spans several sequences), 1 for dense models."""
-  spec = getattr(model, 'spec', None)
-  if spec is None or not spec.moe_layers:
-    return 1
-  return max(1, spec.group_size // seq_len)
-
-
 def split_microbatches(batch: Batch, microbatches: int, unit_rows: int = 1) -> Batch:
   """Each feature x_BL... -> x_M(B/M)L...: microbatch m = units of `unit_rows` rows m, m + M, m + 2M, ...
 

@@ -28,7 +28,7 @@ from absl import logging
 
 from samoe_jax import accounting
 from samoe_jax.config import pyramid
-from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.layer_plan import group_rows, moe_layer_indices
 from samoe_jax.data import pipeline
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
@@ -37,7 +37,7 @@ from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
-from samoe_jax.training.preflight import check_before_writing, check_trainer_config, group_rows
+from samoe_jax.training.preflight import check_before_writing, check_trainer_config
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer
 from samoe_jax.training import sparse_pruning

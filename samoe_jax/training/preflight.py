@@ -13,7 +13,7 @@ import tempfile
 
 import ml_collections
 
-from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data.tasks import check_data_source
 from samoe_jax.data.text_files import check_text_files
@@ -21,13 +21,6 @@ from samoe_jax.training import distill, init_from
 from samoe_jax.training.checkpoint import Checkpointer
 from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.task_eval import check_task_data
-
-
-def group_rows(config: ml_collections.ConfigDict) -> int:
-  """Sequences in one MoE routing group (moe.group_size > data.seq_len spans several), 1 for dense models."""
-  if not moe_layer_indices(config.model):
-    return 1
-  return max(1, (config.moe.group_size or config.data.seq_len) // config.data.seq_len)
 
 
 def check_trainer_config(config: ml_collections.ConfigDict) -> None:

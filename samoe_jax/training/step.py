@@ -22,6 +22,7 @@ from typing import Any, Callable
 import jax
 import optax
 
+from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.layers import k_schedule
 from samoe_jax.sharding.partitioner import PartitionedFn, Partitioner
 from samoe_jax.training import accumulate, distill
@@ -64,7 +65,7 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Ca
   if accumulate.check_microbatches(microbatches) == 1:
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(wrt, batch, dropout_rng, True)
   else:
-    unit_rows = accumulate.group_rows(model, batch['decoder_input_tokens'].shape[1])
+    unit_rows = group_rows(model.config)
     grads, metrics = accumulate.accumulate_gradients(loss_fn, wrt, batch, dropout_rng, microbatches, unit_rows,
                                                      grad_shardings)
   grads, probe_grads = grads if grad_stats is not None else (grads, None)
