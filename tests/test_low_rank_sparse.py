@@ -98,8 +98,9 @@ def test_bad_low_rank_settings_are_named():
   lines = config_errors(tiny_config({'low_rank_sparse.sparsity': 0.5}))
   assert lines == ["low_rank_sparse.sparsity=0.5: needs low_rank_sparse.rank >= 1 (only the residual S of "
                    "low-rank experts is pruned)"]
-  with pytest.raises(ValueError, match=r'--rank=0: must be an integer >= 0|needs --rank >= 1'):
-    low_rank.check_low_rank(moe_config(), 'run', 0, 0.9)
+  for rank in (0, 33):   # --compress without --rank (0), and a rank above min(d_model, expert width)
+    with pytest.raises(ValueError, match=rf'--rank={rank}: '):
+      low_rank.check_low_rank(moe_config(), 'run', rank, 0.0)
   dense = moe_config(**{'model.layer_plan': 'none'})
   with pytest.raises(ValueError, match="'run' is a dense model"):
     low_rank.check_low_rank(dense, 'run', 4, 0.9)

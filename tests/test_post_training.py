@@ -180,6 +180,15 @@ def test_uncurl_command_writes_a_report(trained):
   assert (out / 'r2_prune_map' / 'compressed' / 'compression.json').exists()
 
 
+def test_a_flag_of_another_command_is_refused():
+  from samoe_jax.compress.__main__ import check_command_flags
+  check_command_flags('mcsmoe', {'workdir', 'groups', 'compress', 'rank', 'task'})
+  with pytest.raises(ValueError, match=r'--factors, --train_scratch: not a flag of `mcsmoe`'):
+    check_command_flags('mcsmoe', {'workdir', 'factors', 'train_scratch'})
+  with pytest.raises(ValueError, match=r'--compress: not a flag of `uncurl`'):
+    check_command_flags('uncurl', {'compress', 'factors'})
+
+
 def test_mcsmoe_compress_command_writes_merged_and_low_rank_runs(trained):
   out = trained / 'mcsmoe_lr'
   common = ['-m', 'samoe_jax.compress', 'mcsmoe', f'--workdir={trained / "source"}', '--task=piqa',

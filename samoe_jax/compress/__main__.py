@@ -25,6 +25,10 @@ from samoe_jax import cli
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 COMMANDS = ('stats', 'uncurl', 'mcsmoe')
+# Flags only one command reads; given to another command they would be ignored silently, so they are refused.
+COMMAND_FLAGS = {'uncurl': ('factors', 'reduce', 'tolerance', 'scratch', 'train_scratch'),
+                 'mcsmoe': ('groups', 'compress', 'rank', 'sparsity'),
+                 'stats': ('split', 'batches')}
 FLAGS = flags.FLAGS
 
 
@@ -33,6 +37,15 @@ def _choices(value: str, allowed: tuple[str, ...], flag: str) -> list[str]:
   if any(c not in allowed for c in chosen):
     raise ValueError(f'--{flag}={value!r}: use one of {", ".join(allowed)} or both')
   return chosen
+
+
+def check_command_flags(command: str, given: set[str]) -> None:
+  """Refuses flags (names in `given`) that only another command reads."""
+  stray = sorted(f'--{name}' for other, names in COMMAND_FLAGS.items() if other != command for name in names
+                 if name in given)
+  if stray:
+    raise ValueError(f'{", ".join(stray)}: not a flag of `{command}` (it would be ignored); see '
+                     'python -m samoe_jax.compress --help')
 
 
 def _factor(text: str) -> int:
@@ -258,6 +271,7 @@ def _main(argv: list[str]) -> None:
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {", ".join(COMMANDS)} (got {argv[1:]})')
   command = argv[1]
+  check_command_flags(command, {name for name in FLAGS if FLAGS[name].present})
   quiet_library_logs()
   if command != 'stats' and not (FLAGS.task and FLAGS.out):
     raise ValueError(f'{command} needs --task (an evaluation task with a training split) and --out')

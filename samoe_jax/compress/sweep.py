@@ -131,13 +131,13 @@ def model_row(name: str, run_dir: str, scores: dict[str, float], metric: str, fi
 def stored_expert_entries(workdir: str) -> dict[str, float]:
   """The expert pools of `workdir`'s latest checkpoint as a sparse format stores them: every entry of U, V and the
   biases, the nonzeros of S ('stored'), and the fraction of S's entries that are nonzero ('density')."""
-  import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
   from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.sparse_pruning import is_sparse_path, sparse_density  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers.low_rank_experts import sparse_names  # pylint: disable=g-import-not-at-top
+  from samoe_jax.training.sparse_pruning import sparse_density  # pylint: disable=g-import-not-at-top
   config = run_config(workdir)
   model = LanguageModel(config)
   params = checkpoints.restore_params(model, Partitioner(make_mesh(config.mesh)), workdir,
@@ -147,8 +147,7 @@ def stored_expert_entries(workdir: str) -> dict[str, float]:
   stored = 0
   for pool in pools.values():
     for key, value in pool.items():
-      sparse = is_sparse_path((jax.tree_util.DictKey(key),))
-      stored += int(np.count_nonzero(np.asarray(value))) if sparse else int(np.size(value))
+      stored += int(np.count_nonzero(np.asarray(value))) if key in sparse_names() else int(np.size(value))
   return {'stored': stored, 'density': float(density if density is not None else 1.0)}
 
 
