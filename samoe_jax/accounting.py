@@ -64,6 +64,8 @@ from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers import residual_moe
 from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
 from samoe_jax.layers.routing import expert_capacity
+from samoe_jax.config.sections import section_values
+from samoe_jax.models.spec import ModelSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -91,7 +93,7 @@ class Sizes:
   # PR-MoE (docs/methods/pr_moe.md): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
   groups: tuple[pyramid.ExpertGroup, ...] = ()
   residual: str = 'none'
-  # Routing policies (layers/routing_policy.py): a router bias [E] per router; hash routing has no router
+  # Routing strategies (layers/routers.py): a router bias [E] per router; hash routing has no router
   router_bias: bool = False
   hash_routing: bool = False
   # Merged / pruned experts (config/expert_map.py): each MoE layer's router outputs (E_l without a map)
@@ -99,6 +101,8 @@ class Sizes:
   # Low-rank plus sparse experts (layers/low_rank_experts.py): rank R (0 = dense) and the final fraction of S pruned
   expert_rank: int = 0
   sparsity: float = 0.0
+  graph: GraphConfig | None = None                     # moe.graph_routing (layers/graph_routing.py)
+  momentum: momentum_lib.MomentumConfig | None = None  # moe.momentum (layers/momentum.py)
 
   @property
   def layer_experts(self) -> int:
@@ -124,30 +128,31 @@ class Sizes:
 
 
 def resolve(config: ml_collections.ConfigDict) -> Sizes:
-  m, moe, pool = config.model, config.moe, config.pool
+  """The sizes of the model spec the decoder is built from (models/spec.py), plus the data's batch shape."""
+  spec = ModelSpec.from_config(config)
+  m, moe, pool = spec.model, spec.moe, spec.pool
   return Sizes(vocab=m.vocab_size, d_model=m.d_model, num_layers=m.num_layers, num_heads=m.num_heads,
                d_ff=m.d_ff, max_len=m.max_len, tied=bool(m.tie_embeddings), seq_len=config.data.seq_len,
-               batch_size=config.data.batch_size, moe_layers=tuple(moe_layer_indices(m)),
-               num_experts=moe.num_experts, top_k=moe.top_k, expert_d_ff=moe.expert_d_ff or m.d_ff,
+               batch_size=config.data.batch_size, moe_layers=spec.moe_layers,
+               num_experts=moe.num_experts, top_k=moe.top_k, expert_d_ff=spec.expert_d_ff,
                pool_size=pool.size, mixing=pool.mixing, granularity=pool.granularity, space=pool.space,
-               share_router=bool(pool.get('share_router', False)),
-               share_attention=bool(m.get('share_attention', False)),
-               groups=tuple(pyramid.groups_of_config(config)), residual=moe.get('residual', 'none'),
-               router_bias=bool(moe.get('router_bias', False)), hash_routing=moe.get('routing') == 'hash',
-               router_outputs=_router_outputs(config),
-               expert_rank=int(config.get('low_rank_sparse', {}).get('rank', 0)) if moe_layer_indices(m) else 0,
-               sparsity=float(config.get('low_rank_sparse', {}).get('sparsity', 0.0)))
+               share_router=bool(pool.share_router) and bool(spec.moe_layers),
+               share_attention=bool(m.share_attention), groups=spec.groups, residual=moe.residual,
+               router_bias=bool(moe.router_bias), hash_routing=not spec.routing.has_router,
+               router_outputs=_router_outputs(spec), expert_rank=spec.expert_rank,
+               sparsity=float(section_values(config, 'low_rank_sparse')['sparsity']), graph=spec.graph,
+               momentum=spec.momentum)
 
 
-def _router_outputs(config: ml_collections.ConfigDict) -> tuple[int, ...]:
-  if not moe_layer_indices(config.model):
-    return ()
-  counts = pyramid.stored_counts(config)
-  return expert_map.router_widths(expert_map.parse_expert_map(config.moe.get('expert_map', ''), counts,
-                                                              config.moe.top_k), counts)
+def _router_outputs(spec: ModelSpec) -> tuple[int, ...]:
+  """Each MoE layer's router outputs: E_l, or the width of its expert map (config/expert_map.py)."""
+  counts = [0] * len(spec.moe_layers)
+  for group in spec.groups:
+    for layer in group.layers:
+      counts[layer] = group.num_experts
+  return expert_map.router_widths(spec.expert_maps, tuple(counts))
 
 
-# ------------------------------------------------------------------------------------------------ parameters
 def attention_params(d: int) -> int:
   """q, k, v, o kernels [D, D] and their biases [D]."""
   return 4 * d * d + 4 * d
@@ -195,7 +200,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
   routers = min(s.num_moe, 1) * d * s.num_experts if s.share_router else router_in * sum(s.router_outputs)
   routers = 0 if s.hash_routing else routers    # Hash Layers: no router
   # Similarity- / Attention-Aware routing (layers/graph_routing.py): W_s [D, d_s] and theta [1] per MoE layer
-  routers += s.num_moe * graph_params_per_layer(GraphConfig.from_moe_section(config.moe), d)
+  routers += s.num_moe * graph_params_per_layer(s.graph, d)
   mixing_logits = sum(len(g.layers) * g.pool_size * (1 if s.granularity == 'layer' else g.num_experts)
                       for g in s.groups) if s.learned else 0
   residual = s.num_moe * residual_moe.residual_params(s.residual, d, s.expert_d_ff)   # Residual-MoE MLP (+ W_c)
@@ -240,7 +245,7 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
   moe_experts = s.num_moe * s.top_k * expert
   router = 0 if s.hash_routing else 2 * d * sum(s.router_outputs)   # Pyramid-MoE: each router [D, E_l]; hash: none
   residual = s.num_moe * residual_moe.residual_flops(s.residual, d, s.expert_d_ff)   # Residual-MoE dense MLP
-  graph = s.num_moe * graph_flops_per_token(GraphConfig.from_moe_section(config.moe), d, s.seq_len,
+  graph = s.num_moe * graph_flops_per_token(s.graph, d, s.seq_len,
                                             s.num_experts)   # graph routing: S @ p (+ similarity z z^T)
   logits = 2 * d * s.vocab
   forward = attention_proj + attention_scores + dense_ffn + moe_experts + router + residual + graph + logits
@@ -277,10 +282,11 @@ def flops_per_step(config: ml_collections.ConfigDict) -> dict[str, float]:
 def momentum_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
   """MomentumSMoE / AdamSMoE (docs/methods/momentum.md): the setting, its parameters (none) and the elementwise FLOPs per token
   of the state updates (forward; not included in flops_per_token, which counts matmuls only). None when off."""
-  momentum = momentum_lib.MomentumConfig.from_moe_section(config.moe)
+  sizes = resolve(config)
+  momentum = sizes.momentum
   if not momentum.enabled:
     return None
-  num_moe = len(moe_layer_indices(config.model))
+  num_moe = sizes.num_moe
   return {'kind': momentum.kind, 'setting': momentum_lib.describe_momentum(momentum), 'params': 0,
           'elementwise_flops_per_token': momentum_lib.elementwise_flops_per_token(momentum, num_moe,
                                                                                   config.model.d_model),
@@ -297,7 +303,7 @@ def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] |
   """
   from samoe_jax.layers.k_schedule import KSchedule  # pylint: disable=g-import-not-at-top
   moe = config.moe
-  kind, eval_k, eval_gate = moe.get('k_schedule', 'constant'), moe.get('eval_top_k', 0), moe.get('eval_gate', '')
+  kind, eval_k, eval_gate = moe.k_schedule, moe.eval_top_k, moe.eval_gate
   if not moe_layer_indices(config.model) or (kind == 'constant' and not eval_k and not eval_gate):
     return None
   schedule = KSchedule.from_config(config)
@@ -312,7 +318,7 @@ def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] |
           'k_end': int(schedule.numpy(schedule.total_steps)), 'k_schedule_steps': schedule.total_steps,
           'mean_train_k': mean_k,
           'train_flops_per_token': flops_per_token(with_k(mean_k))['train'],
-          'eval_top_k': eval_k or moe.top_k, 'eval_gate': eval_gate or moe.get('gate', 'softmax'),
+          'eval_top_k': eval_k or moe.top_k, 'eval_gate': eval_gate or moe.gate,
           'eval_active_per_token': param_counts(at_k)['active_per_token'],
           'eval_forward_flops_per_token': flops_per_token(at_k)['forward']}
 
@@ -323,7 +329,7 @@ def capacity(config: ml_collections.ConfigDict) -> dict[str, int]:
   moe = config.moe
   tokens = moe.group_size or config.data.seq_len
   groups = config.data.batch_size * config.data.seq_len // tokens
-  formula = moe.get('capacity_formula', 'deepspeed')   # layers/capacity.py
+  formula = moe.capacity_formula   # layers/capacity.py
   cap = lambda cf: expert_capacity(tokens, moe.num_experts, moe.top_k, cf, moe.min_capacity, formula)
   out = {'group_tokens': tokens, 'groups_per_batch': groups, 'train': cap(moe.capacity_factor_train),
          'eval': cap(moe.capacity_factor_eval)}

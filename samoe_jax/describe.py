@@ -47,9 +47,9 @@ def human(n: float, digits: int = 2) -> str:
 def widenet_sharing(config: ml_collections.ConfigDict, num_moe: int) -> str:
   """'' or the WideNet sharing (layers/shared.py) appended to sharing_mode: shared router and/or attention."""
   parts = []
-  if num_moe and config.pool.get('share_router', False):
+  if num_moe and config.pool.share_router:
     parts.append(f'one router shared by the {num_moe} MoE layers')
-  if config.model.get('share_attention', False):
+  if config.model.share_attention:
     parts.append(f'one attention shared by the {config.model.num_layers} blocks')
   return f'; WideNet: {" and ".join(parts)} (per-block LayerNorms)' if parts else ''
 
@@ -111,7 +111,7 @@ def pr_moe_rows(config: ml_collections.ConfigDict, rows: list[dict[str, Any]]) -
   for g in groups:
     for i, entry in zip(g.layers, g.entries):
       r = moe_rows[i]
-      r.update(num_experts=g.num_experts, pool_group=g.pool_name, residual=config.moe.get('residual', 'none'))
+      r.update(num_experts=g.num_experts, pool_group=g.pool_name, residual=config.moe.residual)
       if len(groups) > 1 and 'pool_entry' in r:
         r.update(pool_entry=offset + entry, group_entry=entry)
       elif len(groups) > 1:
@@ -125,10 +125,10 @@ def pr_moe_sharing(config: ml_collections.ConfigDict, num_moe: int) -> str:
     return ''
   groups = pyramid.groups_of_config(config)
   parts = []
-  if len(groups) > 1 or config.moe.get('experts_per_layer', ''):
+  if len(groups) > 1 or config.moe.experts_per_layer:
     parts.append('Pyramid-MoE ' + ', '.join(
         f'{len(g.layers)} x {g.num_experts} experts ({g.pool_name}, P={g.pool_size})' for g in groups))
-  if config.moe.get('residual', 'none') != 'none':
+  if config.moe.residual != 'none':
     parts.append(f'Residual-MoE ({config.moe.residual}: dense MLP + top-{config.moe.top_k} experts)')
   return f'; {" and ".join(parts)}' if parts else ''
 

@@ -89,7 +89,6 @@ def _run(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
   from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -106,8 +105,7 @@ def _run(argv: Sequence[str]) -> None:
       steps=f.steps, learning_rate=f.learning_rate, warmup_steps=f.warmup_steps, batch_size=f.batch_size,
       eval_every=f.eval_every, eval_limit=f.eval_limit, eval_batches=f.eval_batches, distill=f.distill,
       distill_alpha=f.distill_alpha, distill_temperature=f.distill_temperature, overrides=f.set or ())
-  validate_config(config)
-  final = loop.train(config, f.workdir)
+  final = loop.train(config, f.workdir)   # validates the config once, before anything is written
   if final.get('already_finished'):
     return
   path = report.write_report(f.workdir)

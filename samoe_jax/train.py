@@ -22,7 +22,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samoe_jax import cli
-from samoe_jax.config.validate import validate_config
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
 
@@ -102,9 +101,8 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   quiet_library_logs()
   workdir = workdir_flag.value
   config = resolve_config(config_flag)   # bad input raises; cli.run_app prints its message, exit code 1
-  validate_config(config)
   distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)
-  final = loop.train(config, workdir)
+  final = loop.train(config, workdir)   # validates the config (once), then every check before writing
   if jax.process_index() != 0 or final.get('already_finished'):   # process 0 writes the report, once
     return
   _write_gin_config(workdir)

@@ -26,6 +26,7 @@ import pytest
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.config.presets import set_sharing
+from samoe_jax.config.validate import config_errors, validate_config
 from samoe_jax.models.model import LanguageModel, token_mask
 from samoe_jax.training import accumulate
 from samoe_jax.training import optimizer as optimizer_lib
@@ -336,12 +337,12 @@ def test_bad_microbatches_are_refused_early():
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top  (imports the data pipeline)
   for bad in (0, -2, 1.5, True, '2'):
     with pytest.raises(ValueError, match=r'train\.microbatches=.*integer >= 1'):
-      loop.check_trainer_config(with_value(tiny('dense'), 'train.microbatches', bad))
+      validate_config(with_value(tiny('dense'), 'train.microbatches', bad))
   with pytest.raises(ValueError, match=r'data\.batch_size=8 must be divisible by train\.microbatches=3'):
-    loop.check_trainer_config(tiny('dense', **{'train.microbatches': 3}))
+    validate_config(tiny('dense', **{'train.microbatches': 3}))
   with pytest.raises(ValueError, match=r'train\.microbatches=8 x 2 sequences per routing group'):
-    loop.check_trainer_config(tiny('samoe', **{'train.microbatches': 8}))
-  loop.check_trainer_config(tiny('samoe', **{'train.microbatches': 4}))
+    validate_config(tiny('samoe', **{'train.microbatches': 8}))
+  assert not [line for line in config_errors(tiny('samoe', **{'train.microbatches': 4})) if 'microbatches' in line]
   # With the mesh: every microbatch must split evenly over the data shards (data x expert).
   partitioner = types.SimpleNamespace(num_data_shards=4, mesh=types.SimpleNamespace(
       shape={'data': 2, 'expert': 2, 'model': 1}))

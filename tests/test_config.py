@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import pathlib
+import subprocess
 import sys
 from typing import Callable
 
@@ -158,6 +160,10 @@ ERROR_CASES: list[tuple[dict, tuple[str, ...]]] = [
     (dict(model__dropout_rate=1.0), ('model.dropout_rate=1.0', '[0.0, 1.0)')),
     (dict(data__vocabulary='byte', model__vocab_size=200), ('model.vocab_size=200', '259')),
     (dict(data__task='tfds_lm'), ("data.tfds_name=''", "data.task='tfds_lm'")),
+    (dict(model__remat='full'), ("model.remat='full'", "must be one of ['block', 'dots', 'none']")),
+    (dict(train__microbatches=0), ('train.microbatches=0', 'integer >= 1')),
+    (dict(train__microbatches=3), ('data.batch_size=16', 'train.microbatches=3')),
+    (dict(eval__tasks='piqa2', eval__data_dir='x'), ("eval.tasks='piqa2'", "unknown task(s) ['piqa2']")),
 ]
 
 
@@ -186,6 +192,30 @@ def test_all_errors_collected_in_one_message():
   for key in ('moe.top_k=9', 'pool.temperature=-1.0', 'train.steps=0', "model.dtype='fp8'"):
     assert key in message
   assert len(message.splitlines()) == 5
+
+
+def test_checks_from_formerly_separate_places_share_one_error():
+  """model.remat (once models/remat.py only), eval.tasks and train.microbatches (once the trainer's preflight):
+  all three in the one ValueError of the one validation pass."""
+  c = base(model__remat='full', eval__tasks='piqa,piqa2', eval__data_dir='x', train__microbatches=3)
+  with pytest.raises(ValueError) as info:
+    validate_config(c)
+  message = str(info.value)
+  assert message.startswith('invalid config (3 problems):'), message
+  for key in ("model.remat='full'", "eval.tasks='piqa,piqa2'", 'train.microbatches=3'):
+    assert key in message, message
+
+
+def test_validate_imports_neither_the_trainer_nor_the_evaluator():
+  """config/validate.py is a leaf of the trainer and evaluator: no import cycle through them."""
+  code = ('import sys; import samoe_jax.config.validate; '
+          "print(sorted(m for m in ('samoe_jax.training.loop', 'samoe_jax.training.preflight', "
+          "'samoe_jax.evaluation.runner', 'samoe_jax.evaluation.perplexity') if m in sys.modules))")
+  env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
+  done = subprocess.run([sys.executable, '-c', code], cwd=ROOT, env=env, capture_output=True, text=True,
+                        timeout=300, check=False)
+  assert done.returncode == 0, done.stderr[-3000:]
+  assert done.stdout.strip().splitlines()[-1] == '[]', done.stdout
 
 
 def test_manual_sharing_is_not_an_error():

@@ -137,7 +137,7 @@ def layer_expert_grads(model, params):
     h_BLD, auxes = model.hidden(params, batch['decoder_input_tokens'], train=True, experts=experts)
     ce_BL = token_cross_entropy(model.project(params, h_BLD), batch['decoder_target_tokens'])
     w_BL = batch['decoder_loss_weights']
-    aux = sum(spec.lb_loss_coef * a['lb_loss'] + spec.z_loss_coef * a['z_loss'] for a in auxes)
+    aux = sum(spec.moe.lb_loss_coef * a['lb_loss'] + spec.moe.z_loss_coef * a['z_loss'] for a in auxes)
     return jnp.sum(ce_BL * w_BL) / jnp.sum(w_BL) + aux
 
   experts = model.layer_experts(params)

@@ -3,6 +3,7 @@ fluctuation tool (samoe_jax/analysis/routing_fluctuation.py), against plain Pyth
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import flax.linen as nn
@@ -74,7 +75,7 @@ def _inputs(seed=0, b=2, l=7, d=6, e=4):
 @pytest.mark.parametrize('metric,lam,tau', [('identity', 1.0, 0.0), ('identity', 0.3, 0.7), ('learned', 0.6, 0.0)])
 def test_similarity_mixing_equals_the_double_loop(metric, lam, tau):
   p, x, mask = _inputs()
-  cfg = GraphConfig(kind='similarity', lam=lam, metric=metric, dim=3, temperature=tau)
+  cfg = dataclasses.replace(GraphConfig.off(), kind='similarity', lam=lam, metric=metric, dim=3, temperature=tau)
   mixer = GraphMixer(cfg, init_std=0.5)
   variables = nn.meta.unbox(mixer.init(jax.random.key(3), p, x, mask))
   got = np.asarray(mixer.apply(variables, p, x, mask))
@@ -98,7 +99,7 @@ def test_attention_probs_of_the_module_and_attention_mixing():
   np.testing.assert_allclose(np.asarray(probs), want, rtol=1e-5, atol=1e-6)
   np.testing.assert_allclose(np.asarray(probs).sum(-1), 1.0, rtol=1e-5)           # row-stochastic
   assert np.all(np.triu(np.asarray(probs)[0], 1) == 0)                            # causal
-  mixer = GraphMixer(GraphConfig(kind='attention', lam=0.8))
+  mixer = GraphMixer(dataclasses.replace(GraphConfig.off(), kind='attention', lam=0.8))
   got = mixer.apply({}, p, x, mask, probs)
   np.testing.assert_allclose(np.asarray(got), reference_mix(p, np.asarray(mask), 0.8, attention=want),
                              rtol=1e-5, atol=1e-6)
@@ -109,7 +110,7 @@ def test_padding_never_influences_real_tokens(kind):
   p, x, mask = _inputs(2)
   causal = jnp.where(jnp.tril(jnp.ones((7, 7))), 0.0, -1e9)
   att = jax.nn.softmax(jax.random.normal(jax.random.key(5), (2, 7, 7)) + causal, -1)
-  mixer = GraphMixer(GraphConfig(kind=kind, lam=1.0))
+  mixer = GraphMixer(dataclasses.replace(GraphConfig.off(), kind=kind, lam=1.0))
   base = np.asarray(mixer.apply({}, p, x, mask, att))
   pad = ~np.asarray(mask)
   p2 = jnp.where(pad[..., None], jax.nn.softmax(jax.random.normal(jax.random.key(9), p.shape), -1), p)

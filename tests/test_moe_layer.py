@@ -6,7 +6,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samoe_jax.layers.experts import ExpertPool, ExpertWeights, mix_all_layers, mix_weight_space, mixing_weights
+from samoe_jax.layers.capacity import Capacity
+from samoe_jax.layers.experts import ExpertWeights, LayerExperts
+from samoe_jax.layers.routers import TokenChoice
+from samoe_jax.layers.pool import ExpertPool, mix_all_layers, mix_weight_space, mixing_weights
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.layers.reference import reference_mix, reference_moe
 
@@ -23,8 +26,9 @@ def _setup(dispatch='gather', mixing='fixed', top_k=2, capacity_factor=float(E),
   pool = ExpertWeights(**nn.meta.unbox(pool_mod.init(jax.random.key(1)))['params'])
   # Non-zero biases so that they are tested too.
   pool = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(7), a.shape), pool)
-  layer = MoeFFN(num_experts=E, top_k=top_k, capacity_factor_train=capacity_factor,
-                 capacity_factor_eval=capacity_factor, min_capacity=0, group_size=L, dispatch=dispatch, init_std=0.5)
+  layer = MoeFFN(TokenChoice.with_defaults(E, top_k),
+                 Capacity(group_size=L, capacity_factor_train=capacity_factor, capacity_factor_eval=capacity_factor,
+                          min_capacity=0, capacity_formula='deepspeed'), dispatch=dispatch, init_std=0.5)
   variables = nn.meta.unbox(layer.init(jax.random.key(2), x, pool.entry(0), mask, train=True))
   alpha = jax.random.normal(jax.random.key(3), (P,) if granularity == 'layer' else (E, P))
   return layer, variables, pool, alpha, x, mask
@@ -37,7 +41,7 @@ def _fast(layer, variables, pool, alpha, x, mask, *, mixing, space='weight', poo
   weights = mixing_weights(alpha, 0.7)
   if space == 'weight':
     return layer.apply(variables, x, mix_weight_space(pool, weights), mask, train=train)
-  return layer.apply(variables, x, pool, mask, train=train, output_mix_weights=weights)
+  return layer.apply(variables, x, LayerExperts(pool, weights), mask, train=train)
 
 
 def _reference(variables, pool, alpha, x, *, mixing, top_k, pool_index=1, space='weight'):

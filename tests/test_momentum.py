@@ -8,6 +8,8 @@ scorer against one unbatched forward pass per request (tests/test_scorer.py's re
 
 from __future__ import annotations
 
+import dataclasses
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -59,15 +61,15 @@ def reference_hidden(model: LanguageModel, params, tokens_BL: jax.Array) -> np.n
   norm = LayerNorm(dtype=spec.compute_dtype)
   f32 = lambda a: jnp.asarray(a, jnp.float32)
   moe_index = 0
-  for i in range(spec.num_layers):
+  for i in range(spec.model.num_layers):
     bp = params[f'block_{i}']
     h = norm.apply({'params': bp['attention_norm']}, f32(x))
-    h = CausalSelfAttention(spec.num_heads, spec.init_std, spec.out_init_std, spec.dropout_rate,
+    h = CausalSelfAttention(spec.model.num_heads, spec.model.init_std, spec.out_init_std, spec.model.dropout_rate,
                             spec.compute_dtype).apply({'params': bp['attention']}, h, train=False)
     x = x + np.asarray(h, np.float64)
     h = norm.apply({'params': bp['ffn_norm']}, f32(x))
     if i not in spec.moe_layers:
-      x = x + np.asarray(DenseFFN(spec.d_ff, spec.init_std, spec.out_init_std, spec.compute_dtype).apply(
+      x = x + np.asarray(DenseFFN(spec.model.d_ff, spec.model.init_std, spec.out_init_std, spec.compute_dtype).apply(
           {'params': bp['ffn']}, h, train=False), np.float64)
       continue
     f, _ = make_moe_ffn(spec, None).apply({'params': bp['moe']}, h, experts[i].experts, mask_BL, train=False)
@@ -141,7 +143,7 @@ def test_state_accumulates_the_dropped_out_moe_outputs(tokens, params):
   dropouts, blocks = jax.tree.map(lambda a: np.asarray(a, np.float64), traced_calls(params, tokens))
   mc = model.spec.momentum
   p = 0.0
-  for i in range(model.spec.num_layers):
+  for i in range(model.spec.model.num_layers):
     (attn, ffn), (x_in, x_out) = dropouts[f'block_{i}'], blocks[f'block_{i}']
     if i in model.spec.moe_layers:
       p = mc.mu * p + mc.gamma * ffn
@@ -193,11 +195,11 @@ def test_update_functions_by_hand():
   np.testing.assert_allclose(v, [[[0.01, 0.04]]], rtol=1e-5)
   step = momentum_lib.adam_step(m, v, gamma=1.0, eps=0.0)
   np.testing.assert_allclose(step, [[[1.0, -1.0]]], rtol=1e-5)   # the first Adam step is sign-like
-  rules = momentum_lib.layer_rules(momentum_lib.MomentumConfig('adam', adam_layers='first'), 3)
+  rules = momentum_lib.layer_rules(dataclasses.replace(momentum_lib.MomentumConfig.off(), kind='adam', adam_layers='first'), 3)
   assert [(r.step, r.advance_heavy_ball, r.advance_adam) for r in rules] == [
       ('adam', True, True), ('heavy_ball', True, False), ('heavy_ball', True, False)]
-  assert momentum_lib.layer_rules(momentum_lib.MomentumConfig('none'), 3) == ()
-  state = momentum_lib.init_state(momentum_lib.MomentumConfig('adam', adam_layers='all'), 2, (1, 1, 2))
+  assert momentum_lib.layer_rules(momentum_lib.MomentumConfig.off(), 3) == ()
+  state = momentum_lib.init_state(dataclasses.replace(momentum_lib.MomentumConfig.off(), kind='adam', adam_layers='all'), 2, (1, 1, 2))
   assert state.p_BLD is None and state.m_BLD.shape == (1, 1, 2) and state.v_BLD.dtype == jnp.float32
 
 

@@ -1,4 +1,4 @@
-"""PR-MoE = Pyramid-MoE + Residual-MoE (docs/methods/pr_moe.md; config/pyramid.py, layers/pool_groups.py,
+"""PR-MoE = Pyramid-MoE + Residual-MoE (docs/methods/pr_moe.md; config/pyramid.py, layers/pool.py,
 layers/residual_moe.py): parsing and validation of moe.experts_per_layer, the pool groups' parameter tree, the
 residual layer and the whole pyramid model against plain references, accounting (DeepSpeed's 4B / 31B),
 causality, KV-cache decoding, describe, and a short training run."""
@@ -191,14 +191,14 @@ def reference_hidden(model, params, tokens_BL, layer_experts):
   out = []
   for tokens_L in tokens_BL:
     x = params['token_embedding'][tokens_L] + params['position_embedding'][:len(tokens_L)]
-    for i in range(spec.num_layers):
+    for i in range(spec.model.num_layers):
       bp = params[f'block_{i}']
-      x = x + _attention(_layer_norm(x, bp['attention_norm']), bp['attention'], spec.num_heads)
+      x = x + _attention(_layer_norm(x, bp['attention_norm']), bp['attention'], spec.model.num_heads)
       h = _layer_norm(x, bp['ffn_norm'])
       if i in spec.moe_layers:
-        y = _reference_moe(h, bp['moe']['router']['kernel'], layer_experts[spec.moe_layers.index(i)], spec.top_k)
-        if spec.residual != 'none':
-          y = _reference_residual(spec.residual, h, bp, layer_experts[spec.moe_layers.index(i)], spec.top_k)
+        y = _reference_moe(h, bp['moe']['router']['kernel'], layer_experts[spec.moe_layers.index(i)], spec.moe.top_k)
+        if spec.moe.residual != 'none':
+          y = _reference_residual(spec.moe.residual, h, bp, layer_experts[spec.moe_layers.index(i)], spec.moe.top_k)
       else:
         f = bp['ffn']
         y = _gelu(h @ f['w_in'] + f['b_in']) @ f['w_out'] + f['b_out']

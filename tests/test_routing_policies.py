@@ -1,4 +1,4 @@
-"""Routing policies of the MoE layer (docs/methods/routing.md, §6; layers/routing.py, capacity.py, expert_choice.py,
+"""Routing policies of the MoE layer (docs/methods/routing.md; layers/routing.py, capacity.py, expert_choice.py,
 hash_routing.py, router_noise.py; docs/methods/routing.md).
 
 Every policy is compared with a plain Python loop over tokens, choices and experts (`reference_route`,
@@ -24,7 +24,10 @@ from samoe_jax.layers.capacity import expert_capacity
 from samoe_jax.layers.expert_choice import expert_choice_route
 from samoe_jax.layers.experts import ExpertWeights
 from samoe_jax.layers.hash_routing import hash_experts, hash_experts_numpy
+from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.moe import MoeFFN
+from samoe_jax.layers.moe_call import MoeCall
+from samoe_jax.layers.routers import TokenChoice
 from samoe_jax.models.decoding import greedy_generate, prompt_inputs
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.training.optimizer import make_optimizer
@@ -322,8 +325,9 @@ def test_bpr_and_random_priorities_are_not_causal(priority):
 def _moe_layer(top_k, **kw):
   """capacity_formula 'none': the same C = T for both top_k (the deepspeed C grows with k; routing-level
   dropping is compared above with one capacity)."""
-  return MoeFFN(num_experts=4, top_k=top_k, capacity_factor_train=1.0, capacity_factor_eval=1.0, min_capacity=1,
-                group_size=8, dispatch='gather', init_std=0.5, capacity_formula='none', **kw)
+  return MoeFFN(TokenChoice.with_defaults(4, top_k, **kw),
+                Capacity(group_size=8, capacity_factor_train=1.0, capacity_factor_eval=1.0, min_capacity=1,
+                         capacity_formula='none'), dispatch='gather', init_std=0.5)
 
 
 def test_active_k_equals_routing_with_top_k_active_k():
@@ -348,7 +352,7 @@ def test_active_k_equals_routing_with_top_k_active_k():
   tmask = jnp.ones((2, 8), bool)
   big = _moe_layer(4)
   params = big.init(jax.random.key(0), x, experts, tmask, train=False)
-  y_masked, _ = big.apply(params, x, experts, tmask, train=False, active_k=jnp.int32(2))
+  y_masked, _ = big.apply(params, x, experts, tmask, train=False, call=MoeCall(active_k=jnp.int32(2)))
   y_small, _ = _moe_layer(2).apply(params, x, experts, tmask, train=False)
   np.testing.assert_allclose(np.asarray(y_masked), np.asarray(y_small), rtol=1e-5, atol=1e-6)
 
@@ -430,4 +434,4 @@ def test_describe_names_the_policy_and_its_causality():
   assert describe_policy(tiny_model_config().moe) is None
   assert 'NOT causal' in describe_policy(load_config_file('tiny_expert_choice').moe)
   line = describe_policy(load_config_file('tiny_hash').moe)
-  assert "routing_kind='hash'" in line and '(causal)' in line
+  assert "routing='hash'" in line and '(causal)' in line

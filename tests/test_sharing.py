@@ -1,5 +1,5 @@
 """WideNet sharing (shared router, shared attention), manual sharing strategies, SaMoE ablations and the mixing-entropy
-regulariser (docs/model.md, §4; samoe_jax/layers/shared.py; docs/methods/sharing.md).
+regulariser (docs/model.md; samoe_jax/layers/shared.py; docs/methods/sharing.md).
 
 References: the shared models are compared with the unshared model whose per-block router / attention parameters
 are all set to the same values (outputs equal; the shared parameter's gradient equals the sum of the per-block

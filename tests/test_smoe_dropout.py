@@ -20,6 +20,7 @@ from samoe_jax.config.validate import config_errors
 from samoe_jax.describe import describe
 from samoe_jax.layers import k_schedule
 from samoe_jax.layers.experts import ExpertWeights
+from samoe_jax.layers.moe_call import MoeCall
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.models.spec import ModelSpec
 from samoe_jax.models.transformer import make_moe_ffn
@@ -127,7 +128,7 @@ def _batch(seed=1, b=2):
 
 
 def reference_layer(x_TD, w, router_kernel, router_bias, k, gate):
-  """y_t = sum_{i in topk(h_t, k)} g_i FFN_i(x_t), h = x W_r + b: a loop over tokens and chosen experts (§6)."""
+  """y_t = sum_{i in topk(h_t, k)} g_i FFN_i(x_t), h = x W_r + b: a loop over tokens and chosen experts (docs/methods/smoe_dropout.md)."""
   y = np.zeros_like(x_TD)
   for t, x in enumerate(x_TD):
     h = x @ router_kernel + router_bias
@@ -156,7 +157,7 @@ def test_moe_layer_at_active_k_equals_the_token_loop(gate):
   params = nn.meta.unbox(layer.init(jax.random.key(0), x_BLD, experts, mask, train=True))
   params = jax.tree.map(lambda p: p + jnp.asarray(rng.normal(size=p.shape), jnp.float32), params)   # bias != 0
   router = params['params']['router']
-  apply = jax.jit(lambda p, a: layer.apply(p, x_BLD, experts, mask, train=True, active_k=a)[0])
+  apply = jax.jit(lambda p, a: layer.apply(p, x_BLD, experts, mask, train=True, call=MoeCall(active_k=a))[0])
   for k in range(1, E + 1):
     y = apply(params, jnp.int32(k))   # one compilation: k is traced
     ref = reference_layer(np.asarray(x_BLD).reshape(-1, 16), jax.tree.map(np.asarray, experts),

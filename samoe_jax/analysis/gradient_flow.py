@@ -30,6 +30,7 @@ import numpy as np
 
 from samoe_jax import cli
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.sections import complete_config
 from samoe_jax.config.pyramid import format_counts, groups_of_config
 
 PROG = 'samoe_jax.analysis.gradient_flow'
@@ -59,9 +60,9 @@ def config_kind(config: ml_collections.ConfigDict) -> str:
   moe_layers = moe_layer_indices(config.model)
   if not moe_layers:
     return 'dense'
-  if config.pool.get('share_router', False) or config.model.get('share_attention', False):
+  if config.pool.share_router or config.model.share_attention:
     return 'widenet'
-  if len(groups_of_config(config)) > 1 or config.moe.get('residual', 'none') != 'none':
+  if len(groups_of_config(config)) > 1 or config.moe.residual != 'none':
     return 'pr_moe'
   if config.pool.mixing == 'learned':
     return 'samoe'
@@ -124,7 +125,7 @@ def load_run(workdir: str) -> Run:
   if not os.path.isfile(path):
     raise ValueError(f'{path} does not exist: {workdir} is not a run directory written by samoe_jax.train')
   with open(path) as f:
-    config = ml_collections.ConfigDict(json.load(f))
+    config = complete_config(json.load(f))
   records = read_metrics(workdir, 'grad_stats')
   if not records:
     raise ValueError(f'{workdir} has no grad_stats records in metrics.jsonl: train with '
@@ -226,7 +227,7 @@ def run_summary(run: Run, step: int, window: int) -> dict[str, Any]:
   present = [t for t in LAYER_TYPES if any(t in s for s in series)]
   return {
       'workdir': run.workdir, 'name': run.name,
-      'seed': run.config.train.get('seed'), 'shuffle_seed': run.config.data.get('shuffle_seed'),
+      'seed': run.config.train.seed, 'shuffle_seed': run.config.data.shuffle_seed,
       'steps': run.steps, 'step_used': int(used[-1]['step']), 'window_steps': [int(r['step']) for r in used],
       'layer_types': layer_type_values(averaged), 'moe_layers': moe_layer_values(averaged),
       'pool': pool_values(averaged),

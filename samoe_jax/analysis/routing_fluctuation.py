@@ -39,10 +39,10 @@ def check_supported(config: ml_collections.ConfigDict) -> None:
   spec = ModelSpec.from_config(config)
   if not spec.moe_layers:
     raise ValueError('routing_fluctuation: the model has no MoE layers (model.layer_plan)')
-  if spec.routing_policy.routing_kind != 'token_choice':
-    raise ValueError(f'routing_fluctuation: moe.routing={spec.routing_policy.routing_kind!r} has no per-token '
+  if spec.moe.routing != 'token_choice':
+    raise ValueError(f'routing_fluctuation: moe.routing={spec.moe.routing!r} has no per-token '
                      "top-1 router choice to track; it needs 'token_choice'")
-  if spec.share_router:
+  if spec.pool.share_router:
     raise ValueError('routing_fluctuation: pool.share_router=True is not supported (the shared router is not a '
                      'per-layer Router module); use a run with per-layer routers')
 
@@ -54,11 +54,13 @@ def top1_experts(model: Any, params: Any, tokens_BL: Any) -> tuple[Any, list[Any
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from samoe_jax.layers.graph_routing import GraphMixer  # pylint: disable=g-import-not-at-top
   from samoe_jax.layers.inference import InferenceMode  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.moe import Router, from_runs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers.grouping import from_runs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers.moe_call import MoeCall  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers.routers import Router  # pylint: disable=g-import-not-at-top
   from samoe_jax.models.model import token_mask  # pylint: disable=g-import-not-at-top
   b, l = tokens_BL.shape
   (_, auxes), state = model.module.apply(
-      {'params': params}, tokens_BL, token_mask(tokens_BL), train=False, inference=InferenceMode(),
+      {'params': params}, tokens_BL, token_mask(tokens_BL), train=False, call=MoeCall(inference=InferenceMode()),
       capture_intermediates=lambda mdl, name: name == '__call__' and isinstance(mdl, (Router, GraphMixer)),
       mutable=['intermediates'])
   inter = state['intermediates']

@@ -77,7 +77,7 @@ def config_at(config: ml_collections.ConfigDict, mode: Mode) -> ml_collections.C
   """config with moe.eval_top_k = mode.top_k and moe.eval_gate = mode.gate (the parameters are unchanged)."""
   c = ml_collections.ConfigDict(config.to_dict())
   c.moe.eval_top_k = mode.top_k
-  c.moe.eval_gate = mode.gate or config.moe.get('eval_gate', '')
+  c.moe.eval_gate = mode.gate or config.moe.eval_gate
   return c
 
 
@@ -86,7 +86,7 @@ def slimmability_curve(config: ml_collections.ConfigDict, params: Any, partition
   """One row per mode: validation metrics over `batches` (sharded global batches) and the per-token costs."""
   from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
   from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.loop import evaluate  # pylint: disable=g-import-not-at-top
+  from samoe_jax.training.validation import evaluate  # pylint: disable=g-import-not-at-top
   from samoe_jax.training.step import make_eval_step  # pylint: disable=g-import-not-at-top
   rows = []
   for mode in modes:
@@ -96,7 +96,7 @@ def slimmability_curve(config: ml_collections.ConfigDict, params: Any, partition
     metrics = evaluate(eval_fn, params, list(batches))
     at_k = ml_collections.ConfigDict(c.to_dict())
     at_k.moe.top_k = mode.top_k
-    rows.append({'mode': mode.name, 'k': mode.top_k, 'gate': model.spec.eval_gate or model.spec.routing_policy.gate,
+    rows.append({'mode': mode.name, 'k': mode.top_k, 'gate': model.spec.moe.eval_gate or model.spec.moe.gate,
                  'cross_entropy': metrics['eval/cross_entropy'], 'perplexity': metrics['eval/perplexity'],
                  'accuracy': metrics['eval/accuracy'], 'num_tokens': metrics['eval/num_tokens'],
                  'active_params_per_token': accounting.param_counts(at_k)['active_per_token'],
@@ -173,8 +173,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
   batches = [partitioner.shard_batch(b) for b in pipeline.make_eval_batches(config.data, num_batches, **shard)]
   rows = slimmability_curve(config, params, partitioner, batches, modes)
   report = {'workdir': workdir, 'step': steps[0], 'num_batches': len(batches), 'num_experts': num_experts,
-            'top_k': config.moe.top_k, 'gate': config.moe.get('gate', 'softmax'),
-            'k_schedule': config.moe.get('k_schedule', 'constant'), 'rows': rows}
+            'top_k': config.moe.top_k, 'gate': config.moe.gate,
+            'k_schedule': config.moe.k_schedule, 'rows': rows}
   if jax.process_index() == 0:
     report['files'] = write_outputs(os.path.join(workdir, 'analysis'), report)
     print(markdown_table(rows, f'{workdir} step {steps[0]}'), flush=True)

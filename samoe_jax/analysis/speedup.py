@@ -124,7 +124,7 @@ def cumulative_train_flops(config: Any, steps: Sequence[int]) -> np.ndarray:
   from samoe_jax.config.layer_plan import moe_layer_indices  # pylint: disable=g-import-not-at-top
   from samoe_jax.layers.k_schedule import KSchedule  # pylint: disable=g-import-not-at-top
   steps = np.asarray(steps, np.int64)
-  if config.moe.get('k_schedule', 'constant') == 'constant' or not moe_layer_indices(config.model):
+  if config.moe.k_schedule == 'constant' or not moe_layer_indices(config.model):
     return steps.astype(np.float64) * float(accounting.flops_per_step(config)['train'])
   k_N = KSchedule.from_config(config).numpy(np.arange(int(steps.max(initial=0))))   # k of each update
   flops_by_k = {}
@@ -160,7 +160,7 @@ class Group:
     from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
     c = self.config
     counts = accounting.param_counts(c)
-    k_kind = c.moe.get('k_schedule', 'constant') if counts['num_moe_layers'] else 'constant'
+    k_kind = c.moe.k_schedule if counts['num_moe_layers'] else 'constant'
     rule = ("step x accounting.flops_per_step(config)['train']" if k_kind == 'constant' else
             f'sum over updates of flops_per_step at k(step) (moe.k_schedule={k_kind}; '
             'train_flops_per_step is at k_max = moe.top_k)')

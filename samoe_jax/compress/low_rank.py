@@ -47,13 +47,13 @@ def check_low_rank(config: ml_collections.ConfigDict, workdir: str, rank: int, s
   if not moe_layer_indices(config.model):
     raise ValueError(f'{workdir!r} is a dense model (model.layer_plan={config.model.layer_plan!r}): it has no '
                      'experts to compress')
-  if config.get('low_rank_sparse', {}).get('rank', 0):
+  if config.low_rank_sparse.rank:
     raise ValueError(f'{workdir!r} already stores low-rank experts (low_rank_sparse.rank='
                      f'{config.low_rank_sparse.rank}): compress its source run instead')
   if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
     raise ValueError(f'--rank={rank!r}: give the rank of U V, an integer >= 1 (at most min(d_model, expert width))')
   target = low_rank_config(config, rank, sparsity)
-  expert_ff = config.moe.get('expert_d_ff', 0) or config.model.d_ff
+  expert_ff = config.moe.expert_d_ff or config.model.d_ff
   problems = config_problems(target, len(moe_layer_indices(config.model)), config.model.d_model, expert_ff)
   if problems:
     raise ValueError('low-rank compression: ' + '; '.join(p.replace('low_rank_sparse.rank', '--rank').replace(

@@ -30,7 +30,7 @@ def check_factor(source: SourceRun, factor: int, router: str = 'map') -> None:
   if bad:
     raise ValueError(f'pruning factor {factor} does not divide the expert count(s) {bad} of {source.workdir} '
                      f'(experts per MoE layer: {counts}); use a divisor')
-  top_k = source.model.spec.top_k
+  top_k = source.model.spec.moe.top_k
   if router == 'sum' and min(counts) // factor < top_k:
     raise ValueError(f"pruning factor {factor} with router 'sum' leaves {min(counts) // factor} expert(s) in a "
                      f"layer, fewer than moe.top_k={top_k}: use router 'map' (which keeps the E-output router) or "
@@ -80,9 +80,9 @@ def scratch_config(source_config: Any, factor: int) -> Any:
   counts = [n // factor for n in pyramid.stored_counts(source_config)]
   moe = config.moe
   moe.num_experts = source_config.moe.num_experts // factor
-  moe.experts_per_layer = pyramid.format_counts(tuple(counts)) if source_config.moe.get('experts_per_layer', '') else ''
+  moe.experts_per_layer = pyramid.format_counts(tuple(counts)) if source_config.moe.experts_per_layer else ''
   moe.top_k = min(moe.top_k, min(counts))
-  if moe.get('eval_top_k', 0):
+  if moe.eval_top_k:
     moe.eval_top_k = min(moe.eval_top_k, min(counts))
   config.init.from_workdir = config.distill.teacher_workdir = ''
   return config

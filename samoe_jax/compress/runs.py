@@ -54,13 +54,13 @@ def check_compressible(config: ml_collections.ConfigDict, workdir: str) -> None:
     raise ValueError(f'--workdir={workdir!r} is a dense model (model.layer_plan={config.model.layer_plan!r}): it '
                      'has no experts to prune or merge')
   moe, pool = config.moe, config.pool
-  if moe.get('routing', 'token_choice') == 'hash':
+  if moe.routing == 'hash':
     raise ValueError(f"--workdir={workdir!r} uses moe.routing='hash': it has no router whose logits could group "
                      'experts')
   if pool.space != 'weight':
     raise ValueError(f"--workdir={workdir!r} mixes the pool in output space (pool.space={pool.space!r}): its layers "
                      "have no effective experts to compress; only pool.space='weight' runs can be compressed")
-  if moe.get('expert_map', ''):
+  if moe.expert_map:
     raise ValueError(f'--workdir={workdir!r} is already compressed (moe.expert_map is set): compress the original '
                      'run instead')
 
@@ -107,7 +107,7 @@ def routers_of(params: Any, spec: Any) -> list[tuple[np.ndarray, np.ndarray | No
   """(kernel [D, E], bias or None) of every MoE layer; WideNet's shared router for each layer when shared."""
   out = []
   for block in spec.moe_layers:
-    if spec.share_router:
+    if spec.pool.share_router:
       out.append((np.asarray(params['shared_router']['kernel'], np.float32), None))
       continue
     router = params[f'block_{block}']['moe']['router']
@@ -135,7 +135,7 @@ def compressed_config(source: SourceRun, layers: CompressedLayers) -> ml_collect
     if small:
       raise ValueError(f"router='sum' leaves {min(small)} expert(s) in a layer, fewer than moe.top_k={moe.top_k}: "
                        "use router='map' or fewer groups removed")
-    if pool.get('share_router', False) and len(set(counts)) > 1:
+    if pool.share_router and len(set(counts)) > 1:
       raise ValueError("router='sum' with pool.share_router needs the same group count in every layer; use "
                        "router='map'")
     moe.expert_map = ''
@@ -143,7 +143,7 @@ def compressed_config(source: SourceRun, layers: CompressedLayers) -> ml_collect
   else:
     moe.expert_map = expert_map_lib.format_expert_map([list(map(int, l)) for l in layers.labels])
   moe.experts_per_layer = pyramid.format_counts(counts)
-  if moe.get('eval_top_k', 0) and moe.eval_top_k > min(counts) and layers.router == 'sum':
+  if moe.eval_top_k and moe.eval_top_k > min(counts) and layers.router == 'sum':
     moe.eval_top_k = 0
   pool.size, pool.mixing, pool.assignment, pool.init = num_moe, 'fixed', 'modulo', 'uniform'
   pool.granularity, pool.entropy_coef = 'layer', 0.0
@@ -177,7 +177,7 @@ def compressed_params(source: SourceRun, layers: CompressedLayers, model: Any) -
   for path, value in fresh.items():
     if path[0] in pools:
       out[path] = np.stack(pools[path[0]][path[1]])
-    elif len(path) >= 4 and path[1:3] == ('moe', 'router') and layers.router == 'sum' and not spec.share_router:
+    elif len(path) >= 4 and path[1:3] == ('moe', 'router') and layers.router == 'sum' and not spec.pool.share_router:
       block = int(path[0].split('_')[1])
       out[path] = routers[block][0] if path[3] == 'kernel' else routers[block][1]
     elif path[0] == 'shared_router' and layers.router == 'sum':

@@ -90,14 +90,14 @@ def collect(source: Any, batches: list[dict[str, np.ndarray]]) -> list[LayerStat
     mask = np.asarray(token_mask(jnp.asarray(tokens)))
     for block, x_BLD in moe_inputs(stats_model, source.params, tokens).items():
       per_block[block].append(x_BLD[mask])
-  top_k = source.model.spec.top_k
+  top_k = source.model.spec.moe.top_k
   return [layer_stats(b, np.concatenate(per_block[b]), source.routers[i], source.layers[i], top_k)
           for i, b in enumerate(source.moe_blocks)]
 
 
 def stats_model_of(source: Any) -> Any:
   """The source's model without activation rematerialisation (same parameters; captures see every block)."""
-  if source.model.spec.remat == 'none':
+  if source.model.spec.model.remat == 'none':
     return source.model
   from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   config = source.config.copy_and_resolve_references()

@@ -40,7 +40,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Activation rematerialisation (samoe_jax/models/remat.py): 'none', 'block' (each block keeps only its inputs and
   # is recomputed in the backward pass: ~1/3 more compute, far less activation memory) or 'dots' (keep matmuls).
   c.model.remat = 'none'
-  # WideNet sharing (docs/methods/sharing.md, samoe_jax/layers/shared.py, docs/methods/sharing.md): one set of attention
+  # WideNet sharing (docs/methods/sharing.md, samoe_jax/layers/shared.py): one set of attention
   # weights shared by every block (each block keeps its own LayerNorms and its own decoding cache).
   c.model.share_attention = False
 
@@ -58,7 +58,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Expert-buffer slot priority: 'position' (token order; causal, the decoder default) or 'choice' (fairseq:
   # all first choices before second choices; a later token can displace an earlier one: not causal).
   c.moe.slot_priority = 'position'
-  # MomentumSMoE / AdamSMoE (docs/methods/momentum.md, samoe_jax/layers/momentum.py, docs/methods/momentum.md): a state carried
+  # MomentumSMoE / AdamSMoE (docs/methods/momentum.md, samoe_jax/layers/momentum.py): a state carried
   # across the MoE layers. 'none' (off), 'heavy_ball' (p = mu p + gamma f; x += p) or 'adam'
   # (x += gamma m / sqrt(v + eps)). adam_layers: 'first' (official code: Adam in the first MoE layer, heavy ball
   # after) or 'all' (the paper's formula in every MoE layer).
@@ -69,7 +69,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.adam_beta2 = 0.999
   c.moe.adam_eps = 1e-8
   c.moe.adam_layers = 'first'
-  # PR-MoE = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, docs/methods/pr_moe.md; docs/methods/pr_moe.md).
+  # PR-MoE = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, docs/methods/pr_moe.md).
   # experts_per_layer: one expert count per MoE layer, comma list with 'NxM' runs ('32x10,64x2' = ten MoE layers of
   # 32 experts, then two of 64); '' = moe.num_experts everywhere. Layers with equal counts share a pool group.
   # residual: 'none', 'sum' (y = MLP(x) + MoE(x), the paper) or 'learned_softmax' (DeepSpeed use_residual:
@@ -80,7 +80,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # token routed to output e is computed by stored expert map[e]. '' = identity. python -m samoe_jax.compress sets it.
   c.moe.expert_map = ''
   c.moe.residual = 'none'
-  # SMoE-Dropout (docs/methods/smoe_dropout.md; samoe_jax/layers/k_schedule.py, docs/methods/smoe_dropout.md): the number of experts
+  # SMoE-Dropout (docs/methods/smoe_dropout.md; samoe_jax/layers/k_schedule.py): the number of experts
   # per token k changes over training. k_schedule: 'constant' (k = top_k, the default), 'linear_increase',
   # 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase', 'exp_decrease' from k_min to k_max
   # (k_max = top_k, the layers' static maximum; 0 = top_k) over k_schedule_steps (0 = train.steps).
@@ -92,7 +92,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.k_schedule_steps = 0
   c.moe.eval_top_k = 0
   c.moe.eval_gate = ''
-  # Routing policies (docs/methods/routing.md, §6; samoe_jax/layers/routing_policy.py, docs/methods/routing.md). The defaults
+  # Routing policies (docs/methods/routing.md; samoe_jax/layers/routers.py). The defaults
   # are the standard top-k MoE. routing: 'token_choice', 'expert_choice' (Zhou et al. 2022; NOT causal) or 'hash'
   # (Roller et al. 2021; expert = fixed hash of the token id, k = 1, no router). gate: 'softmax' (p over all E),
   # 'topk_softmax' (softmax over the chosen logits), 'uniform' (1/k). gate_renorm: 'auto' (top-1 raw, top-k
@@ -133,7 +133,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.pool.init = 'uniform'            # 'uniform' (alpha = 0) or 'one_hot' (alpha = one_hot_scale on assigned entry)
   c.pool.one_hot_scale = 3.0
   c.pool.assignment = 'modulo'       # MoE layer l -> pool entry: 'modulo' (l mod P) or 'block' (l*P // L_moe)
-  # WideNet / SaMoE sharing ablations (docs/model.md, §4; samoe_jax/layers/shared.py, docs/methods/sharing.md):
+  # WideNet / SaMoE sharing ablations (docs/model.md; samoe_jax/layers/shared.py, docs/methods/sharing.md):
   # share_router: one router W_r [D, E] for every MoE layer (each block's own LayerNorm still makes it route
   # differently per depth). entropy_coef: adds coef * mean_l H(softmax(alpha_l / tau)) to the loss (learned mixing,
   # P >= 2): > 0 pushes each layer towards one pool entry, < 0 towards uniform mixing, 0 = off (costs nothing).

@@ -98,13 +98,13 @@ def expert_groups(counts: tuple[int, ...], pool_size: int, assignment: str) -> l
 def min_experts(moe: Any) -> int:
   """The fewest experts a MoE layer may store: top_k, or 1 when moe.expert_map sends several router outputs to
   one stored expert (config/expert_map.py)."""
-  return 1 if moe.get('expert_map', '') else moe.top_k
+  return 1 if getattr(moe, 'expert_map', '') else moe.top_k
 
 
 def stored_counts(config: Any) -> tuple[int, ...]:
   """Every MoE layer's stored expert count (moe.experts_per_layer, read with .get so older configs load)."""
   num_moe = len(moe_layer_indices(config.model))
-  return parse_experts_per_layer(config.moe.get('experts_per_layer', ''), num_moe, config.moe.num_experts,
+  return parse_experts_per_layer(config.moe.experts_per_layer, num_moe, config.moe.num_experts,
                                  min_experts(config.moe))
 
 

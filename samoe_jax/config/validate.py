@@ -3,7 +3,10 @@
 Every problem is collected and one ValueError lists them all, one per line, each naming the key, the bad value and
 what is allowed. A dense model (no MoE layers after resolving model.layer_plan) ignores the moe and pool sections.
 Checks that need the device count (what mesh -1 resolves to) are left to the trainer; here only the sizes given
-explicitly are checked.
+explicitly are checked. This is the one pass over a config's settings: the trainer's keys (train.microbatches,
+train.decay_steps, train.grad_stats_every), model.remat, the SMoE-Dropout k schedule and the eval section are
+checked here too, so a config with problems in several places gets them all in one error. Runtime checks on data
+(files, checkpoints, a teacher run) stay with the code that reads it.
 """
 
 from __future__ import annotations
@@ -13,15 +16,21 @@ from typing import Any, Sequence
 
 import ml_collections
 
-from samoe_jax.config.layer_plan import ASSIGNMENTS, moe_layer_indices, pool_assignment
+from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.sections import complete_config
+from samoe_jax.config.layer_plan import ASSIGNMENTS, group_rows, moe_layer_indices, pool_assignment
 from samoe_jax.config.expert_map import parse_expert_map
 from samoe_jax.config.pyramid import min_experts, parse_experts_per_layer
 from samoe_jax.data import task_finetune, text_files
+from samoe_jax.evaluation.task_specs import parse_seeds, parse_tasks, unknown_tasks
+from samoe_jax.evaluation.tasks.registry import TASK_NAMES
+from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
 from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
-from samoe_jax.layers.routing import SLOT_PRIORITIES
+from samoe_jax.layers.routing import GATES, SLOT_PRIORITIES
 from samoe_jax.layers.routing_policy import check_routing_config
 from samoe_jax.layers.graph_routing import check_graph_config
+from samoe_jax.models.remat import check_remat
 from samoe_jax.training import sparse_pruning
 
 DTYPES = ('float32', 'bfloat16')
@@ -92,6 +101,10 @@ def _check_model(m: ml_collections.ConfigDict, e: _Errors) -> list[int] | None:
   e.one_of('model.dtype', m.dtype, DTYPES)
   if not isinstance(m.tie_embeddings, bool):
     e.add('model.tie_embeddings', m.tie_embeddings, 'must be True or False')
+  try:   # activation rematerialisation (models/remat.py; the model builder checks it again)
+    check_remat(m.remat)
+  except ValueError as err:
+    e.lines.append(str(err))
   if not (_is_int(m.num_layers) and m.num_layers >= 1):
     return None
   try:
@@ -190,33 +203,33 @@ def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
 
 def _check_momentum(moe: ml_collections.ConfigDict, moe_layers: list[int] | None, e: _Errors) -> None:
   """MomentumSMoE / AdamSMoE keys (docs/methods/momentum.md, layers/momentum.py); checked only when moe.momentum is on."""
-  kind = moe.get('momentum', 'none')
+  kind = moe.momentum
   if not e.one_of('moe.momentum', kind, MOMENTUM_KINDS) or kind == 'none':
     return
   if moe_layers is not None and not moe_layers:
     e.add('moe.momentum', kind, "needs MoE layers (the state is carried across them); this model.layer_plan has "
           "none: use moe.momentum='none' or a layer plan with MoE blocks")
-  e.in_range('moe.momentum_mu', moe.get('momentum_mu', 0.7), 0.0, 1.0, hi_open=True)
-  e.positive('moe.momentum_gamma', moe.get('momentum_gamma', 1.0))
+  e.in_range('moe.momentum_mu', moe.momentum_mu, 0.0, 1.0, hi_open=True)
+  e.positive('moe.momentum_gamma', moe.momentum_gamma)
   if kind == 'adam':
-    e.in_range('moe.adam_beta1', moe.get('adam_beta1', 0.9), 0.0, 1.0, hi_open=True)
-    e.in_range('moe.adam_beta2', moe.get('adam_beta2', 0.999), 0.0, 1.0, hi_open=True)
-    e.positive('moe.adam_eps', moe.get('adam_eps', 1e-8))
-    e.one_of('moe.adam_layers', moe.get('adam_layers', 'first'), ADAM_LAYERS)
+    e.in_range('moe.adam_beta1', moe.adam_beta1, 0.0, 1.0, hi_open=True)
+    e.in_range('moe.adam_beta2', moe.adam_beta2, 0.0, 1.0, hi_open=True)
+    e.positive('moe.adam_eps', moe.adam_eps)
+    e.one_of('moe.adam_layers', moe.adam_layers, ADAM_LAYERS)
 
 
 def _check_sharing(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
-  """WideNet sharing and the mixing-entropy regulariser (docs/model.md, §4; layers/shared.py)."""
-  share_attention = c.model.get('share_attention', False)
+  """WideNet sharing (Xue et al. 2022) and the mixing-entropy regulariser (docs/model.md; layers/shared.py)."""
+  share_attention = c.model.share_attention
   if not isinstance(share_attention, bool):
     e.add('model.share_attention', share_attention, 'must be True or False')
   if not num_moe:   # a dense model ignores the pool section
     return
   pool = c.pool
-  share_router = pool.get('share_router', False)
+  share_router = pool.share_router
   if not isinstance(share_router, bool):
     e.add('pool.share_router', share_router, 'must be True or False')
-  coef = pool.get('entropy_coef', 0.0)
+  coef = pool.entropy_coef
   if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef != coef or abs(coef) == float('inf'):
     e.add('pool.entropy_coef', coef, 'must be a finite number (> 0: towards one pool entry per layer, < 0: towards '
           'uniform mixing, 0: off)')
@@ -232,8 +245,8 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
   """PR-MoE keys (docs/methods/pr_moe.md): moe.experts_per_layer (Pyramid-MoE, config/pyramid.py) and moe.residual
   (Residual-MoE, layers/residual_moe.py); MoE models only."""
   moe, pool = c.moe, c.pool
-  e.one_of('moe.residual', moe.get('residual', 'none'), RESIDUAL_MODES)
-  text = moe.get('experts_per_layer', '')
+  e.one_of('moe.residual', moe.residual, RESIDUAL_MODES)
+  text = moe.experts_per_layer
   if not (_is_int(moe.num_experts) and _is_int(moe.top_k) and _is_int(pool.size) and pool.size >= 1
           and pool.assignment in ASSIGNMENTS):
     return
@@ -243,14 +256,14 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
     e.lines.append(str(err))
     return
   try:   # merged / pruned experts (config/expert_map.py)
-    maps = parse_expert_map(moe.get('expert_map', ''), counts, moe.top_k)
+    maps = parse_expert_map(moe.expert_map, counts, moe.top_k)
   except ValueError as err:
     e.lines.append(str(err))
     return
   if maps and pool.space != 'weight':
     e.add('moe.expert_map', moe.expert_map, "needs pool.space='weight' (output-space mixing runs whole pool "
           'entries, not mapped experts)')
-  if maps and pool.get('share_router', False) and any(len(m) != moe.num_experts for m in maps):
+  if maps and pool.share_router and any(len(m) != moe.num_experts for m in maps):
     e.add('moe.expert_map', moe.expert_map, f'with pool.share_router every map needs moe.num_experts='
           f'{moe.num_experts} router outputs (one router for all MoE layers)')
   groups = sorted(set(counts))
@@ -263,10 +276,10 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
           "(every group's experts are split over the expert axis)")
   if len(groups) < 2:
     return
-  if pool.get('share_router', False) and not maps:
+  if pool.share_router and not maps:
     e.add('pool.share_router', True, f'cannot share one router across MoE layers with different expert counts '
           f'(moe.experts_per_layer={text!r}); use False')
-  if pool.get('entropy_coef', 0.0):
+  if pool.entropy_coef:
     e.add('pool.entropy_coef', pool.entropy_coef, 'is not supported with several expert groups '
           f'(moe.experts_per_layer={text!r}: each group has its own mixing logits); use 0.0')
 
@@ -274,16 +287,14 @@ def _check_pr_moe(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> Non
 def _check_k_schedule(c: ml_collections.ConfigDict, e: _Errors) -> None:
   """SMoE-Dropout keys (docs/methods/smoe_dropout.md, layers/k_schedule.py): the k schedule and the evaluation k / gate (MoE
   models only; the schedule's bounds are checked only when a schedule is on)."""
-  from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.routing import GATES  # pylint: disable=g-import-not-at-top
   moe = c.moe
   if not (_is_int(moe.num_experts) and _is_int(moe.top_k)):
     return
   top_k, experts = moe.top_k, moe.num_experts
-  eval_k = moe.get('eval_top_k', 0)
+  eval_k = moe.eval_top_k
   if not _is_int(eval_k) or not 0 <= eval_k <= experts:
     e.add('moe.eval_top_k', eval_k, f'must be an integer in [0, moe.num_experts={experts}] (0 = moe.top_k)')
-  elif eval_k and moe.get('experts_per_layer', ''):   # Pyramid-MoE: every layer needs eval_top_k experts
+  elif eval_k and moe.experts_per_layer:   # Pyramid-MoE: every layer needs eval_top_k experts
     try:
       fewest = min(parse_experts_per_layer(moe.experts_per_layer, len(moe_layer_indices(c.model)), experts))
     except ValueError:
@@ -291,13 +302,13 @@ def _check_k_schedule(c: ml_collections.ConfigDict, e: _Errors) -> None:
     if eval_k > fewest:
       e.add('moe.eval_top_k', eval_k, f'must be <= {fewest}, the fewest experts of a layer in '
             f'moe.experts_per_layer={moe.experts_per_layer!r}')
-  eval_gate = moe.get('eval_gate', '')
+  eval_gate = moe.eval_gate
   if eval_gate != '':
     e.one_of('moe.eval_gate', eval_gate, ('',) + tuple(GATES))
-  kind = moe.get('k_schedule', 'constant')
+  kind = moe.k_schedule
   if not e.one_of('moe.k_schedule', kind, K_SCHEDULES) or kind == 'constant':
     return
-  k_min, k_max, steps = moe.get('k_min', 1), moe.get('k_max', 0), moe.get('k_schedule_steps', 0)
+  k_min, k_max, steps = moe.k_min, moe.k_max, moe.k_schedule_steps
   if _is_int(k_max) and k_max not in (0, top_k):
     e.add('moe.k_max', k_max, f'must be 0 or moe.top_k={top_k}: top_k is the MoE layers\' static maximum k, so set '
           f'moe.top_k={k_max} (and moe.k_max=0) to schedule up to {k_max} experts')
@@ -314,9 +325,10 @@ def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
   if e.positive_int('train.steps', t.steps):
     if not _is_int(t.warmup_steps) or not 0 <= t.warmup_steps <= t.steps:
       e.add('train.warmup_steps', t.warmup_steps, f'must be an integer in [0, train.steps={t.steps}]')
-  decay = t.get('decay_steps', 0)
-  if e.non_negative('train.decay_steps', decay, 'an integer (0 = train.steps)') and decay and _is_int(
-      t.warmup_steps) and t.warmup_steps > decay:
+  decay = t.decay_steps
+  if not _is_int(decay) or decay < 0:
+    e.add('train.decay_steps', decay, 'must be an integer >= 0 (0 = train.steps)')
+  elif decay and _is_int(t.warmup_steps) and t.warmup_steps > decay:
     e.add('train.warmup_steps', t.warmup_steps, f'must be <= train.decay_steps={decay} (the cosine horizon)')
   e.positive('train.learning_rate', t.learning_rate)
   e.in_range('train.min_lr_ratio', t.min_lr_ratio, 0.0, 1.0, hi_open=False)
@@ -330,10 +342,31 @@ def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
     e.positive_int('train.eval_batches', t.eval_batches)
   e.non_negative('train.checkpoint_every', t.checkpoint_every, 'an integer')
   e.positive_int('train.keep_checkpoints', t.keep_checkpoints)
-  stats = t.get('grad_stats_every', 0)
+  stats = t.grad_stats_every
   if not _is_int(stats) or stats < 0:
     e.add('train.grad_stats_every', stats, 'must be an integer >= 0 (steps between gradient-flow statistics, '
           'training/grad_stats.py; 0 = off)')
+
+
+def _check_microbatches(c: ml_collections.ConfigDict, e: _Errors) -> None:
+  """train.microbatches (gradient accumulation, training/accumulate.py): an integer >= 1 that splits the batch into
+  whole routing groups; the split over the mesh's data shards is the trainer's check (it needs the device count)."""
+  micro = c.train.microbatches
+  if not _is_int(micro) or micro < 1:
+    e.lines.append(f'train.microbatches={micro!r}: must be an integer >= 1 (gradient-accumulation passes per '
+                   'optimizer step; 1 = no accumulation)')
+    return
+  batch = c.data.batch_size
+  if micro == 1 or not (_is_int(batch) and batch >= 1 and _is_int(c.data.seq_len) and c.data.seq_len >= 1):
+    return
+  try:
+    rows = group_rows(c)
+  except (ValueError, TypeError):   # a bad layer plan or group size: reported by _check_model / _group_tokens
+    return
+  if batch % (micro * rows):
+    group = f' x {rows} sequences per routing group (moe.group_size={c.moe.group_size})' if rows > 1 else ''
+    e.lines.append(f'data.batch_size={batch} must be divisible by train.microbatches={micro}{group}, so that '
+                   'every microbatch has the same number of whole sequences')
 
 
 def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | None, e: _Errors) -> None:
@@ -383,16 +416,14 @@ def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | 
 
 
 def _check_eval(c: ml_collections.ConfigDict, e: _Errors) -> None:
-  """The optional eval section (configs written before it existed have none)."""
-  from samoe_jax.evaluation.runner import parse_seeds, parse_tasks  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.tasks.registry import TASK_NAMES  # pylint: disable=g-import-not-at-top
+  """The optional eval section (configs written before it existed have none): the rules of the evaluator's
+  EvalSettings.check (evaluation/runner.py), named by config key."""
   v = c.eval
   tasks = parse_tasks(v.tasks) if isinstance(v.tasks, str) else None
   if tasks is None:
     e.add('eval.tasks', v.tasks, "must be a string: comma-separated task names, 'deepspeed', 'all' or ''")
-  elif [t for t in tasks if t not in TASK_NAMES]:
-    e.add('eval.tasks', v.tasks, f'names unknown task(s) {[t for t in tasks if t not in TASK_NAMES]}; known: '
-          f'{", ".join(TASK_NAMES)}')
+  elif unknown_tasks(tasks):
+    e.add('eval.tasks', v.tasks, f'names unknown task(s) {unknown_tasks(tasks)}; known: {", ".join(TASK_NAMES)}')
   elif tasks and not v.data_dir:
     e.add('eval.data_dir', v.data_dir, 'must name the directory of <task>/<split>.jsonl files when eval.tasks is set')
   e.non_negative('eval.every', v.every, 'an integer')
@@ -416,13 +447,13 @@ def _check_distill_init(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) 
     for key in ('teacher_workdir', 'teacher_config'):
       if not isinstance(d.get(key, ''), str):
         e.add(f'distill.{key}', d.get(key), "must be a string ('' = off / the teacher's config.json)")
-    if d.get('teacher_workdir', ''):
+    if d.teacher_workdir:
       e.non_negative('distill.alpha', d.alpha)
       e.positive('distill.temperature', d.temperature)
       for key in ('teacher_step', 'stop_step'):
         if not _is_int(d[key]) or d[key] < 0:
           e.add(f'distill.{key}', d[key], 'must be an integer >= 0 (0 = latest checkpoint / KD for the whole run)')
-  if 'init' in c and c.init.get('from_workdir', ''):
+  if 'init' in c and c.init.from_workdir:
     i = c.init
     e.one_of('init.mode', i.mode, INIT_MODES)
     e.non_negative('init.noise_std', i.noise_std)
@@ -447,6 +478,21 @@ def _check_finite(node: Any, prefix: str, e: _Errors) -> None:
     e.add(prefix, node, 'must be a finite number (NaN and Inf are not allowed anywhere in the config)')
 
 
+def _check_known_keys(c: ml_collections.ConfigDict, e: _Errors) -> list[tuple[str, str]]:
+  """Every key of a section the defaults define must be a key of config/defaults.py (a typo is not ignored);
+  returns the unknown (section, key) pairs."""
+  base = get_base_config()
+  out = []
+  for section in base.keys():
+    if section not in c or not hasattr(c[section], 'keys'):
+      continue
+    for key in sorted(set(c[section].keys()) - set(base[section].keys())):
+      e.add(f'{section}.{key}', c[section][key], f'unknown key; config.{section} has: '
+            + ', '.join(sorted(base[section].keys())))
+      out.append((section, key))
+  return out
+
+
 def config_errors(config: ml_collections.ConfigDict) -> list[str]:
   """All problems found in config, one line each (empty when valid)."""
   e = _Errors()
@@ -455,6 +501,10 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
       e.lines.append(f'{section}: missing config section (start from samoe_jax.config.defaults.get_base_config())')
   if e.lines:
     return e.lines
+  unknown = _check_known_keys(config, e)
+  config = complete_config(config)   # keys a config omits take their one default (config/defaults.py)
+  for section, key in unknown:       # reported above; the other checks run on the known keys
+    del config[section][key]
   _check_finite(config, '', e)
   moe_layers = _check_model(config.model, e)
   _check_data(config, e)
@@ -469,11 +519,12 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     _check_pr_moe(config, num_moe, e)
     _check_k_schedule(config, e)   # SMoE-Dropout (layers/k_schedule.py)
   _check_train(config.train, e)
+  _check_microbatches(config, e)
   if 'eval' in config:
     _check_eval(config, e)
   _check_mesh(config, num_moe, group_tokens, e)
   _check_distill_init(config, num_moe, e)
-  expert_ff = config.moe.get('expert_d_ff', 0) or config.model.d_ff
+  expert_ff = config.moe.expert_d_ff or config.model.d_ff
   e.lines += sparse_pruning.config_problems(config, num_moe, config.model.d_model, expert_ff)
   return e.lines
 

@@ -53,7 +53,7 @@ class ModelBackend:
 
   def loglikelihood(self, requests: Sequence[LoglikelihoodRequest]) -> list[tuple[float, bool]]:
     pairs = [self.tokenizer.split_context_continuation(r.context, r.continuation) for r in requests]
-    self.truncated += sum(len(c) + len(x) > self.model.spec.max_len + 1 for c, x in pairs)   # scorer.scoring_row
+    self.truncated += sum(len(c) + len(x) > self.model.spec.model.max_len + 1 for c, x in pairs)   # scorer.scoring_row
     return self.scorer.score(pairs)
 
   def loglikelihood_rolling(self, requests: Sequence[RollingLoglikelihoodRequest]) -> list[float]:
@@ -72,10 +72,10 @@ class ModelBackend:
     for i, r in enumerate(requests):
       by_budget.setdefault((r.max_gen_toks, r.until), []).append(i)
     for (max_gen_toks, until), indices in by_budget.items():
-      max_gen_toks = min(max_gen_toks, self.model.spec.max_len - 1)   # leave room for at least one context token
+      max_gen_toks = min(max_gen_toks, self.model.spec.model.max_len - 1)   # leave room for at least one context token
       stops = [[self.tokenizer.eos_id]] + [self.tokenizer.encode(s) for s in until if s]
       prompts = [self.tokenizer.encode(requests[i].context) for i in indices]
-      self.truncated += sum(len(p) > self.model.spec.max_len - max_gen_toks for p in prompts)
+      self.truncated += sum(len(p) > self.model.spec.model.max_len - max_gen_toks for p in prompts)
       generated = greedy_generate(self.model, self.params, prompts, max_new_tokens=max_gen_toks,
                                   stop_sequences=[s for s in stops if s], batch_size=self.batch_size)
       for i, ids in zip(indices, generated):

@@ -21,6 +21,7 @@ import ml_collections
 import orbax.checkpoint as ocp
 from absl import logging
 
+from samoe_jax.config.sections import complete_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import checkpoint_integrity as integrity
@@ -86,7 +87,7 @@ def run_config(workdir: str) -> ml_collections.ConfigDict:
   if not os.path.isfile(path):
     raise ValueError(f'{path} does not exist: give --config=FILE, or a --workdir written by samoe_jax.train')
   with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
+    return complete_config(json.load(f))
 
 
 def param_shardings(model: LanguageModel, partitioner: Partitioner) -> Any:

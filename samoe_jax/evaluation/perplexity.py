@@ -26,6 +26,8 @@ from samoe_jax.data import pipeline
 from samoe_jax.evaluation.tasks.readers import read_text
 from samoe_jax.evaluation.requests import Backend, RollingLoglikelihoodRequest
 from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training.step import make_eval_step
+from samoe_jax.training.validation import evaluate
 
 ALL_BATCHES = 1 << 30
 
@@ -94,8 +96,6 @@ def validation_perplexity(model: Any, params: Any, partitioner: Partitioner, con
                           num_batches: int = 0) -> dict[str, float]:
   """Cross-entropy, perplexity and token count of data.eval_split of the config's pretraining task
   (num_batches = 0: the whole split)."""
-  from samoe_jax.training.loop import evaluate  # pylint: disable=g-import-not-at-top  (avoid a cycle at import)
-  from samoe_jax.training.step import make_eval_step  # pylint: disable=g-import-not-at-top
   shard = {'shard_index': jax.process_index(), 'num_shards': jax.process_count()}
   host = pipeline.make_eval_batches(config.data, num_batches or ALL_BATCHES, **shard)
   batches = [partitioner.shard_batch(b) for b in host]

@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from absl import logging
 
 from samoe_jax.evaluation import perplexity
+from samoe_jax.evaluation.task_specs import DEEPSPEED_MOE_TASKS, parse_seeds, parse_tasks, unknown_tasks
 from samoe_jax.evaluation.tasks import TASK_NAMES, evaluate_task, get_task
 
-# The zero-shot suite of DeepSpeed-MoE and SaMoE (docs/model.md, §3.4).
-DEEPSPEED_MOE_TASKS = ('lambada_openai', 'piqa', 'boolq', 'race', 'triviaqa', 'webqs')
+__all__ = ['DEEPSPEED_MOE_TASKS', 'EvalSettings', 'parse_seeds', 'parse_tasks', 'run_evaluation']
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,19 +33,31 @@ class EvalSettings:
   validation_batches: int = -1        # -1: skip; 0: the whole validation split; N: its first N batches
   bootstrap_iters: int = 100000
 
-  def check(self) -> None:
-    unknown = [t for t in self.tasks if t not in TASK_NAMES]
+  def problems(self) -> list[str]:
+    """Every problem with the settings themselves (nothing is read), one line each."""
+    problems = []
+    unknown = unknown_tasks(self.tasks)
     if unknown:
-      raise ValueError(f'unknown task(s) {unknown}: use any of {", ".join(TASK_NAMES)}')
+      problems.append(f'unknown task(s) {unknown}: use any of {", ".join(TASK_NAMES)}')
     if self.tasks and not self.data_dir:
-      raise ValueError('evaluation tasks need a data directory (--eval_data_dir): it holds <task>/<split>.jsonl, '
-                       'see docs/evaluation.md for where to get each data set')
+      problems.append('evaluation tasks need a data directory (--eval_data_dir): it holds <task>/<split>.jsonl, '
+                      'see docs/evaluation.md for where to get each data set')
     if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
-      raise ValueError(f'num_fewshot={self.num_fewshot!r} must be an integer >= 0')
+      problems.append(f'num_fewshot={self.num_fewshot!r} must be an integer >= 0')
     if not self.fewshot_seeds:
-      raise ValueError('fewshot_seeds must name at least one seed')
+      problems.append('fewshot_seeds must name at least one seed')
     if self.limit is not None and self.limit < 1:
-      raise ValueError(f'limit={self.limit!r} must be >= 1 (or unset for every document)')
+      problems.append(f'limit={self.limit!r} must be >= 1 (or unset for every document)')
+    return problems
+
+  def check(self) -> None:
+    """Raises one ValueError listing every problem of `problems` (the config path reports the same rules for the
+    eval section through validate_config first)."""
+    problems = self.problems()
+    if len(problems) == 1:
+      raise ValueError(problems[0])
+    if problems:
+      raise ValueError(f'evaluation settings ({len(problems)} problems):\n' + '\n'.join(f'  {p}' for p in problems))
 
   def data_problems(self) -> list[str]:
     """Every problem with the tasks' data and the perplexity files, found by reading them (nothing compiled):
@@ -89,27 +100,6 @@ class EvalSettings:
   def seeds(self) -> tuple[int, ...]:
     """Zero-shot prompts draw no shots, so one seed is enough whatever fewshot_seeds says."""
     return self.fewshot_seeds if self.num_fewshot else self.fewshot_seeds[:1]
-
-
-def parse_seeds(text: str) -> tuple[int, ...]:
-  """'1234' -> (1234,); '1234,5' -> (1234, 5); '5x' -> five seeds 1234..1238 (the first is the harness's)."""
-  text = str(text).strip()
-  try:
-    if text.endswith('x'):
-      return tuple(1234 + i for i in range(int(text[:-1])))
-    return tuple(int(s) for s in text.split(',') if s.strip())
-  except ValueError:
-    raise ValueError(f'few-shot seeds {text!r}: use comma-separated integers (1234,5) or a count such as 5x') from None
-
-
-def parse_tasks(text: str) -> tuple[str, ...]:
-  """'piqa,boolq' -> ('piqa', 'boolq'); 'deepspeed' -> the DeepSpeed-MoE six; 'all' -> every task; '' -> ()."""
-  text = str(text).strip()
-  if text == 'deepspeed':
-    return DEEPSPEED_MOE_TASKS
-  if text == 'all':
-    return TASK_NAMES
-  return tuple(t.strip() for t in text.split(',') if t.strip())
 
 
 def run_evaluation(backend: Any, settings: EvalSettings, *, model: Any = None, params: Any = None,

@@ -113,7 +113,7 @@ def experts_logical_axes(model: LanguageModel) -> dict[int, LayerExperts]:
   spec = model.spec
   if not spec.moe_layers:
     return {}
-  if spec.space == 'output' and spec.mixing == 'learned':
+  if spec.pool.space == 'output' and spec.pool.mixing == 'learned':
     return {b: LayerExperts(expert_weight_axes(('pool',)), PartitionSpec()) for b in spec.moe_layers}
   return {b: LayerExperts(expert_weight_axes()) for b in spec.moe_layers}
 
@@ -131,15 +131,15 @@ class LoglikelihoodScorer:
     spec = model.spec
     if not isinstance(batch_size, int) or batch_size < 1:
       raise ValueError(f'LoglikelihoodScorer: batch_size={batch_size!r} must be a positive int')
-    if spec.moe_layers and spec.slot_priority != 'position':
-      raise ValueError(f"LoglikelihoodScorer: moe.slot_priority={spec.slot_priority!r} is not causal (a later "
-                       "token can take an earlier token's expert slot), so scores would depend on padding and "
-                       "batching; use moe.slot_priority='position'")
+    if spec.moe_layers and not spec.routing.causal:
+      raise ValueError(f'LoglikelihoodScorer: {spec.routing.noncausal_setting} is not causal (a later token can '
+                       "take an earlier token's expert slot), so scores would depend on padding and batching; use "
+                       "moe.routing='token_choice' or 'hash' with moe.slot_priority='position'")
     if partitioner is not None and batch_size % partitioner.num_data_shards:
       raise ValueError(f'LoglikelihoodScorer: batch_size={batch_size} must be divisible by the partitioner\'s '
                        f'{partitioner.num_data_shards} data shards')
     self.model, self.params, self.batch_size = model, params, batch_size
-    self.buckets = check_buckets(buckets, spec.max_len)
+    self.buckets = check_buckets(buckets, spec.model.max_len)
     self.partitioner = partitioner
     score_fn = functools.partial(score_rows, model)
     if partitioner is None:
@@ -168,7 +168,7 @@ class LoglikelihoodScorer:
     An empty context scores the continuation after the start token alone. ValueError for a bad request (named
     by its index): ids outside [0, vocab_size), an empty continuation, or one longer than model.max_len.
     """
-    vocab, max_len = self.model.spec.vocab_size, self.model.spec.max_len
+    vocab, max_len = self.model.spec.model.vocab_size, self.model.spec.model.max_len
     rows = []
     for i, request in enumerate(requests):
       if len(request) != 2:
@@ -187,7 +187,7 @@ class LoglikelihoodScorer:
 
   def score_rolling_many(self, texts: Sequence[Sequence[int]]) -> list[float]:
     """score_rolling of many texts, their windows scored together (an empty text scores 0.0)."""
-    vocab, max_len = self.model.spec.vocab_size, self.model.spec.max_len
+    vocab, max_len = self.model.spec.model.vocab_size, self.model.spec.model.max_len
     rows, owner = [], []
     for i, text in enumerate(texts):
       tokens = check_token_ids(text, vocab, f'text {i}')

@@ -12,6 +12,7 @@ T tokens per group, E experts, k choices per token, CF capacity factor:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 CAPACITY_FORMULAS = ('deepspeed', 'switch', 'fairseq', 'none')
@@ -31,3 +32,27 @@ def expert_capacity(tokens_per_group: int, num_experts: int, top_k: int, capacit
   if formula == 'none':
     return int(t)
   raise ValueError(f'moe.capacity_formula={formula!r} is not one of {CAPACITY_FORMULAS}')
+
+
+@dataclasses.dataclass(frozen=True)
+class Capacity:
+  """An MoE layer's routing groups and slots: the moe.capacity_* keys plus the resolved group sizes.
+
+  group_size: tokens per training/validation routing group (divides B*L; a multiple or divisor of L).
+  eval_group_size: positions per evaluation-routing run (layers/inference.py); 0 = group_size.
+  """
+  group_size: int
+  capacity_factor_train: float
+  capacity_factor_eval: float
+  min_capacity: int
+  capacity_formula: str
+  eval_group_size: int = 0
+
+  @property
+  def run(self) -> int:
+    """Positions per evaluation-routing run."""
+    return self.eval_group_size or self.group_size
+
+  def slots(self, tokens: int, num_experts: int, top_k: int, capacity_factor: float) -> int:
+    """C for a group of `tokens` tokens (see the module docstring)."""
+    return expert_capacity(tokens, num_experts, top_k, capacity_factor, self.min_capacity, self.capacity_formula)

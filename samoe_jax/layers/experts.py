@@ -1,13 +1,8 @@
-"""Expert weights, the SaMoE global expert pool, and weight-space mixing.
+"""Expert weights and the expert FFN computation (one layer's experts applied to their dispatched tokens).
 
 Einsum letters: P pool entries, E experts, D model width, F expert hidden width, X tokens (slots) per expert.
 
-SaMoE (docs/model.md): the pool holds P global MoE layers, each a full set of E experts, stored once as stacked
-arrays with a leading pool axis. MoE layer l uses the effective experts
-    W^(l) = sum_j softmax(alpha_l / tau)_j W_j            (layer-level mixing, alpha_l: [P])
-    W^(l)_e = sum_j softmax(alpha_{l,e} / tau)_j W_{j,e}  (expert-level mixing, alpha_l: [E, P])
-so a token costs exactly one MoE layer. A fixed one-hot alpha selects one pool entry (standard MoE when P equals
-the number of MoE layers; fully tied experts when P = 1).
+Where the experts come from (the SaMoE global pool and its mixing) is layers/pool.py.
 """
 
 from __future__ import annotations
@@ -18,7 +13,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from samoe_jax.layers import initializers
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +37,17 @@ class ExpertWeights:
 jax.tree_util.register_dataclass(ExpertWeights, data_fields=['w_in', 'b_in', 'w_out', 'b_out'],
                                  meta_fields=[])
 
+
+@dataclasses.dataclass(frozen=True)
+class LayerExperts:
+  """What one MoE layer receives: its effective experts (leading E), or, for output-space mixing, the whole pool
+  (leading [P, E]) and its mixing weights output_mix_weights ([P] or [E, P])."""
+  experts: ExpertWeights
+  output_mix_weights: jax.Array | None = None
+
+
+jax.tree_util.register_dataclass(LayerExperts, data_fields=['experts', 'output_mix_weights'], meta_fields=[])
+
 # Logical axes of one set of experts (leading E), whatever parameters a pool stores them as
 EXPERT_AXES = {'w_in': ('expert', 'embed', 'expert_mlp'), 'b_in': ('expert', 'expert_mlp'),
                'w_out': ('expert', 'expert_mlp', 'embed'), 'b_out': ('expert', 'embed')}
@@ -51,78 +56,6 @@ EXPERT_AXES = {'w_in': ('expert', 'embed', 'expert_mlp'), 'b_in': ('expert', 'ex
 def expert_weight_axes(leading: tuple[str | None, ...] = ()) -> ExpertWeights:
   """ExpertWeights of logical PartitionSpecs: EXPERT_AXES after the `leading` axes (e.g. ('pool',))."""
   return ExpertWeights(**{k: jax.sharding.PartitionSpec(*leading, *v) for k, v in EXPERT_AXES.items()})
-
-
-class ExpertPool(nn.Module):
-  """The global expert pool: P x E expert FFNs stored once. Returns ExpertWeights with leading axes [P, E]."""
-  pool_size: int
-  num_experts: int
-  d_model: int
-  d_ff: int
-  init_std: float
-  out_init_std: float
-
-  @nn.compact
-  def __call__(self) -> ExpertWeights:
-    p, e, d, f = self.pool_size, self.num_experts, self.d_model, self.d_ff
-    return ExpertWeights(
-        w_in=self.param('w_in', initializers.normal(self.init_std, ('pool', 'expert', 'embed', 'expert_mlp')),
-                        (p, e, d, f)),
-        b_in=self.param('b_in', initializers.zeros(('pool', 'expert', 'expert_mlp')), (p, e, f)),
-        w_out=self.param('w_out', initializers.normal(self.out_init_std,
-                                                      ('pool', 'expert', 'expert_mlp', 'embed')), (p, e, f, d)),
-        b_out=self.param('b_out', initializers.zeros(('pool', 'expert', 'embed')), (p, e, d)))
-
-
-class MixingLogits(nn.Module):
-  """Every MoE layer's own mixing logits, stored stacked: alpha [L_moe, P] (layer-level) or [L_moe, E, P]
-  (expert-level). Row l belongs to MoE layer l. Returns softmax(alpha / tau) over the pool axis."""
-  num_moe_layers: int
-  pool_size: int
-  num_experts: int
-  granularity: str          # 'layer' or 'expert'
-  temperature: float
-  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
-  init_entries: tuple[int, ...]   # per MoE layer: the pool entry a one-hot init favours
-  one_hot_scale: float
-
-  @nn.compact
-  def __call__(self) -> jax.Array:
-    l, p = self.num_moe_layers, self.pool_size
-    if self.granularity == 'layer':
-      shape, names = (l, p), ('moe_layer', 'mixing')
-    else:
-      shape, names = (l, self.num_experts, p), ('moe_layer', 'expert', 'mixing')
-
-    def init_fn(key, shape, dtype=jnp.float32):
-      del key
-      if self.init_mode == 'uniform':
-        return jnp.zeros(shape, dtype)
-      one_hot_LP = self.one_hot_scale * jax.nn.one_hot(jnp.asarray(self.init_entries), p, dtype=dtype)
-      return one_hot_LP if len(shape) == 2 else jnp.broadcast_to(one_hot_LP[:, None, :], shape)
-
-    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
-    return mixing_weights(alpha, self.temperature)
-
-
-def mixing_weights(alpha: jax.Array, temperature: float) -> jax.Array:
-  """softmax(alpha / tau) over the last (pool) axis: [..., P] -> [..., P]."""
-  return jax.nn.softmax(alpha.astype(jnp.float32) / temperature, axis=-1)
-
-
-def mix_weight_space(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
-  """One layer's effective experts sum_j w_j W_j. pool: leading [P, E]; weights: [P] or [E, P] -> leading [E]."""
-  subscripts = 'p,pe...->e...' if weights.ndim == 1 else 'ep,pe...->e...'
-  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
-
-
-def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
-  """Every MoE layer's effective experts at once. pool: leading [P, E]; weights: [L, P] or [L, E, P] -> [L, E].
-
-  One contraction per array: the backward pass reads the layers' gradients once and writes the pool's once.
-  """
-  subscripts = 'lp,pe...->le...' if weights.ndim == 2 else 'lep,pe...->le...'
-  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
 
 
 def expert_ffn(x_EXD: jax.Array, w: ExpertWeights) -> jax.Array:

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from samoe_jax.config.sections import MoeSection
 from samoe_jax.layers import initializers
 
 KINDS = ('none', 'similarity', 'attention')
@@ -35,24 +36,28 @@ METRICS = ('identity', 'learned')
 @dataclasses.dataclass(frozen=True)
 class GraphConfig:
   """moe.graph_routing and its options (see the module docstring and docs/methods/graph_routing.md)."""
-  kind: str = 'none'                 # moe.graph_routing
-  lam: float = 1.0                   # moe.graph_lambda
-  lam_learned: bool = False          # moe.graph_lambda_learned: lambda = sigmoid(theta), theta_0 = logit(lam)
-  temperature: float = 0.0           # moe.similarity_temperature tau; 0 = sqrt(dim of the compared vectors)
-  metric: str = 'identity'           # moe.similarity_metric: 'identity' (M = I) | 'learned' (M = W_s W_s^T)
-  dim: int = 0                       # moe.similarity_dim d_s of W_s [D, d_s] (learned metric); 0 = D
+  kind: str                          # moe.graph_routing
+  lam: float                         # moe.graph_lambda
+  lam_learned: bool                  # moe.graph_lambda_learned: lambda = sigmoid(theta), theta_0 = logit(lam)
+  temperature: float                 # moe.similarity_temperature tau; 0 = sqrt(dim of the compared vectors)
+  metric: str                        # moe.similarity_metric: 'identity' (M = I) | 'learned' (M = W_s W_s^T)
+  dim: int                           # moe.similarity_dim d_s of W_s [D, d_s] (learned metric); 0 = D
 
   @property
   def enabled(self) -> bool:
     return self.kind != 'none'
 
   @classmethod
-  def from_moe_section(cls, moe: ml_collections.ConfigDict) -> 'GraphConfig':
-    d = cls()
-    return cls(kind=moe.get('graph_routing', d.kind), lam=float(moe.get('graph_lambda', d.lam)),
-               lam_learned=bool(moe.get('graph_lambda_learned', d.lam_learned)),
-               temperature=float(moe.get('similarity_temperature', d.temperature)),
-               metric=moe.get('similarity_metric', d.metric), dim=int(moe.get('similarity_dim', d.dim)))
+  def off(cls) -> 'GraphConfig':
+    """The defaults (config/defaults.py): graph routing off."""
+    return cls.from_moe_section(MoeSection.defaults())
+
+  @classmethod
+  def from_moe_section(cls, moe: Any) -> 'GraphConfig':
+    """From the moe section's keys (a config/sections.MoeSection or a complete ConfigDict)."""
+    return cls(kind=moe.graph_routing, lam=float(moe.graph_lambda), lam_learned=bool(moe.graph_lambda_learned),
+               temperature=float(moe.similarity_temperature), metric=moe.similarity_metric,
+               dim=int(moe.similarity_dim))
 
   def similarity_dim(self, d_model: int) -> int:
     """Width of the compared vectors: D (identity) or d_s (learned; 0 = D)."""
@@ -62,22 +67,22 @@ class GraphConfig:
 def check_graph_config(c: ml_collections.ConfigDict, errors: Any) -> None:
   """Validates the graph-routing keys of config.moe (MoE models; `errors` is validate.py's collector)."""
   moe = c.moe
-  kind = moe.get('graph_routing', 'none')
+  kind = moe.graph_routing
   if not errors.one_of('moe.graph_routing', kind, KINDS) or kind == 'none':
     return
-  lam, learned = moe.get('graph_lambda', 1.0), moe.get('graph_lambda_learned', False)
+  lam, learned = moe.graph_lambda, moe.graph_lambda_learned
   if not isinstance(learned, bool):
     errors.add('moe.graph_lambda_learned', learned, 'must be True or False')
   if learned:
     errors.in_range('moe.graph_lambda', lam, 1e-6, 1.0 - 1e-6, hi_open=False)   # sigmoid(theta) init: (0, 1)
   else:
     errors.in_range('moe.graph_lambda', lam, 0.0, 1.0, hi_open=False)
-  tau = moe.get('similarity_temperature', 0.0)
+  tau = moe.similarity_temperature
   if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
     errors.add('moe.similarity_temperature', tau, 'must be a number >= 0 (0 = sqrt of the compared width)')
-  metric = moe.get('similarity_metric', 'identity')
+  metric = moe.similarity_metric
   errors.one_of('moe.similarity_metric', metric, METRICS)
-  dim = moe.get('similarity_dim', 0)
+  dim = moe.similarity_dim
   if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
     errors.add('moe.similarity_dim', dim, 'must be an integer >= 0 (0 = model.d_model)')
   seq, group = c.data.seq_len, moe.group_size
@@ -85,11 +90,11 @@ def check_graph_config(c: ml_collections.ConfigDict, errors: Any) -> None:
     errors.add('moe.group_size', group, f'must be 0 or data.seq_len={seq} with moe.graph_routing={kind!r} (tokens '
                'are mixed with the earlier tokens of their own sequence, so a routing group must be one whole '
                'sequence)')
-  if moe.get('routing', 'token_choice') != 'token_choice':
-    errors.add('moe.routing', moe.get('routing'), f"must be 'token_choice' with moe.graph_routing={kind!r} (it "
+  if moe.routing != 'token_choice':
+    errors.add('moe.routing', moe.routing, f"must be 'token_choice' with moe.graph_routing={kind!r} (it "
                'mixes router probabilities)')
-  if moe.get('slot_priority', 'position') != 'position':
-    errors.add('moe.slot_priority', moe.get('slot_priority'), f"must be 'position' with moe.graph_routing={kind!r} "
+  if moe.slot_priority != 'position':
+    errors.add('moe.slot_priority', moe.slot_priority, f"must be 'position' with moe.graph_routing={kind!r} "
                '(causal routing)')
 
 

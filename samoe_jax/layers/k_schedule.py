@@ -120,10 +120,10 @@ class KSchedule:
   def from_config(cls, config: Any) -> 'KSchedule':
     """The schedule of config.moe (k_schedule, k_min, k_max, k_schedule_steps) and train.steps."""
     moe = config.moe
-    kind = moe.get('k_schedule', 'constant')
-    k_max = moe.get('k_max', 0) or moe.top_k
-    k_min = moe.top_k if kind == 'constant' else moe.get('k_min', 1)
-    total = moe.get('k_schedule_steps', 0) or config.train.steps
+    kind = moe.k_schedule
+    k_max = moe.k_max or moe.top_k
+    k_min = moe.top_k if kind == 'constant' else moe.k_min
+    total = moe.k_schedule_steps or config.train.steps
     return cls(kind, int(k_min), int(k_max), int(total))
 
 
@@ -131,7 +131,7 @@ def train_active_k(config: Any | None, step: jax.Array) -> jax.Array | None:
   """The active k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' (then nothing
   is passed to the model and the forward pass is the one without a schedule), for dense models and without a
   config."""
-  if config is None or config.moe.get('k_schedule', 'constant') == 'constant' or not moe_layer_indices(
+  if config is None or config.moe.k_schedule == 'constant' or not moe_layer_indices(
       config.model):
     return None
   return KSchedule.from_config(config)(step)

@@ -1,7 +1,7 @@
 """MomentumSMoE and AdamSMoE: a momentum state threaded across the MoE layers of one forward pass.
 
 Teo & Nguyen, "MomentumSMoE: Integrating Momentum into Sparse Mixture of Experts", NeurIPS 2024, arXiv 2410.14574
-(docs/methods/momentum.md; docs/methods/momentum.md). Einsum letters: B batch, L length, D width.
+(docs/methods/momentum.md). Einsum letters: B batch, L length, D width.
 
 A stack of residual MoE updates x_{l+1} = x_l + f_l(x_l) reads as gradient descent with the MoE output as the
 (negative) gradient; the paper replaces it by heavy-ball momentum or Adam carried from one MoE layer to the next.
@@ -38,6 +38,8 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from samoe_jax.config.sections import MoeSection
+
 KINDS = ('none', 'heavy_ball', 'adam')
 ADAM_LAYERS = ('first', 'all')
 
@@ -45,22 +47,24 @@ ADAM_LAYERS = ('first', 'all')
 @dataclasses.dataclass(frozen=True)
 class MomentumConfig:
   """The moe.momentum* / moe.adam_* keys (config/defaults.py); kind 'none' turns the feature off."""
-  kind: str = 'none'
-  mu: float = 0.7
-  gamma: float = 1.0
-  beta1: float = 0.9
-  beta2: float = 0.999
-  eps: float = 1e-8
-  adam_layers: str = 'first'
+  kind: str            # moe.momentum
+  mu: float            # moe.momentum_mu
+  gamma: float         # moe.momentum_gamma
+  beta1: float         # moe.adam_beta1
+  beta2: float         # moe.adam_beta2
+  eps: float           # moe.adam_eps
+  adam_layers: str     # moe.adam_layers
+
+  @classmethod
+  def off(cls) -> 'MomentumConfig':
+    """The defaults (config/defaults.py): momentum off."""
+    return cls.from_moe_section(MoeSection.defaults())
 
   @classmethod
   def from_moe_section(cls, moe: Any) -> 'MomentumConfig':
-    """Reads the keys with their defaults, so configs written before they existed still load."""
-    d = cls()
-    return cls(kind=moe.get('momentum', d.kind), mu=moe.get('momentum_mu', d.mu),
-               gamma=moe.get('momentum_gamma', d.gamma), beta1=moe.get('adam_beta1', d.beta1),
-               beta2=moe.get('adam_beta2', d.beta2), eps=moe.get('adam_eps', d.eps),
-               adam_layers=moe.get('adam_layers', d.adam_layers))
+    """From the moe section's keys (a config/sections.MoeSection or a complete ConfigDict)."""
+    return cls(kind=moe.momentum, mu=moe.momentum_mu, gamma=moe.momentum_gamma, beta1=moe.adam_beta1,
+               beta2=moe.adam_beta2, eps=moe.adam_eps, adam_layers=moe.adam_layers)
 
   @property
   def enabled(self) -> bool:

@@ -1,4 +1,5 @@
-"""Cross-layer sharing beyond the expert pool (WideNet, docs/methods/sharing.md) and the SaMoE mixing-entropy regulariser (§2.1).
+"""Cross-layer sharing beyond the expert pool (WideNet, docs/methods/sharing.md) and the SaMoE mixing-entropy regulariser
+(docs/model.md).
 
 Einsum letters: G groups, S tokens per group, D width, E experts, H heads, K head width, L_moe MoE layers, P pool
 entries.
@@ -23,7 +24,6 @@ pool.entropy_coef adds coef * mean_{l(,e)} H(softmax(alpha_l / tau)) to the loss
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import flax.linen as nn
@@ -31,21 +31,6 @@ import jax
 import jax.numpy as jnp
 
 from samoe_jax.layers import initializers
-
-
-@dataclasses.dataclass(frozen=True)
-class SharedWeights:
-  """What every block receives from the decoder when some of its weights are shared across depth.
-
-  router_DE: the shared router kernel [D, E] (None: each MoE block has its own router).
-  attention: the shared attention parameters, a dict with the names of CausalSelfAttention's parameters
-    ('qkv_kernel', 'qkv_bias', 'out_kernel', 'out_bias'), or None (each block has its own attention).
-  """
-  router_DE: jax.Array | None = None
-  attention: dict[str, jax.Array] | None = None
-
-
-jax.tree_util.register_dataclass(SharedWeights, data_fields=['router_DE', 'attention'], meta_fields=[])
 
 
 class SharedRouter(nn.Module):
@@ -84,7 +69,7 @@ class SharedAttention(nn.Module):
 
 
 def shared_router_logits(x_GSD: jax.Array, w_DE: jax.Array) -> jax.Array:
-  """Router logits with the shared kernel, float32 (no bias), exactly as moe.Router: x_GSD -> logits_GSE."""
+  """Router logits with the shared kernel, float32 (no bias), exactly as routers.Router: x_GSD -> logits_GSE."""
   return jnp.einsum('gsd,de->gse', x_GSD.astype(jnp.float32), w_DE)
 
 

@@ -113,28 +113,29 @@ def greedy_generate(model: LanguageModel, params: Params, prompts: Sequence[Sequ
   length into batches of batch_size (the last padded with inactive rows) and padded to bucket lengths.
   """
   spec = model.spec
-  if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens <= spec.max_len:
+  if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens <= spec.model.max_len:
     raise ValueError(f'greedy_generate: max_new_tokens={max_new_tokens!r} must be an int in [0, model.max_len='
-                     f'{spec.max_len}]')
+                     f'{spec.model.max_len}]')
   if not isinstance(batch_size, int) or batch_size < 1:
     raise ValueError(f'greedy_generate: batch_size={batch_size!r} must be a positive int')
-  if spec.moe_layers and spec.slot_priority != 'position':
-    raise ValueError(f"greedy_generate: moe.slot_priority={spec.slot_priority!r} is not causal, so a token's "
-                     "routing would depend on later tokens; decoding needs moe.slot_priority='position'")
+  if spec.moe_layers and not spec.routing.causal:
+    raise ValueError(f"greedy_generate: {spec.routing.noncausal_setting} is not causal, so a token's routing would "
+                     "depend on later tokens; decoding needs moe.routing='token_choice' or 'hash' with "
+                     "moe.slot_priority='position'")
   stops = [tuple(int(t) for t in s) for s in stop_sequences]
   if any(not s for s in stops):
     raise ValueError('greedy_generate: stop sequences must be non-empty')
   for i, p in enumerate(list(prompts) + stops):
     ids = np.asarray(p, dtype=np.int64).reshape(-1)
-    if ids.size and (ids.min() < 0 or ids.max() >= spec.vocab_size):
+    if ids.size and (ids.min() < 0 or ids.max() >= spec.model.vocab_size):
       what = f'prompt {i}' if i < len(prompts) else f'stop sequence {i - len(prompts)}'
-      raise ValueError(f'greedy_generate: {what} has a token id outside [0, vocab_size={spec.vocab_size})')
+      raise ValueError(f'greedy_generate: {what} has a token id outside [0, vocab_size={spec.model.vocab_size})')
   if max_new_tokens == 0 or not prompts:
     return [[] for _ in prompts]
-  rows = [prompt_inputs(p, spec.max_len, max_new_tokens) for p in prompts]
+  rows = [prompt_inputs(p, spec.model.max_len, max_new_tokens) for p in prompts]
   stops_SW, mask_SW = _stop_arrays(stops)
   experts = _mix_experts(model, params)
-  buckets = default_buckets(spec.max_len)
+  buckets = default_buckets(spec.model.max_len)
   order = sorted(range(len(rows)), key=lambda i: -len(rows[i]))
   out: list[list[int]] = [[] for _ in prompts]
   width = stops_SW.shape[1]

@@ -18,14 +18,15 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from samoe_jax.layers.experts import ExpertWeights, mix_all_layers, mixing_weights
-from samoe_jax.layers import pool_groups
+from samoe_jax.layers.experts import ExpertWeights, LayerExperts
+from samoe_jax.layers import pool as pool_lib
 from samoe_jax.layers.inference import InferenceMode
-from samoe_jax.layers.routing_policy import needs_routing_rng
+from samoe_jax.layers.moe_call import MoeCall
+from samoe_jax.layers.pool import mix_all_layers, mixing_weights
 from samoe_jax.layers.shared import mixing_entropy, repeated_uses
 from samoe_jax.models.losses import output_cross_entropy
 from samoe_jax.models.spec import ModelSpec
-from samoe_jax.models.transformer import Decoder, LayerExperts
+from samoe_jax.models.transformer import Decoder
 
 Params = Any
 Batch = dict[str, jax.Array]
@@ -58,7 +59,7 @@ class LanguageModel:
   # ----------------------------------------------------------------------------------------------- parameters
   def _init_tokens(self) -> jax.Array:
     seq_len = self.config.data.seq_len
-    rows = max(1, self.spec.group_size // seq_len) if self.spec.moe_layers else 1
+    rows = max(1, self.spec.capacity.group_size // seq_len) if self.spec.moe_layers else 1
     return jnp.zeros((rows, seq_len), jnp.int32)
 
   def init_boxed(self, rng: jax.Array) -> Params:
@@ -104,12 +105,12 @@ class LanguageModel:
     if sequence_routing and train:
       raise ValueError('LanguageModel.hidden: sequence_routing is for evaluation; it needs train=False')
     rngs = {'dropout': rng} if (train and rng is not None) else {}
-    if rngs and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority) and self.spec.moe_layers:
-      rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing policies (layers/routing_policy.py)
+    if rngs and self.spec.moe_layers and self.spec.routing.draws_rng(train):
+      rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing (layers/routers.py)
     inference = InferenceMode() if sequence_routing else None
     variables = {'params': params, 'perturbations': probes} if probes else {'params': params}
     return self.module.apply(variables, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
-                             inference=inference, experts=experts, active_k=active_k)
+                             call=MoeCall(inference=inference, active_k=active_k), experts=experts)
 
   @staticmethod
   def output_embedding(params: Params) -> jax.Array:
@@ -138,20 +139,20 @@ class LanguageModel:
     """Greedy decoding's first pass over right-padded prompts (decoder inputs, row b real for its first
     lengths_B[b] positions): (h_BLD, cache), the cache holding every layer's keys/values for max_len positions and
     every MoE layer's slot counts (evaluation routing)."""
-    inference = InferenceMode.prefill(lengths_B, self.spec.max_len)
+    inference = InferenceMode.prefill(lengths_B, self.spec.model.max_len)
     (h_BLD, _), variables = self.module.apply({'params': params}, tokens_BL, token_mask(tokens_BL), train=False,
-                                              inference=inference, experts=experts, mutable=['cache'])
+                                              call=MoeCall(inference=inference), experts=experts, mutable=['cache'])
     return h_BLD, variables['cache']
 
   def decode_step(self, params: Params, cache: Params, tokens_B: jax.Array, positions_B: jax.Array, *,
                   experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, Params]:
     """One token per row at positions_B (int32 [B]) after `prefill`: (h_BD, updated cache). h_BD equals the full
     forward pass's hidden state at that position of the whole sequence (evaluation routing)."""
-    inference = InferenceMode.step(positions_B, self.spec.max_len)
+    inference = InferenceMode.step(positions_B, self.spec.model.max_len)
     mask_B1 = ((tokens_B != 0) | (positions_B == 0))[:, None]   # token_mask at absolute positions
     (h_B1D, _), variables = self.module.apply({'params': params, 'cache': cache}, tokens_B[:, None], mask_B1,
-                                              train=False, inference=inference, experts=experts,
-                                              mutable=['cache'])
+                                              train=False, call=MoeCall(inference=inference),
+                                              experts=experts, mutable=['cache'])
     return h_B1D[:, 0], variables['cache']
 
   def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, train: bool,
@@ -166,12 +167,12 @@ class LanguageModel:
     (samoe_jax/training/distill.py); None adds nothing to the graph.
 
     probes: gradient-flow probes on the MoE layers' effective experts (see `hidden`; training/grad_stats.py)."""
-    if train and self.spec.dropout_rate > 0 and rng is None:
+    if train and self.spec.model.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
     if (train and rng is None and self.spec.moe_layers
-        and needs_routing_rng(self.spec.routing_policy, self.spec.slot_priority)):
+        and self.spec.routing.draws_rng(train)):
       raise ValueError('loss_fn(train=True) needs an rng: the routing policy draws random numbers in training '
-                       f'({self.spec.routing_policy}, slot_priority={self.spec.slot_priority!r})')
+                       f'({self.spec.routing})')
     h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k,
                                probes=probes)
     b, l, d = h_BLD.shape
@@ -184,10 +185,10 @@ class LanguageModel:
                'accuracy': correct_sum / jnp.maximum(num_tokens, 1.0)}
     lb = sum((a['lb_loss'] for a in auxes), jnp.zeros((), jnp.float32))
     z = sum((a['z_loss'] for a in auxes), jnp.zeros((), jnp.float32))
-    aux_loss = self.spec.lb_loss_coef * lb + self.spec.z_loss_coef * z
-    if self.spec.entropy_coef:   # pool.entropy_coef (layers/shared.py); 0 adds nothing to the graph
-      entropy = mixing_entropy(params['mixing_logits']['alpha'], self.spec.temperature)
-      aux_loss = aux_loss + self.spec.entropy_coef * entropy
+    aux_loss = self.spec.moe.lb_loss_coef * lb + self.spec.moe.z_loss_coef * z
+    if self.spec.pool.entropy_coef:   # pool.entropy_coef (layers/shared.py); 0 adds nothing to the graph
+      entropy = mixing_entropy(params['mixing_logits']['alpha'], self.spec.pool.temperature)
+      aux_loss = aux_loss + self.spec.pool.entropy_coef * entropy
       metrics['pool/mixing_entropy'] = entropy
     loss = ce + aux_loss
     if extra_loss is not None:   # KD (training/distill.py): a term on the final hidden states
@@ -226,22 +227,22 @@ class LanguageModel:
     """Every MoE layer's mixing weights over the pool: [L_moe, P] (or [L_moe, E, P]); one-hot when fixed.
 
     Pyramid-MoE with several expert groups (config/pyramid.py): each layer's weights over its own group's pool,
-    zero-padded to [L_moe, P_max] / [L_moe, E_max, P_max] (layers/pool_groups.py).
+    zero-padded to [L_moe, P_max] / [L_moe, E_max, P_max] (layers/pool.py).
     """
     spec = self.spec
     if not spec.moe_layers:
       return None
     groups = spec.groups
-    if spec.mixing != 'learned':
-      return pool_groups.fixed_mixing_weights(groups, spec.granularity)
+    if spec.pool.mixing != 'learned':
+      return pool_lib.fixed_mixing_weights(groups, spec.pool.granularity)
     if len(groups) == 1:
-      return np.asarray(mixing_weights(params['mixing_logits']['alpha'], spec.temperature))
+      return np.asarray(mixing_weights(params['mixing_logits']['alpha'], spec.pool.temperature))
     rows = [None] * len(spec.moe_layers)
     for g in groups:
-      w = mixing_weights(params[g.mixing_name]['alpha'], spec.temperature)
+      w = mixing_weights(params[g.mixing_name]['alpha'], spec.pool.temperature)
       for i, layer in enumerate(g.layers):
         rows[layer] = w[i]
-    return np.asarray(pool_groups.pad_stack(rows))
+    return np.asarray(pool_lib.pad_stack(rows))
 
   def materialize(self, params: Params) -> list[ExpertWeights]:
     """Every MoE layer's effective experts (leading axis E) in MoE-layer order, for serving or analysis."""
@@ -250,8 +251,8 @@ class LanguageModel:
       return []
     out = [None] * len(self.spec.moe_layers)
     for g in self.spec.groups:   # Pyramid-MoE: each group mixes its own pool (E_g experts per layer)
-      w = jnp.stack([jnp.asarray(pool_groups.unpad(weights, g, i)) for i in range(len(g.layers))])
-      mixed = mix_all_layers(pool_groups.pool_weights(self.spec, g, params[g.pool_name]), w)
+      w = jnp.stack([jnp.asarray(pool_lib.unpad(weights, g, i)) for i in range(len(g.layers))])
+      mixed = mix_all_layers(pool_lib.pool_weights(self.spec, g, params[g.pool_name]), w)
       for i, layer in enumerate(g.layers):
         out[layer] = mixed.entry(i)
     return out
@@ -283,8 +284,8 @@ class LanguageModel:
     num_moe = len(spec.moe_layers)
     layer_experts = sum(len(g.layers) * g.num_experts for g in spec.groups)
     materialized = parts['non_expert'] + parts['routers'] + layer_experts * per_expert
-    active = parts['non_expert'] + parts['routers'] + num_moe * spec.top_k * per_expert
-    if spec.share_attention or spec.share_router:   # WideNet: shared weights count once per use (layers/shared.py)
-      active += repeated_uses(self.abstract_params(), spec.num_layers, num_moe)
+    active = parts['non_expert'] + parts['routers'] + num_moe * spec.moe.top_k * per_expert
+    if spec.model.share_attention or spec.pool.share_router:   # WideNet: shared weights count once per use (layers/shared.py)
+      active += repeated_uses(self.abstract_params(), spec.model.num_layers, num_moe)
     return {'total': total, **parts, 'materialized': materialized, 'active_per_token': active,
             'params_per_expert': per_expert, 'num_moe_layers': num_moe}

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from samoe_jax.config.sections import complete_config
 from samoe_jax.evaluation.checkpoints import available_steps, restore_params
 from samoe_jax.models.losses import num_chunks
 
@@ -105,7 +106,7 @@ class Teacher:
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
-  return 'distill' in config and bool(config.distill.get('teacher_workdir', ''))
+  return 'distill' in config and bool(config.distill.teacher_workdir)
 
 
 def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -126,7 +127,7 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
       raise ValueError(f'distill.teacher_workdir={workdir!r} has no config.json: set distill.teacher_config to the '
                        "teacher's config file")
     with open(path) as f:
-      t_config = ml_collections.ConfigDict(json.load(f))
+      t_config = complete_config(json.load(f))
   steps = available_steps(workdir)
   if not steps:
     raise ValueError(f'distill.teacher_workdir={workdir!r} holds no checkpoint (no {workdir}/checkpoints/<step>)')

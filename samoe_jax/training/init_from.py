@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from samoe_jax.config.sections import complete_config
 from samoe_jax.evaluation.checkpoints import available_steps, restore_params
 
 MODES = ('same', 'bottom_layers', 'upcycle')
@@ -43,7 +44,7 @@ Flat = dict[tuple[str, ...], Any]
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
-  return 'init' in config and bool(config.init.get('from_workdir', ''))
+  return 'init' in config and bool(config.init.from_workdir)
 
 
 def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
@@ -58,7 +59,7 @@ def source_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDic
   if step and step not in steps:
     raise ValueError(f'init.step={step}: no such checkpoint in {workdir}; available: {steps}')
   with open(path) as f:
-    src = ml_collections.ConfigDict(json.load(f))
+    src = complete_config(json.load(f))
   if src.model.vocab_size != config.model.vocab_size or src.data.vocabulary != config.data.vocabulary:
     raise ValueError(f'init.from_workdir={workdir!r}: the source vocabulary (model.vocab_size={src.model.vocab_size}, '
                      f'data.vocabulary={src.data.vocabulary!r}) differs from this run\'s '
@@ -114,7 +115,7 @@ def _bottom_pool(path: tuple[str, ...], shape: tuple[int, ...], spec: Any, src_s
   value = np.asarray(src[path]) if path in src else None
   if value is None:
     raise ValueError(f"init.mode='bottom_layers': the source has no parameter {_name(path)}")
-  if spec.mixing == 'learned':
+  if spec.pool.mixing == 'learned':
     return _copy(path, src, shape, 'bottom_layers')
   out = np.empty(shape, np.float32)
   for j in range(shape[0]):
@@ -142,16 +143,16 @@ def build_params(mode: str, model: Any, src_model: Any, fresh: Any, src_params: 
   axes = _axes(model)
   rng = np.random.default_rng(seed)
   if mode == 'bottom_layers':
-    if spec.num_layers > src_spec.num_layers:
-      raise ValueError(f"init.mode='bottom_layers': model.num_layers={spec.num_layers} exceeds the source's "
-                       f'{src_spec.num_layers}')
-    kept = tuple(b for b in src_spec.moe_layers if b < spec.num_layers)
+    if spec.model.num_layers > src_spec.model.num_layers:
+      raise ValueError(f"init.mode='bottom_layers': model.num_layers={spec.model.num_layers} exceeds the source's "
+                       f'{src_spec.model.num_layers}')
+    kept = tuple(b for b in src_spec.moe_layers if b < spec.model.num_layers)
     if kept != spec.moe_layers:
       raise ValueError(f"init.mode='bottom_layers': this model's MoE blocks {list(spec.moe_layers)} must be the "
-                       f"source's MoE blocks below {spec.num_layers}: {list(kept)} (model.layer_plan)")
-    if spec.moe_layers and spec.mixing != src_spec.mixing:
-      raise ValueError(f"init.mode='bottom_layers': pool.mixing={spec.mixing!r} but the source's is "
-                       f'{src_spec.mixing!r}')
+                       f"source's MoE blocks below {spec.model.num_layers}: {list(kept)} (model.layer_plan)")
+    if spec.moe_layers and spec.pool.mixing != src_spec.pool.mixing:
+      raise ValueError(f"init.mode='bottom_layers': pool.mixing={spec.pool.mixing!r} but the source's is "
+                       f'{src_spec.pool.mixing!r}')
   if mode == 'same':
     extra = sorted(set(src) - set(fresh_flat))
     if extra:

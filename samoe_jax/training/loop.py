@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import signal
 import threading
@@ -37,12 +36,13 @@ from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
-from samoe_jax.training.preflight import check_before_writing, check_trainer_config
+from samoe_jax.training.preflight import check_before_writing
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer
 from samoe_jax.training import sparse_pruning
 from samoe_jax.training.step import make_eval_step, make_train_step
 from samoe_jax.training.task_eval import PeriodicTaskEval
+from samoe_jax.training.validation import evaluate
 
 BATCH_DTYPES = {'decoder_input_tokens': np.int32, 'decoder_target_tokens': np.int32,
                 'decoder_loss_weights': np.float32}
@@ -74,7 +74,7 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
   if config.data.batch_size % shards:
     raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {shards} data shards '
                      f'of the mesh ({sizes}; the batch is split over data x expert)')
-  micro, rows = config.train.get('microbatches', 1), group_rows(config)
+  micro, rows = config.train.microbatches, group_rows(config)
   if micro > 1 and config.data.batch_size % (shards * micro * rows):
     group = f' x {rows} sequences per routing group' if rows > 1 else ''
     raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro} x '
@@ -86,8 +86,10 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
   expert = partitioner.mesh.shape['expert']
   if has_moe and config.moe.num_experts % expert:
     raise ValueError(f'moe.num_experts={config.moe.num_experts} must be divisible by the expert axis ({sizes})')
-  bad = [g.num_experts for g in pyramid.groups_of_config(config) if g.num_experts % expert] if has_moe else []
-  if bad:   # Pyramid-MoE (config/pyramid.py): every expert group is split over the expert axis
+  # Pyramid-MoE (config/pyramid.py): every other expert group is split over the expert axis too.
+  groups = pyramid.groups_of_config(config) if has_moe else []
+  bad = [g.num_experts for g in groups if g.num_experts != config.moe.num_experts and g.num_experts % expert]
+  if bad:
     raise ValueError(f'moe.experts_per_layer={config.moe.experts_per_layer!r}: expert count(s) {bad} must be '
                      f'divisible by the expert axis ({sizes})')
 
@@ -207,12 +209,12 @@ def compile_steps(run: Run, with_train: bool = True,
   train_compiled = None
   if with_train:
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
-    every = grad_stats_lib.check_grad_stats_every(run.config.train.get('grad_stats_every', 0))
+    every = int(run.config.train.grad_stats_every)   # checked by validate_config
     teacher_args = () if teacher is None else (teacher.params,)
     compiled = []
     for stats in [None] + ([grad_stats_lib.GradStats(run.model)] if every else []):
       train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
-                                 microbatches=run.config.train.get('microbatches', 1), teacher=teacher,
+                                 microbatches=run.config.train.microbatches, teacher=teacher,
                                  grad_stats=stats)
       compiled.append(train_fn.lower(run.abstract, batch, rng, *teacher_args).compile())
     train_compiled = TrainStep(compiled[0], compiled[-1] if every else None, every,
@@ -239,18 +241,6 @@ def shard_host_batch(run: Run, batch: dict[str, np.ndarray]) -> dict[str, jax.Ar
       raise ValueError(f'data batch feature {key!r} has shape {shape}, but the steps were compiled for '
                        f'{expected} (data.batch_size / processes, data.seq_len)')
   return run.partitioner.shard_batch({k: np.asarray(batch[k], BATCH_DTYPES[k]) for k in BATCH_DTYPES})
-
-
-def evaluate(eval_fn: Any, params: Any, batches: list[dict[str, jax.Array]]) -> dict[str, float]:
-  """Token-weighted validation loss, cross-entropy, accuracy and perplexity = exp(cross-entropy)."""
-  outs = jax.device_get([eval_fn(params, b) for b in batches])
-  tokens = np.array([float(o['num_tokens']) for o in outs])
-  weights = tokens / max(tokens.sum(), 1.0)
-  mean = {k: float(np.sum(weights * np.array([float(o[k]) for o in outs])))
-          for k in ('loss', 'cross_entropy', 'accuracy')}
-  return {'eval/loss': mean['loss'], 'eval/cross_entropy': mean['cross_entropy'],
-          'eval/perplexity': float(math.exp(min(mean['cross_entropy'], 700.0))),
-          'eval/accuracy': mean['accuracy'], 'eval/num_tokens': float(tokens.sum())}
 
 
 def average_interval(host: list[dict[str, Any]]) -> dict[str, Any]:

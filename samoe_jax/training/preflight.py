@@ -1,7 +1,7 @@
 """The checks a training run makes before it writes anything into its workdir.
 
 Bad input found here never leaves a half-made workdir behind: the config (validate_config: every problem at
-once, non-finite numbers included), the trainer's own keys, the evaluation tasks' data, the corpus files, the
+once, non-finite numbers and the trainer's own keys included), the evaluation tasks' data, the corpus files, the
 vocabulary (loaded), a prepared TFDS dataset, the distillation teacher, the run to initialise from (config.init),
 and the workdir itself (a directory, or creatable, and writable). Checks that need the device mesh run in the trainer right after, still before writing.
 """
@@ -13,29 +13,12 @@ import tempfile
 
 import ml_collections
 
-from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.config.validate import validate_config
 from samoe_jax.data.tasks import check_data_source
 from samoe_jax.data.text_files import check_text_files
 from samoe_jax.training import distill, init_from
 from samoe_jax.training.checkpoint import Checkpointer
-from samoe_jax.training.accumulate import check_microbatches
 from samoe_jax.training.task_eval import check_task_data
-
-
-def check_trainer_config(config: ml_collections.ConfigDict) -> None:
-  """Checks the train.* keys validate_config does not know (decay_steps, microbatches)."""
-  t = config.train
-  decay = t.decay_steps
-  if not isinstance(decay, int) or decay < 0 or (decay and decay < t.warmup_steps):
-    raise ValueError(f'train.decay_steps={decay!r}: must be 0 (= train.steps) or an integer >= '
-                     f'train.warmup_steps={t.warmup_steps}')
-  micro = check_microbatches(t.get('microbatches', 1))
-  rows = group_rows(config)
-  if config.data.batch_size % (micro * rows):
-    group = f' x {rows} sequences per routing group (moe.group_size={config.moe.group_size})' if rows > 1 else ''
-    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro}'
-                     f'{group}, so that every microbatch has the same number of whole sequences')
 
 
 def check_workdir(workdir: str) -> None:
@@ -62,8 +45,7 @@ def check_workdir(workdir: str) -> None:
 
 def check_before_writing(config: ml_collections.ConfigDict, workdir: str) -> None:
   """All checks that need neither devices nor the workdir's contents; raises ValueError/OSError."""
-  validate_config(config)
-  check_trainer_config(config)
+  validate_config(config)   # the one config pass of a training start (the trainer's keys included)
   check_workdir(workdir)
   check_data_source(config.data)
   check_task_data(config)

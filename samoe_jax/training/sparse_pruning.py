@@ -30,44 +30,19 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from samoe_jax.config.sections import LowRankSparseSection
 from samoe_jax.layers.low_rank_experts import sparse_names
 
 SECTION = 'low_rank_sparse'
 
 
-@dataclasses.dataclass(frozen=True)
-class LowRankSparse:
-  """The config section low_rank_sparse (docs/compression.md); field names are its keys."""
-  rank: int = 0                 # rank R of U V; 0 = dense experts (the section is off)
-  sparsity: float = 0.0         # final fraction of S's entries pruned (MC-SMoE: 0.9, i.e. 10 % remaining)
-  initial_warmup: float = 0.1   # fraction of train.steps before pruning starts (t_i / T)
-  final_warmup: float = 0.3     # fraction of train.steps at the end held at the final sparsity (t_f / T)
-  beta1: float = 0.85           # EMA of the importance (PLATON's default)
-  beta2: float = 0.95           # EMA of its uncertainty (PLATON's default)
-  mask_every: int = 10          # updates between pruning steps during the cubic phase (LoSparse's deltaT)
-
-  @classmethod
-  def from_config(cls, config: ml_collections.ConfigDict) -> 'LowRankSparse':
-    section = config.get(SECTION, None)
-    if section is None:
-      return cls()
-    return cls(**{f.name: section[f.name] for f in dataclasses.fields(cls) if f.name in section})
-
-  @property
-  def prunes(self) -> bool:
-    return self.rank > 0 and self.sparsity > 0
+LowRankSparse = LowRankSparseSection   # config.low_rank_sparse (config/sections.py); field names are its keys
 
 
 def config_problems(config: ml_collections.ConfigDict, num_moe: int, d_model: int, expert_d_ff: int) -> list[str]:
   """'key=value: allowed' lines for the low_rank_sparse section (empty when valid or absent)."""
-  section = config.get(SECTION, None)
-  if section is None:
-    return []
   out = []
-  unknown = sorted(set(section.keys()) - {f.name for f in dataclasses.fields(LowRankSparse)})
-  if unknown:
-    out.append(f'{SECTION}: unknown key(s) {unknown}; allowed: {[f.name for f in dataclasses.fields(LowRankSparse)]}')
-  s = LowRankSparse.from_config(config)
+  s = LowRankSparse.of(config)
   is_int = lambda v: isinstance(v, int) and not isinstance(v, bool)  # noqa: E731
   is_num = lambda v: isinstance(v, (int, float)) and not isinstance(v, bool)  # noqa: E731
   if not is_int(s.rank) or s.rank < 0:
@@ -199,10 +174,10 @@ def pruning(inner: optax.GradientTransformation, schedule: PruningSchedule, beta
 def with_pruning(optimizer: optax.GradientTransformation,
                  config: ml_collections.ConfigDict) -> optax.GradientTransformation:
   """The optimizer, wrapped by the pruner when low_rank_sparse prunes (rank >= 1, sparsity > 0); else itself."""
-  s = LowRankSparse.from_config(config)
+  s = LowRankSparse.of(config)
   if not s.prunes:
     return optimizer
-  horizon = int(config.train.get('decay_steps', 0) or config.train.steps)   # the learning-rate schedule's horizon
+  horizon = int(config.train.decay_steps or config.train.steps)   # the learning-rate schedule's horizon
   schedule = PruningSchedule(float(s.sparsity), horizon, float(s.initial_warmup),
                              float(s.final_warmup), int(s.mask_every))
   return pruning(optimizer, schedule, float(s.beta1), float(s.beta2))

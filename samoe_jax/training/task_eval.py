@@ -14,7 +14,11 @@ import jax
 import ml_collections
 from absl import logging
 
-from samoe_jax.evaluation.runner import EvalSettings, parse_seeds, parse_tasks
+from samoe_jax.evaluation import outputs
+from samoe_jax.evaluation.backend import ModelBackend
+from samoe_jax.evaluation.runner import EvalSettings, run_evaluation
+from samoe_jax.evaluation.task_specs import parse_seeds, parse_tasks
+from samoe_jax.evaluation.tokenization import EvalTokenizer
 
 
 def settings_from_config(config: ml_collections.ConfigDict) -> EvalSettings | None:
@@ -53,10 +57,6 @@ class PeriodicTaskEval:
     return self.settings is not None and ((self.every and step % self.every == 0) or step == last_step)
 
   def __call__(self, step: int, params: Any, writer: Any) -> dict[str, dict[str, float]]:
-    from samoe_jax.evaluation import outputs  # pylint: disable=g-import-not-at-top
-    from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
-    from samoe_jax.evaluation.runner import run_evaluation  # pylint: disable=g-import-not-at-top
-    from samoe_jax.evaluation.tokenization import EvalTokenizer  # pylint: disable=g-import-not-at-top
     start = time.time()
     if self._backend is None:
       self._backend = ModelBackend(self.model, params, EvalTokenizer.from_config(self.config),

@@ -1,0 +1,157 @@
+"""Typed config sections: frozen dataclasses whose field names are the config keys.
+
+`MoeSection.of(config)` is `MoeSection(**config.moe)`, with the keys a config written before a key existed lacks
+(an older run's config.json) taken from config/defaults.py, the one place defaults are written. The model spec
+(models/spec.py) is composed of these sections, and the routing strategy, the graph-routing and momentum configs
+read their keys from them by name, so no key is renamed or given a second default on its way to a layer.
+Sections are read after validation (config/validate.py), which names every bad value; a key the defaults do not
+know is refused here too, naming it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, ClassVar
+
+import ml_collections
+
+from samoe_jax.config.defaults import get_base_config
+
+
+@functools.lru_cache(maxsize=None)
+def _defaults(section: str) -> tuple[tuple[str, Any], ...]:
+  return tuple(get_base_config()[section].to_dict().items())
+
+
+def section_values(config: ml_collections.ConfigDict, section: str) -> dict[str, Any]:
+  """Every key of config.<section>: the config's values over the defaults."""
+  values = dict(_defaults(section))
+  given = config[section] if section in config else {}
+  unknown = sorted(set(given.keys()) - set(values))
+  if unknown:
+    raise ValueError(f'config.{section} has unknown key(s) {unknown}; known: {sorted(values)}')
+  values.update({k: given[k] for k in given.keys()})
+  return values
+
+
+def complete_config(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
+  """The base config overlaid with `config` (e.g. a run's config.json): every key present, so code reads keys as
+  attributes and a run written before a key existed gets its default from config/defaults.py."""
+  out = get_base_config()
+  out.update(ml_collections.ConfigDict(config) if isinstance(config, dict) else config)
+  return out
+
+
+@dataclasses.dataclass(frozen=True)
+class Section:
+  """Base of the typed sections; `name` is the config section."""
+  name: ClassVar[str] = ''
+
+  @classmethod
+  def of(cls, config: ml_collections.ConfigDict):
+    return cls(**section_values(config, cls.name))
+
+  @classmethod
+  def defaults(cls):
+    return cls.of(ml_collections.ConfigDict())
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection(Section):
+  """config.model (config/defaults.py documents every key)."""
+  name: ClassVar[str] = 'model'
+  d_ff: int
+  d_model: int
+  dropout_rate: float
+  dtype: str
+  init_std: float
+  layer_plan: str
+  max_len: int
+  num_heads: int
+  num_layers: int
+  remat: str
+  share_attention: bool
+  tie_embeddings: bool
+  vocab_size: int
+
+
+@dataclasses.dataclass(frozen=True)
+class MoeSection(Section):
+  """config.moe (config/defaults.py documents every key)."""
+  name: ClassVar[str] = 'moe'
+  adam_beta1: float
+  adam_beta2: float
+  adam_eps: float
+  adam_layers: str
+  capacity_factor_eval: float
+  capacity_factor_train: float
+  capacity_formula: str
+  dispatch: str
+  eval_gate: str
+  eval_top_k: int
+  expert_d_ff: int
+  expert_map: str
+  experts_per_layer: str
+  gate: str
+  gate_renorm: str
+  graph_lambda: float
+  graph_lambda_learned: bool
+  graph_routing: str
+  group_size: int
+  k_max: int
+  k_min: int
+  k_schedule: str
+  k_schedule_steps: int
+  lb_loss_coef: float
+  min_capacity: int
+  momentum: str
+  momentum_gamma: float
+  momentum_mu: float
+  noise: str
+  noise_eps: float
+  num_experts: int
+  residual: str
+  router_bias: bool
+  router_trainable: bool
+  routing: str
+  second_policy: str
+  similarity_dim: int
+  similarity_metric: str
+  similarity_temperature: float
+  slot_priority: str
+  top_k: int
+  z_loss_coef: float
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolSection(Section):
+  """config.pool (config/defaults.py documents every key)."""
+  name: ClassVar[str] = 'pool'
+  assignment: str
+  entropy_coef: float
+  granularity: str
+  init: str
+  mixing: str
+  one_hot_scale: float
+  share_router: bool
+  size: int
+  space: str
+  temperature: float
+
+
+@dataclasses.dataclass(frozen=True)
+class LowRankSparseSection(Section):
+  """config.low_rank_sparse: low-rank plus sparse experts and the pruning of S (docs/compression.md)."""
+  name: ClassVar[str] = 'low_rank_sparse'
+  rank: int
+  sparsity: float
+  initial_warmup: float
+  final_warmup: float
+  beta1: float
+  beta2: float
+  mask_every: int
+
+  @property
+  def prunes(self) -> bool:
+    return self.rank > 0 and self.sparsity > 0

@@ -1,0 +1,201 @@
+"""SaMoE's core: the global expert pool, every MoE layer's mixing logits, and the pool groups.
+
+Einsum letters: L MoE layers, P pool entries, E experts, D model width, F expert hidden width.
+
+SaMoE: the pool holds P global MoE layers, each a full set of E experts, stored once as stacked arrays with a
+leading pool axis (ExpertPool; or U V + S per expert, layers/low_rank_experts.py). MoE layer l uses the
+effective experts
+    W^(l) = sum_j softmax(alpha_l / tau)_j W_j            (layer-level mixing, alpha_l: [P])
+    W^(l)_e = sum_j softmax(alpha_{l,e} / tau)_j W_{j,e}  (expert-level mixing, alpha_l: [E, P])
+mixed once per forward pass for all layers in one contraction (mix_all_layers), so a token costs exactly one MoE
+layer. A fixed one-hot alpha selects one pool entry: a standard MoE when P equals the number of MoE layers, fully
+tied experts (WideNet) when P = 1. Output-space mixing (pool.space='output', an ablation) instead hands the layer
+the whole pool and its weights (layers/experts.LayerExperts).
+
+Pool groups (PR-MoE's Pyramid-MoE, docs/methods/pr_moe.md; groups from config/pyramid.py): every group g of MoE
+layers with E_g experts has its own pool (leading [P_g, E_g]) and, with learned mixing, its own mixing logits; the
+first group's modules are the standard `expert_pool` / `mixing_logits`, so one group is exactly the model
+without a pyramid. The decoder (models/transformer.py) creates the modules with `attach_pools` and gets every
+layer's experts from `group_layer_experts`. docs/model.md describes the method; docs/architecture.md the layout.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from samoe_jax.config.pyramid import ExpertGroup
+from samoe_jax.layers import initializers
+from samoe_jax.layers.experts import ExpertWeights
+from samoe_jax.layers.low_rank_experts import LowRankSparsePool
+
+
+class ExpertPool(nn.Module):
+  """The global expert pool: P x E expert FFNs stored once. Returns ExpertWeights with leading axes [P, E]."""
+  pool_size: int
+  num_experts: int
+  d_model: int
+  d_ff: int
+  init_std: float
+  out_init_std: float
+
+  @nn.compact
+  def __call__(self) -> ExpertWeights:
+    p, e, d, f = self.pool_size, self.num_experts, self.d_model, self.d_ff
+    return ExpertWeights(
+        w_in=self.param('w_in', initializers.normal(self.init_std, ('pool', 'expert', 'embed', 'expert_mlp')),
+                        (p, e, d, f)),
+        b_in=self.param('b_in', initializers.zeros(('pool', 'expert', 'expert_mlp')), (p, e, f)),
+        w_out=self.param('w_out', initializers.normal(self.out_init_std,
+                                                      ('pool', 'expert', 'expert_mlp', 'embed')), (p, e, f, d)),
+        b_out=self.param('b_out', initializers.zeros(('pool', 'expert', 'embed')), (p, e, d)))
+
+
+class MixingLogits(nn.Module):
+  """Every MoE layer's own mixing logits, stored stacked: alpha [L_moe, P] (layer-level) or [L_moe, E, P]
+  (expert-level). Row l belongs to MoE layer l. Returns softmax(alpha / tau) over the pool axis."""
+  num_moe_layers: int
+  pool_size: int
+  num_experts: int
+  granularity: str          # 'layer' or 'expert'
+  temperature: float
+  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
+  init_entries: tuple[int, ...]   # per MoE layer: the pool entry a one-hot init favours
+  one_hot_scale: float
+
+  @nn.compact
+  def __call__(self) -> jax.Array:
+    l, p = self.num_moe_layers, self.pool_size
+    if self.granularity == 'layer':
+      shape, names = (l, p), ('moe_layer', 'mixing')
+    else:
+      shape, names = (l, self.num_experts, p), ('moe_layer', 'expert', 'mixing')
+
+    def init_fn(key, shape, dtype=jnp.float32):
+      del key
+      if self.init_mode == 'uniform':
+        return jnp.zeros(shape, dtype)
+      one_hot_LP = self.one_hot_scale * jax.nn.one_hot(jnp.asarray(self.init_entries), p, dtype=dtype)
+      return one_hot_LP if len(shape) == 2 else jnp.broadcast_to(one_hot_LP[:, None, :], shape)
+
+    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
+    return mixing_weights(alpha, self.temperature)
+
+
+def mixing_weights(alpha: jax.Array, temperature: float) -> jax.Array:
+  """softmax(alpha / tau) over the last (pool) axis: [..., P] -> [..., P]."""
+  return jax.nn.softmax(alpha.astype(jnp.float32) / temperature, axis=-1)
+
+
+def mix_weight_space(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
+  """One layer's effective experts sum_j w_j W_j. pool: leading [P, E]; weights: [P] or [E, P] -> leading [E]."""
+  subscripts = 'p,pe...->e...' if weights.ndim == 1 else 'ep,pe...->e...'
+  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
+
+
+def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
+  """Every MoE layer's effective experts at once. pool: leading [P, E]; weights: [L, P] or [L, E, P] -> [L, E].
+
+  One contraction per array: the backward pass reads the layers' gradients once and writes the pool's once.
+  """
+  subscripts = 'lp,pe...->le...' if weights.ndim == 2 else 'lep,pe...->le...'
+  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
+
+
+def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool | LowRankSparsePool, MixingLogits | None]:
+  """A group's pool and (learned mixing) mixing logits, unnamed (the caller assigns them in setup). The pool stores
+  dense experts, or low-rank plus sparse ones when low_rank_sparse.rank > 0 (layers/low_rank_experts.py)."""
+  if spec.expert_rank:
+    pool = LowRankSparsePool(group.pool_size, group.num_experts, spec.model.d_model, spec.expert_d_ff, spec.expert_rank,
+                             spec.model.init_std, spec.out_init_std)
+  else:
+    pool = ExpertPool(group.pool_size, group.num_experts, spec.model.d_model, spec.expert_d_ff, spec.model.init_std,
+                      spec.out_init_std)
+  if spec.pool.mixing != 'learned':
+    return pool, None
+  return pool, MixingLogits(len(group.layers), group.pool_size, group.num_experts, spec.pool.granularity,
+                            spec.pool.temperature, spec.pool.init, group.entries, spec.pool.one_hot_scale)
+
+
+def pool_weights(spec, group: ExpertGroup, pool_params: dict) -> ExpertWeights:
+  """A group's pool (leading [P_g, E_g]) from its stored parameters, through the group's own pool module."""
+  return group_modules(spec, group)[0].apply({'params': pool_params})
+
+
+def pad_stack(weights: Sequence[jax.Array]) -> jax.Array:
+  """Per-layer mixing weights of different groups ([P_g] or [E_g, P_g]) stacked as [L, P_max] / [L, E_max, P_max],
+  zero-padded (for metrics and plots; a padded entry or expert does not exist)."""
+  shape = tuple(max(w.shape[i] for w in weights) for i in range(weights[0].ndim))
+  return jnp.stack([jnp.pad(w, [(0, n - m) for n, m in zip(shape, w.shape)]) for w in weights])
+
+
+def group_layer_experts(spec, groups: Sequence[ExpertGroup], pools: Sequence[ExpertWeights],
+                        logits: Sequence[jax.Array | None]) -> tuple[list[tuple[ExpertWeights, jax.Array | None]],
+                                                                     jax.Array | None]:
+  """Every MoE layer's (experts, output-space mixing weights or None), in MoE-layer order, and the mixing weights
+  ([L, P] / [L, E, P]; several groups: pad_stack) or None under fixed mixing.
+
+  pools[g]: group g's pool (leading [P_g, E_g]); logits[g]: its softmax(alpha / tau) or None (fixed mixing).
+  Fixed mixing selects pool entry `group.entries[i]`; weight-space mixing contracts each group once.
+  """
+  num_moe = sum(len(g.layers) for g in groups)
+  out: list = [None] * num_moe
+  per_layer: list = [None] * num_moe
+  for group, pool, weights in zip(groups, pools, logits):
+    if weights is None:
+      for layer, entry in zip(group.layers, group.entries):
+        out[layer] = (pool.entry(entry), None)
+      continue
+    mixed = mix_all_layers(pool, weights) if spec.pool.space != 'output' else None
+    for i, layer in enumerate(group.layers):
+      out[layer] = (pool, weights[i]) if mixed is None else (mixed.entry(i), None)
+      per_layer[layer] = weights[i]
+  if logits[0] is None:
+    return out, None
+  return out, (logits[0] if len(groups) == 1 else pad_stack(per_layer))
+
+
+def fixed_mixing_weights(groups: Sequence[ExpertGroup], granularity: str) -> np.ndarray:
+  """One-hot weights of fixed mixing, [L, P] (or [L, E, P]); several groups: zero-padded to P_max (, E_max)."""
+  num_moe = sum(len(g.layers) for g in groups)
+  p_max, e_max = max(g.pool_size for g in groups), max(g.num_experts for g in groups)
+  one_hot = np.zeros((num_moe, p_max), np.float32)
+  experts = np.zeros(num_moe, np.int64)
+  for group in groups:
+    for layer, entry in zip(group.layers, group.entries):
+      one_hot[layer, entry] = 1.0
+      experts[layer] = group.num_experts
+  if granularity == 'layer':
+    return one_hot
+  out = np.zeros((num_moe, e_max, p_max), np.float32)
+  for layer in range(num_moe):
+    out[layer, :experts[layer]] = one_hot[layer]
+  return out
+
+
+def unpad(weights: np.ndarray, group: ExpertGroup, i: int) -> np.ndarray:
+  """Layer i of `group`'s mixing weights cut from a padded [L, (E_max,) P_max] array: [P_g] or [E_g, P_g]."""
+  row = weights[group.layers[i]]
+  return row[:group.pool_size] if row.ndim == 1 else row[:group.num_experts, :group.pool_size]
+
+
+def attach_pools(decoder: nn.Module, spec) -> None:
+  """Creates every group's pool and mixing logits as submodules of `decoder` (inside its setup), named
+  group.pool_name / group.mixing_name ('expert_pool', 'mixing_logits' for the first group), so the parameter
+  paths are the checkpoints' `expert_pool/*`, `mixing_logits/alpha`, `expert_pool_g1/*`, ..."""
+  for group in spec.groups:
+    pool, logits = group_modules(spec, group)
+    setattr(decoder, group.pool_name, pool)
+    setattr(decoder, group.mixing_name, logits)
+
+
+def decoder_pools(decoder: nn.Module, spec) -> tuple[list[ExpertWeights], list[jax.Array | None]]:
+  """Every group's pool (leading [P_g, E_g]) and softmax(alpha / tau) (None: fixed mixing), from the modules
+  attach_pools created."""
+  groups = spec.groups
+  logits = [getattr(decoder, g.mixing_name) for g in groups]
+  return [getattr(decoder, g.pool_name)() for g in groups], [m() if m is not None else None for m in logits]
