@@ -71,8 +71,8 @@ def test_kd_loss_matches_reference_and_switches_off_after_stop_step():
   def reference(p):
     ce_loss, _ = student.loss_fn(p, batch, None, False)
     w = batch['decoder_loss_weights'].reshape(-1)
-    s = student.logits(p, batch['decoder_input_tokens']).reshape(-1, student.spec.vocab_size)
-    t = teacher.logits(t_params, batch['decoder_input_tokens']).reshape(-1, teacher.spec.vocab_size)
+    s = student.logits(p, batch['decoder_input_tokens']).reshape(-1, student.spec.model.vocab_size)
+    t = teacher.logits(t_params, batch['decoder_input_tokens']).reshape(-1, teacher.spec.model.vocab_size)
     kl = distill.plain_kd_kl_sum(s, t, w, spec.temperature) / jnp.sum(w)
     return ce_loss + spec.alpha * spec.temperature ** 2 * kl
 

@@ -37,9 +37,17 @@ def section_values(config: ml_collections.ConfigDict, section: str) -> dict[str,
 
 def complete_config(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
   """The base config overlaid with `config` (e.g. a run's config.json): every key present, so code reads keys as
-  attributes and a run written before a key existed gets its default from config/defaults.py."""
-  out = get_base_config()
-  out.update(ml_collections.ConfigDict(config) if isinstance(config, dict) else config)
+  attributes and a run written before a key existed gets its default from config/defaults.py. The config's
+  values are kept as given (a wrongly typed value stays for validate_config to name)."""
+  given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+  return ml_collections.ConfigDict(_overlay(get_base_config().to_dict(), given))
+
+
+def _overlay(base: dict, given: dict) -> dict:
+  out = dict(base)
+  for key, value in given.items():
+    both_dicts = isinstance(value, dict) and isinstance(base.get(key), dict)
+    out[key] = _overlay(base[key], value) if both_dicts else value
   return out
 
 

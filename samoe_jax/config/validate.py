@@ -503,9 +503,9 @@ def config_errors(config: ml_collections.ConfigDict) -> list[str]:
     return e.lines
   unknown = _check_known_keys(config, e)
   config = complete_config(config)   # keys a config omits take their one default (config/defaults.py)
+  _check_finite(config, '', e)
   for section, key in unknown:       # reported above; the other checks run on the known keys
     del config[section][key]
-  _check_finite(config, '', e)
   moe_layers = _check_model(config.model, e)
   _check_data(config, e)
   num_moe = len(moe_layers) if moe_layers else 0

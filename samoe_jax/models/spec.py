@@ -23,6 +23,7 @@ from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.graph_routing import GraphConfig
 from samoe_jax.layers.momentum import MomentumConfig
 from samoe_jax.layers.routers import RoutingStrategy, strategy_for
+from samoe_jax.models.remat import check_remat
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
 
@@ -75,6 +76,7 @@ class ModelSpec:
   @classmethod
   def from_config(cls, config: ml_collections.ConfigDict) -> 'ModelSpec':
     model = ModelSection.of(config)
+    check_remat(model.remat)   # also validated; a guard for a spec built from an unvalidated config
     moe_layers = tuple(moe_layer_indices(model))
     if not moe_layers:
       moe, pool = MoeSection.defaults(), PoolSection.defaults()
