@@ -2,6 +2,7 @@
 
   python -m samoe_jax.bench [--configs=configs/bench_dense.py,configs/bench_moe.py,configs/bench_samoe.py]
                             [--steps=10] [--repeats=3] [--json_out=bench.json] [--grad_stats]
+  python -m samoe_jax.bench --preset=gpu   # bfloat16 350M-class dense / MoE-16 / SaMoE (presets.bench_gpu), MFU
 
 For every config: build the real trainer pieces (mesh, partitioner, model, AdamW, sharded state, the jitted
 train step with donation) and compile once; then time `steps` steps on a fixed synthetic batch, `repeats`
@@ -9,7 +10,8 @@ rounds, the configs round-robin within each round, and report each config's best
 half of attention, logits; SaMoE's per-step mixing included), never from what the implementation happens to
 execute (capacity padding is overhead). The reference rate is a jitted 2048x2048 float32 `jnp.matmul`, measured
 in the same process just before each timing, and reported for the round the config's figure comes from. The last line compares the
-SaMoE step time with the standard MoE's (the target: within 5 %).
+SaMoE step time with the standard MoE's (the target: within 5 %). On a chip of PEAK_BF16_FLOPS (H100, H200, A100,
+TPU v4, v5e, v5p) every row also gets its MFU: model FLOP/s over the chip's dense bfloat16 peak.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from ml_collections import config_flags
 
 from samoe_jax import cli
 from samoe_jax import accounting
+from samoe_jax.config.presets import GPU_BENCH_KINDS, bench_gpu
 from samoe_jax.config.validate import validate_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import make_mesh
@@ -38,11 +41,17 @@ from samoe_jax.training.step import make_train_step
 
 DEFAULT_CONFIGS = 'configs/bench_dense.py,configs/bench_moe.py,configs/bench_samoe.py'
 MATMUL_N = 2048
+PRESETS = ('cpu', 'gpu')   # cpu: --configs (the reference workload); gpu: presets.bench_gpu dense / moe / samoe
+# Dense bfloat16 peak FLOP/s per chip (vendor datasheets, without sparsity), matched against device_kind.
+PEAK_BF16_FLOPS = (('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('TPU v5 lite', 197e12),
+                   ('TPU v5e', 197e12), ('TPU v5p', 459e12), ('TPU v5', 459e12), ('TPU v4', 275e12))
 
 _CONFIGS = flags.DEFINE_string('configs', DEFAULT_CONFIGS, 'Comma-separated config files to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps per repeat.')
 _REPEATS = flags.DEFINE_integer('repeats', 5, 'Rounds; each config reports its best (least disturbed).')
 _JSON_OUT = flags.DEFINE_string('json_out', '', 'Also write the results as JSON to this path.')
+_PRESET = flags.DEFINE_enum('preset', 'cpu', PRESETS, "'gpu': the bfloat16 350M-class dense, MoE-16 and SaMoE "
+                             'models of presets.bench_gpu (one 80+ GB GPU) instead of --configs, with MFU.')
 _GRAD_STATS = flags.DEFINE_bool('grad_stats', False, 'Also time every config with the gradient-flow statistics on '
                                 'every step (train.grad_stats_every = 1) and print the ratio to the plain step.')
 
@@ -61,6 +70,24 @@ def matmul_rate(n: int = MATMUL_N, iters: int = 10, repeats: int = 3) -> float:
     c.block_until_ready()
     best = min(best, (time.perf_counter() - start) / iters)
   return 2 * n ** 3 / best
+
+
+def peak_flops(device_kind: str) -> float | None:
+  """The chip's dense bfloat16 peak FLOP/s from PEAK_BF16_FLOPS (first name contained in device_kind), or None."""
+  for name, peak in PEAK_BF16_FLOPS:
+    if name.lower() in device_kind.lower():
+      return peak
+  return None
+
+
+def preset_configs(preset: str, config_paths: Sequence[str]) -> list[tuple[str, object]]:
+  """(name, ConfigDict) pairs: the --configs files ('cpu') or the GPU models ('gpu')."""
+  if preset == 'gpu':
+    return [(f'gpu:{kind}', bench_gpu(kind)) for kind in GPU_BENCH_KINDS]
+  if preset != 'cpu':
+    raise ValueError(f'--preset={preset!r} is not one of {PRESETS}')
+  parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
+  return [(path, parser.parse(path)) for path in config_paths]
 
 
 def synthetic_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -108,15 +135,17 @@ class CompiledStep:
     return (time.perf_counter() - start) / steps
 
 
-def benchmark(config_paths: Sequence[str], steps: int, repeats: int, grad_stats: bool = False) -> list[dict]:
+def benchmark(named_configs: Sequence[tuple[str, object]], steps: int, repeats: int, grad_stats: bool = False,
+              peak: float | None = None) -> list[dict]:
   """Compiles every config, then times them round-robin (with the matmul rate in every round), so that a change
   in machine load hits all of them alike; each config reports its best round and that round's matmul rate.
 
   grad_stats: also time each config's step with the gradient-flow statistics (train.grad_stats_every = 1, i.e. on
   every step): in every round, `steps` pairs of one plain step and one statistics step, alternating, so that load
-  changes hit both alike; the row gets the median of the paired time ratios."""
-  parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
-  configs = [parser.parse(path) for path in config_paths]
+  changes hit both alike; the row gets the median of the paired time ratios. peak: the chip's bf16 peak FLOP/s;
+  rows then get 'mfu' = achieved model FLOP/s / peak."""
+  config_paths = [name for name, _ in named_configs]
+  configs = [config for _, config in named_configs]
   compiled = [CompiledStep(config) for config in configs]
   with_stats = [CompiledStep(config, grad_stats=True) for config in configs] if grad_stats else []
   best = [(float('inf'), 0.0)] * len(configs)
@@ -137,6 +166,8 @@ def benchmark(config_paths: Sequence[str], steps: int, repeats: int, grad_stats:
            'model_flops_per_step': flops, 'achieved_flops_per_s': flops / step_s, 'matmul_flops_per_s': rate,
            'ratio_to_matmul': flops / step_s / rate, 'compile_s': step.compile_s, 'step_s': step_s,
            'loss': step.loss}
+    if peak:
+      row['mfu'] = flops / step_s / peak
     if with_stats:
       row.update(grad_stats_ratio=float(np.median(paired[i])), grad_stats_pairs=len(paired[i]))
     results.append(row)
@@ -149,6 +180,7 @@ def format_row(row: dict) -> str:
           f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "
           f"{row['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s  matmul {row['matmul_flops_per_s'] / 1e9:6.1f} "
           f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)"
+          + (f"  MFU {row['mfu'] * 100:.1f} %" if 'mfu' in row else '')
           + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step (median of "
              f"{row['grad_stats_pairs']} paired steps)" if 'grad_stats_ratio' in row
              else ''))
@@ -157,8 +189,9 @@ def format_row(row: dict) -> str:
 def samoe_vs_moe(results: list[dict]) -> float | None:
   """SaMoE step time / standard MoE step time, when both bench configs were run."""
   by_name = {r['config'].rsplit('/', 1)[-1]: r for r in results}
-  if 'bench_samoe.py' in by_name and 'bench_moe.py' in by_name:
-    return by_name['bench_samoe.py']['step_s'] / by_name['bench_moe.py']['step_s']
+  for samoe, moe in (('bench_samoe.py', 'bench_moe.py'), ('gpu:samoe', 'gpu:moe')):
+    if samoe in by_name and moe in by_name:
+      return by_name[samoe]['step_s'] / by_name[moe]['step_s']
   return None
 
 
@@ -167,8 +200,12 @@ def main(argv: Sequence[str] | None = None) -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     print(f'devices: {jax.devices()}')
+    kind = jax.devices()[0].device_kind
+    peak = peak_flops(kind)
+    print(f'chip: {kind}; bf16 peak ' + (f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'))
     try:
-      results = benchmark(_CONFIGS.value.split(','), _STEPS.value, _REPEATS.value, _GRAD_STATS.value)
+      results = benchmark(preset_configs(_PRESET.value, _CONFIGS.value.split(',')), _STEPS.value, _REPEATS.value,
+                          _GRAD_STATS.value, peak=peak)
     except ValueError as err:   # an invalid config: the message, no traceback
       sys.exit(f'samoe_jax.bench: {err}')
     ratio = samoe_vs_moe(results)
@@ -176,7 +213,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       print(f'SaMoE / MoE step time: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; target within 5 %)')
     if _JSON_OUT.value:
       with open(_JSON_OUT.value, 'w') as f:
-        json.dump({'results': results, 'samoe_over_moe_step_time': ratio}, f, indent=2)
+        json.dump({'results': results, 'samoe_over_moe_step_time': ratio, 'device_kind': kind,
+                   'peak_bf16_flops': peak}, f, indent=2)
   cli.run_app('samoe_jax.bench', run, list(argv) if argv is not None else sys.argv)
 
 

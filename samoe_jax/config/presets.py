@@ -85,6 +85,28 @@ def bench(kind: str) -> ml_collections.ConfigDict:
   return c
 
 
+GPU_BENCH_KINDS = ('dense', 'moe', 'samoe')
+
+
+def bench_gpu(kind: str) -> ml_collections.ConfigDict:
+  """The GPU benchmark (python -m samoe_jax.bench --preset=gpu): a GPT-3 350M-class decoder (24 layers, d_model
+  1024, 16 heads, FFN 4096, seq 2048, vocab 50304) in bfloat16, as dense, standard MoE-16 top-2 on every other
+  block (12 MoE layers, capacity factor 1.25) or SaMoE with a learned pool of P = 2, batch 8 x 2048 tokens: sized
+  for one 80+ GB GPU (the MoE stores 1.87B parameters: ~30 GB with float32 gradients and Adam moments)."""
+  if kind not in GPU_BENCH_KINDS:
+    raise ValueError(f'kind={kind!r} is not one of {GPU_BENCH_KINDS}')
+  c = get_base_config()
+  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 50304, 1024, 24, 16
+  c.model.d_ff, c.model.max_len, c.model.dtype = 4096, 2048, 'bfloat16'
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts, c.moe.top_k = 16, 2
+  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.25
+  c.data.vocabulary, c.data.seq_len, c.data.batch_size = 'byte', 2048, 8
+  c.mesh.data, c.mesh.expert, c.mesh.model = -1, 1, 1
+  set_sharing(c, kind, num_moe_layers=12)
+  return c
+
+
 def gpt3(base: str, kind: str, pool_size: int = 2) -> ml_collections.ConfigDict:
   """GPT-3 `base` ('350m' | '1p3b') as a dense model, standard MoE-128 or SaMoE-128 with `pool_size` pool entries.
 
