@@ -69,20 +69,27 @@ def tiny(kind: str) -> ml_collections.ConfigDict:
   return c
 
 
+def _bench_workload(kind: str, *, vocab: int, d_model: int, layers: int, heads: int, d_ff: int, seq: int,
+                    dtype: str, experts: int) -> ml_collections.ConfigDict:
+  """A synthetic-token benchmark decoder: MoE top-2 on every other block, capacity factor 1.25, batch 8, one
+  process's devices on `data` (the byte vocabulary setting is only there to validate)."""
+  c = get_base_config()
+  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = vocab, d_model, layers, heads
+  c.model.d_ff, c.model.max_len, c.model.dtype = d_ff, seq, dtype
+  c.model.layer_plan = 'every_other'
+  c.moe.num_experts, c.moe.top_k = experts, 2
+  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.25
+  c.data.vocabulary, c.data.seq_len, c.data.batch_size = 'byte', seq, 8
+  c.mesh.data, c.mesh.expert, c.mesh.model = -1, 1, 1
+  set_sharing(c, kind, num_moe_layers=layers // 2)
+  return c
+
+
 def bench(kind: str) -> ml_collections.ConfigDict:
   """The benchmark reference workload: d_model 256, 4 layers, 4 heads, FFN 1024, 8 experts top-2 (blocks 1, 3),
-  capacity factor 1.25, seq 256, batch 8, vocab 32000, float32 (synthetic tokens; the byte vocabulary setting is
-  only there to validate)."""
-  c = get_base_config()
-  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 32000, 256, 4, 4
-  c.model.d_ff, c.model.max_len, c.model.dtype = 1024, 256, 'float32'
-  c.model.layer_plan = 'every_other'
-  c.moe.num_experts, c.moe.top_k = 8, 2
-  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.25
-  c.data.vocabulary, c.data.seq_len, c.data.batch_size = 'byte', 256, 8
-  c.mesh.data, c.mesh.expert, c.mesh.model = -1, 1, 1
-  set_sharing(c, kind, num_moe_layers=2)
-  return c
+  capacity factor 1.25, seq 256, batch 8, vocab 32000, float32."""
+  return _bench_workload(kind, vocab=32000, d_model=256, layers=4, heads=4, d_ff=1024, seq=256, dtype='float32',
+                         experts=8)
 
 
 GPU_BENCH_KINDS = ('dense', 'moe', 'samoe')
@@ -95,16 +102,8 @@ def bench_gpu(kind: str) -> ml_collections.ConfigDict:
   for one 80+ GB GPU (the MoE stores 1.87B parameters: ~30 GB with float32 gradients and Adam moments)."""
   if kind not in GPU_BENCH_KINDS:
     raise ValueError(f'kind={kind!r} is not one of {GPU_BENCH_KINDS}')
-  c = get_base_config()
-  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 50304, 1024, 24, 16
-  c.model.d_ff, c.model.max_len, c.model.dtype = 4096, 2048, 'bfloat16'
-  c.model.layer_plan = 'every_other'
-  c.moe.num_experts, c.moe.top_k = 16, 2
-  c.moe.capacity_factor_train = c.moe.capacity_factor_eval = 1.25
-  c.data.vocabulary, c.data.seq_len, c.data.batch_size = 'byte', 2048, 8
-  c.mesh.data, c.mesh.expert, c.mesh.model = -1, 1, 1
-  set_sharing(c, kind, num_moe_layers=12)
-  return c
+  return _bench_workload(kind, vocab=50304, d_model=1024, layers=24, heads=16, d_ff=4096, seq=2048,
+                         dtype='bfloat16', experts=16)
 
 
 def gpt3(base: str, kind: str, pool_size: int = 2) -> ml_collections.ConfigDict:
