@@ -126,8 +126,9 @@ class RoutingStrategy:
     return None
 
   def draws_rng(self, train: bool) -> bool:
-    """Whether routing draws from the 'routing' rng stream (training only)."""
-    return train and self.noise == 'jitter'
+    """Whether routing draws from the 'routing' rng stream (training only): 'jitter' on the router input, or the
+    `select` hook's own randomness."""
+    return train and (self.noise == 'jitter' or self._select_draws(train))
 
   def for_evaluation(self, top_k: int, gate: str) -> 'RoutingStrategy':
     """The strategy of a train=False pass with moe.eval_top_k / moe.eval_gate (0 / '': unchanged)."""
@@ -154,12 +155,13 @@ class RoutingStrategy:
     return self.select(logits_GSE, inputs, train=train, rng=rng)
 
   def _select_draws(self, train: bool) -> bool:
+    """Whether the `select` hook needs an rng (beyond 'jitter')."""
     return False
 
   def select(self, logits_GSE: jax.Array, inputs: RouteInputs, *, train: bool,
              rng: jax.Array | None) -> routing_lib.Routing:
-    """The hook: router logits -> Routing."""
-    raise NotImplementedError
+    """The hook every strategy with a router overrides: router logits -> Routing."""
+    raise NotImplementedError(f'{type(self).__name__} must override select() (or route() without a router)')
 
   def aux_losses(self, routing: routing_lib.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
     """'lb_loss' (Switch; 0 when balanced by construction) and 'z_loss' (ST-MoE)."""
@@ -185,9 +187,6 @@ class TokenChoice(RoutingStrategy):
   @property
   def noncausal_reason(self) -> str | None:
     return None if self.causal else f"needs moe.slot_priority='position' (causal), got {self.slot_priority!r}"
-
-  def draws_rng(self, train: bool) -> bool:
-    return train and (self.noise != 'none' or self.second_policy != 'all' or self.slot_priority == 'random')
 
   def _select_draws(self, train: bool) -> bool:
     return train and (self.second_policy != 'all' or self.noise in ('gumbel', 'gaussian')
