@@ -10,7 +10,7 @@ rounds, the configs round-robin within each round, and report each config's best
 half of attention, logits; SaMoE's per-step mixing included), never from what the implementation happens to
 execute (capacity padding is overhead). The reference rate is a jitted 2048x2048 float32 `jnp.matmul`, measured
 in the same process just before each timing, and reported for the round the config's figure comes from. The last line compares the
-SaMoE step time with the standard MoE's (the target: within 5 %). On a chip of PEAK_BF16_FLOPS (H100, H200, A100,
+SaMoE step time with the standard MoE's (the target: within 5 %). On a chip of bench_configs.PEAK_BF16_FLOPS (H100, H200, A100,
 TPU v4, v5e, v5p) every row also gets its MFU: model FLOP/s over the chip's dense bfloat16 peak.
 """
 
@@ -25,11 +25,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from absl import app, flags
-from ml_collections import config_flags
 
 from samoe_jax import cli
 from samoe_jax import accounting
-from samoe_jax.config.presets import GPU_BENCH_KINDS, bench_gpu
+from samoe_jax.bench_configs import PRESETS, format_row, peak_flops, preset_configs, samoe_vs_moe
 from samoe_jax.config.validate import validate_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import make_mesh
@@ -41,10 +40,6 @@ from samoe_jax.training.step import make_train_step
 
 DEFAULT_CONFIGS = 'configs/bench_dense.py,configs/bench_moe.py,configs/bench_samoe.py'
 MATMUL_N = 2048
-PRESETS = ('cpu', 'gpu')   # cpu: --configs (the reference workload); gpu: presets.bench_gpu dense / moe / samoe
-# Dense bfloat16 peak FLOP/s per chip (vendor datasheets, without sparsity), matched against device_kind.
-PEAK_BF16_FLOPS = (('H200', 989e12), ('H100', 989e12), ('A100', 312e12), ('TPU v5 lite', 197e12),
-                   ('TPU v5e', 197e12), ('TPU v5p', 459e12), ('TPU v5', 459e12), ('TPU v4', 275e12))
 
 _CONFIGS = flags.DEFINE_string('configs', DEFAULT_CONFIGS, 'Comma-separated config files to benchmark.')
 _STEPS = flags.DEFINE_integer('steps', 10, 'Timed train steps per repeat.')
@@ -70,24 +65,6 @@ def matmul_rate(n: int = MATMUL_N, iters: int = 10, repeats: int = 3) -> float:
     c.block_until_ready()
     best = min(best, (time.perf_counter() - start) / iters)
   return 2 * n ** 3 / best
-
-
-def peak_flops(device_kind: str) -> float | None:
-  """The chip's dense bfloat16 peak FLOP/s from PEAK_BF16_FLOPS (first name contained in device_kind), or None."""
-  for name, peak in PEAK_BF16_FLOPS:
-    if name.lower() in device_kind.lower():
-      return peak
-  return None
-
-
-def preset_configs(preset: str, config_paths: Sequence[str]) -> list[tuple[str, object]]:
-  """(name, ConfigDict) pairs: the --configs files ('cpu') or the GPU models ('gpu')."""
-  if preset == 'gpu':
-    return [(f'gpu:{kind}', bench_gpu(kind)) for kind in GPU_BENCH_KINDS]
-  if preset != 'cpu':
-    raise ValueError(f'--preset={preset!r} is not one of {PRESETS}')
-  parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
-  return [(path, parser.parse(path)) for path in config_paths]
 
 
 def synthetic_batch(config, seed: int = 0) -> dict[str, np.ndarray]:
@@ -173,26 +150,6 @@ def benchmark(named_configs: Sequence[tuple[str, object]], steps: int, repeats: 
     results.append(row)
     print(format_row(row), flush=True)
   return results
-
-
-def format_row(row: dict) -> str:
-  return (f"{row['config']:<28} step {row['step_s'] * 1e3:7.1f} ms  {row['tokens_per_s']:9.0f} tok/s  "
-          f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "
-          f"{row['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s  matmul {row['matmul_flops_per_s'] / 1e9:6.1f} "
-          f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)"
-          + (f"  MFU {row['mfu'] * 100:.1f} %" if 'mfu' in row else '')
-          + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step (median of "
-             f"{row['grad_stats_pairs']} paired steps)" if 'grad_stats_ratio' in row
-             else ''))
-
-
-def samoe_vs_moe(results: list[dict]) -> float | None:
-  """SaMoE step time / standard MoE step time, when both bench configs were run."""
-  by_name = {r['config'].rsplit('/', 1)[-1]: r for r in results}
-  for samoe, moe in (('bench_samoe.py', 'bench_moe.py'), ('gpu:samoe', 'gpu:moe')):
-    if samoe in by_name and moe in by_name:
-      return by_name[samoe]['step_s'] / by_name[moe]['step_s']
-  return None
 
 
 def main(argv: Sequence[str] | None = None) -> None:

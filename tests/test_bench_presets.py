@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from samoe_jax import accounting, bench
+from samoe_jax import accounting
+from samoe_jax import bench_configs as bench
 from samoe_jax.config.presets import bench_gpu
 from samoe_jax.config.validate import validate_config
 
