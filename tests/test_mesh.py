@@ -146,3 +146,33 @@ def test_train_step_on_four_devices_and_restore_onto_one():
   result = subprocess.run([sys.executable, '-c', MULTI_DEVICE_SCRIPT], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=300, check=False)
   assert 'MULTI_DEVICE_OK' in result.stdout, result.stderr[-4000:]
+
+
+SIZES = {'data': 2, 'expert': 4, 'model': 2}
+
+
+@pytest.mark.parametrize('spec,shape,expected', [
+    (P(None, 'model'), (32, 64), P(('data', 'expert'), 'model')),        # the free dimension
+    (P(None, None), (16, 32), P(None, ('data', 'expert'))),              # the largest free dimension
+    (P(None, None), (32, 32), P(('data', 'expert'), None)),              # the first among equals
+    (P(None,), (12,), P(None,)),                                         # nothing divides by 8: replicated
+    (P('model',), (64,), P(('model', 'data', 'expert'),)),               # no free dimension: split further
+    (P('model',), (24,), P('model',)),                                   # 24 / 2 shards do not divide by 8
+    (P(None, 'expert', None, 'model'), (2, 8, 32, 64), P(None, 'expert', None, 'model')),   # expert weight
+    (P(), (), P()),
+])
+def test_fsdp_spec(spec, shape, expected):
+  from samoe_jax.sharding.fsdp import fsdp_spec
+  assert fsdp_spec(spec, shape, SIZES) == expected
+  assert fsdp_spec(spec, shape, {'data': 1, 'expert': 1, 'model': 2}) == spec   # one data shard: unchanged
+
+
+def test_fsdp_partitioner_changes_parameter_specs_only():
+  """Partitioner(fsdp=True) rewrites parameter specs; the rules table (activation constraints) stays the same."""
+  from samoe_jax.sharding import rules
+  mesh = make_mesh({'data': 1, 'expert': 1, 'model': 1})
+  plain, fsdp = Partitioner(mesh), Partitioner(mesh, fsdp=True)
+  assert fsdp.rules == plain.rules == rules.LOGICAL_AXIS_RULES
+  axes = {'w': P('embed', 'mlp')}
+  shapes = {'w': jax.ShapeDtypeStruct((32, 64), jnp.float32)}
+  assert plain.param_specs(axes, shapes) == fsdp.param_specs(axes, shapes) == {'w': P(None, 'model')}   # 1 device

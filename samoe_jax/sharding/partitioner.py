@@ -4,7 +4,9 @@ Everything that turns logical names into device placement goes through here: par
 shardings (`logical_to_mesh`), the batch sharding (`data_sharding`, the batch over the mesh axes of the
 logical name 'batch', i.e. ('data', 'expert')), host batches to global arrays (`shard_batch`) and jitting
 (`partition`). Tracing and lowering run inside `activate()`, which sets the mesh and the rules table so that
-`nn.with_logical_constraint` inside the model becomes a real sharding constraint.
+`nn.with_logical_constraint` inside the model becomes a real sharding constraint. With `fsdp=True`
+(config mesh.fsdp, sharding/fsdp.py) `param_specs` also shards the non-expert parameters over ('data', 'expert');
+the rules table, and so every activation constraint, stays the same.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding, PartitionSpec
 
+from samoe_jax.sharding import fsdp as fsdp_lib
 from samoe_jax.sharding import rules as rules_lib
 
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
@@ -51,11 +54,16 @@ class PartitionedFn:
 
 
 class Partitioner:
-  """Holds the mesh and the logical-axis rules; maps logical specs to shardings and jits functions."""
+  """Holds the mesh and the logical-axis rules; maps logical specs to shardings and jits functions.
 
-  def __init__(self, mesh: jax.sharding.Mesh, rules: Rules = rules_lib.LOGICAL_AXIS_RULES):
+  fsdp: shard the non-expert parameters (and so their gradients and optimizer state) over ('data', 'expert')
+  in `param_specs` (sharding/fsdp.py).
+  """
+
+  def __init__(self, mesh: jax.sharding.Mesh, rules: Rules = rules_lib.LOGICAL_AXIS_RULES, fsdp: bool = False):
     self.mesh = mesh
     self.rules = tuple(rules)
+    self.fsdp = bool(fsdp)
     unknown = {a for _, axes in self.rules for a in ((axes,) if isinstance(axes, str) else axes or ())
                if a not in mesh.axis_names}
     if unknown:
@@ -76,6 +84,11 @@ class Partitioner:
     """Tree of logical PartitionSpecs -> tree of NamedShardings on this mesh."""
     return jax.tree.map(lambda s: NamedSharding(self.mesh, s), self.logical_to_mesh_spec(spec_tree),
                         is_leaf=_is_spec)
+
+  def param_specs(self, logical_axes: PyTree, abstract_params: PyTree) -> PyTree:
+    """Mesh PartitionSpecs of the parameters: the rules table's, rewritten by FSDP when `fsdp` is on."""
+    specs = self.logical_to_mesh_spec(logical_axes)
+    return fsdp_lib.fsdp_specs(specs, abstract_params, self.mesh.shape) if self.fsdp else specs
 
   def replicated(self) -> NamedSharding:
     return NamedSharding(self.mesh, PartitionSpec())

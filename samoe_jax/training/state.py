@@ -3,7 +3,9 @@
 Shardings come from the model's parameter logical axes; every optimizer-state leaf that mirrors a parameter
 (Adam's mu and nu) inherits that parameter's logical axes via `optax.tree_map_params`, so pool weights keep
 their 'expert' split in the optimizer state too (the t5x Adafactor pitfall). Other leaves (counts) are
-replicated, as are mirrored leaves whose rank differs from their parameter's (placeholders).
+replicated, as are mirrored leaves whose rank differs from their parameter's (placeholders). With the
+partitioner's FSDP on (mesh.fsdp, sharding/fsdp.py) the optimizer leaves mirror the FSDP parameter specs, so
+Adam's moments are sharded exactly like their parameters.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import optax
-from jax.sharding import PartitionSpec
+from jax.sharding import NamedSharding, PartitionSpec
 
 from samoe_jax.sharding.partitioner import Partitioner
 
@@ -53,8 +55,11 @@ def state_logical_axes(optimizer: optax.GradientTransformation, abstract: TrainS
 
 def state_shardings(partitioner: Partitioner, optimizer: optax.GradientTransformation, abstract: TrainState,
                     param_axes: Any) -> TrainState:
-  """TrainState of NamedShardings on the partitioner's mesh."""
-  return partitioner.logical_to_mesh(state_logical_axes(optimizer, abstract, param_axes))
+  """TrainState of NamedShardings on the partitioner's mesh (FSDP-rewritten when partitioner.fsdp)."""
+  # The mirroring of state_logical_axes works on any PartitionSpecs: here on the parameters' mesh specs.
+  mesh_specs = state_logical_axes(optimizer, abstract, partitioner.param_specs(param_axes, abstract.params))
+  return jax.tree.map(lambda s: NamedSharding(partitioner.mesh, s), mesh_specs,
+                      is_leaf=lambda x: isinstance(x, PartitionSpec))
 
 
 def with_shardings(abstract: Any, shardings: Any) -> Any:
