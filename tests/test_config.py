@@ -18,6 +18,7 @@ if str(ROOT) not in sys.path:
 
 from samoe_jax.config import defaults  # noqa: E402
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment  # noqa: E402
+from samoe_jax.config.sections import complete_config  # noqa: E402
 from samoe_jax.config.validate import config_errors, validate_config  # noqa: E402
 
 CONFIG_FILES = sorted((ROOT / 'configs').glob('*.py'))
@@ -163,6 +164,7 @@ ERROR_CASES: list[tuple[dict, tuple[str, ...]]] = [
     (dict(model__remat='full'), ("model.remat='full'", "must be one of ['block', 'dots', 'none']")),
     (dict(train__microbatches=0), ('train.microbatches=0', 'integer >= 1')),
     (dict(train__microbatches=3), ('data.batch_size=16', 'train.microbatches=3')),
+    (dict(train__moment_dtype='float16'), ("train.moment_dtype='float16'", "'float32', 'bfloat16'")),
     (dict(eval__tasks='piqa2', eval__data_dir='x'), ("eval.tasks='piqa2'", "unknown task(s) ['piqa2']")),
 ]
 
@@ -181,6 +183,14 @@ def test_validation_error_names_key_and_value(overrides, expected):
   assert len(lines) == 1, message
   for s in expected:
     assert s in lines[0], f'{s!r} not in {lines[0]!r}'
+
+
+def test_mesh_fsdp_must_be_a_bool():
+  """A config.json can carry any JSON value (ConfigDict itself refuses a str for the bool key)."""
+  config = complete_config({'mesh': {'fsdp': 'yes'}})
+  assert config_errors(config) == ["mesh.fsdp='yes': must be True or False (shard the non-expert training state "
+                                   'over data x expert)']
+  assert config_errors(complete_config({'mesh': {'fsdp': True}})) == []
 
 
 def test_all_errors_collected_in_one_message():

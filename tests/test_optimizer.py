@@ -8,6 +8,7 @@ import pathlib
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 from jax.sharding import PartitionSpec as P
 
@@ -80,6 +81,45 @@ def test_weight_decay_touches_masked_params_only():
   updates, _ = jax.jit(optimizer.update)(zero_grads, optimizer.init(params), params)
   moved = {k: bool(jnp.any(u != 0)) for k, u in updates.items()}
   assert moved == {'w_in': True, 'b_in': False, 'alpha': False, 'pool_b': False, 'pool_w': True}
+
+
+def _adam_state(opt_state):
+  found = [s for s in jax.tree.leaves(opt_state, is_leaf=lambda x: hasattr(x, 'mu')) if hasattr(s, 'mu')]
+  assert len(found) == 1
+  return found[0]
+
+
+def test_bfloat16_moments_are_stored_in_bfloat16_and_the_steps_track_float32():
+  """train.moment_dtype='bfloat16': mu and nu are bfloat16 arrays (count stays int32), the state tree is the one
+  of float32 moments, and five AdamW steps move the parameters like float32 moments do (within 2 % of the
+  update)."""
+  config = tiny_config(**{'train.warmup_steps': 0})
+  model = LanguageModel(config)
+  axes = model.param_logical_axes()
+  params = model.init_params(jax.random.key(0))
+  keys = jax.random.split(jax.random.key(1), 5)
+  grads = [jax.tree.map(lambda p, k=k: 1e-2 * jax.random.normal(k, p.shape), params) for k in keys]
+
+  def run(dtype):
+    config.train.moment_dtype = dtype
+    optimizer, _ = make_optimizer(config.train, params, axes)
+    update = jax.jit(optimizer.update)
+    state, p = optimizer.init(params), params
+    for g in grads:
+      updates, state = update(g, state, p)
+      p = optax.apply_updates(p, updates)
+    return p, state
+
+  p32, s32 = run('float32')
+  p16, s16 = run('bfloat16')
+  adam = _adam_state(s16)
+  assert {x.dtype for x in jax.tree.leaves((adam.mu, adam.nu))} == {jnp.dtype(jnp.bfloat16)}
+  assert adam.count.dtype == jnp.int32 and int(adam.count) == 5
+  assert {x.dtype for x in jax.tree.leaves((_adam_state(s32).mu, _adam_state(s32).nu))} == {jnp.dtype(jnp.float32)}
+  assert jax.tree.structure(s16) == jax.tree.structure(s32)
+  moved = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p32), jax.tree.leaves(params)))
+  differ = max(float(jnp.max(jnp.abs(a - b))) for a, b in zip(jax.tree.leaves(p16), jax.tree.leaves(p32)))
+  assert 0 < differ < 0.02 * moved
 
 
 def test_schedule_warmup_peak_and_final_value():

@@ -6,6 +6,9 @@ feature axis. Stacking axes ('pool', 'expert', 'moe_layer', 'layers') index copi
 count as feature axes, so the pool's biases [P, E, F] stay undecayed like a dense bias [F]; LayerNorm scales
 and biases ('embed',), attention biases (None, 'heads', 'kv') and SaMoE mixing logits ('mixing' axis: decaying
 them would pull every layer towards uniform mixing) are never decayed. Without logical axes, rank >= 2 decides.
+
+train.moment_dtype='bfloat16' stores Adam's mu and nu in bfloat16 (half their memory): each update computes in
+float32 from the stored moments and rounds the new moments back (`stored_in`); 'float32' is optax.adamw itself.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ NO_DECAY_AXES = frozenset({'mixing', 'frozen_router'})
 # Parameters with one of these logical axes are never updated (moe.router_trainable=False: a frozen random router,
 # SMoE-Dropout): their updates are set to zero after AdamW, so they stay bit-exactly at their initial values.
 FROZEN_AXES = frozenset({'frozen_router'})
+MOMENT_DTYPES = ('float32', 'bfloat16')
 Schedule = Callable[[jax.Array | int], jax.Array]
 
 
@@ -77,9 +81,40 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> Schedule:
   return schedule
 
 
+def _cast_floats(tree: Any, dtype: Any) -> Any:
+  return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
+
+
+def stored_in(inner: optax.GradientTransformation, dtype: Any) -> optax.GradientTransformation:
+  """`inner` with its floating-point state stored in `dtype`: updated in float32, rounded back after each update.
+
+  The state keeps inner's structure (Adam's ScaleByAdamState), so optax.tree_map_params, the state shardings
+  and checkpoints see the same tree as without the cast.
+  """
+  def init(params):
+    return _cast_floats(inner.init(params), dtype)
+
+  def update(updates, state, params=None):
+    updates, new_state = inner.update(updates, _cast_floats(state, jnp.float32), params)
+    return updates, _cast_floats(new_state, dtype)
+
+  return optax.GradientTransformation(init, update)
+
+
+def _adamw(train_cfg: ml_collections.ConfigDict, schedule: Schedule, mask: Any) -> optax.GradientTransformation:
+  """optax.adamw, or the same chain with its moments stored in train.moment_dtype."""
+  if train_cfg.get('moment_dtype', 'float32') == 'float32':   # a bare train section (tests) has no key
+    return optax.adamw(learning_rate=schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=1e-8,
+                       weight_decay=train_cfg.weight_decay, mask=mask)
+  adam = stored_in(optax.scale_by_adam(b1=train_cfg.b1, b2=train_cfg.b2, eps=1e-8), jnp.dtype(train_cfg.moment_dtype))
+  return optax.chain(adam, optax.add_decayed_weights(train_cfg.weight_decay, mask),
+                     optax.scale_by_learning_rate(schedule))
+
+
 def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
                    logical_axes: Any | None = None) -> tuple[optax.GradientTransformation, Schedule]:
-  """(optimizer, schedule): clip_by_global_norm(grad_clip) then AdamW with the decay mask of `decay_mask`.
+  """(optimizer, schedule): clip_by_global_norm(grad_clip) then AdamW with the decay mask of `decay_mask`, its
+  moments in train.moment_dtype.
 
   Args:
     train_cfg: config.train.
@@ -88,8 +123,7 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
   """
   schedule = make_schedule(train_cfg)
   clip = optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip > 0 else optax.identity()
-  adamw = optax.adamw(learning_rate=schedule, b1=train_cfg.b1, b2=train_cfg.b2, eps=1e-8,
-                      weight_decay=train_cfg.weight_decay, mask=decay_mask(params, logical_axes))
+  adamw = _adamw(train_cfg, schedule, decay_mask(params, logical_axes))
   frozen = frozen_mask(params, logical_axes)
   if any(jax.tree.leaves(frozen)):   # nothing is added for models without frozen parameters
     return optax.chain(clip, adamw, optax.masked(optax.set_to_zero(), frozen)), schedule
