@@ -17,11 +17,15 @@ How a mesh (data, expert, model) is chosen, in order:
             whole). Per model axis the first that fits of: no remat with M = 1, 2, ...; remat with M = 1, 2, ...
 
 Per-device memory (an estimate, before XLA's own buffers; check with the compiled step's memory analysis):
-  state        (4 param + 4 + 4 Adam moments + 4 gradient) bytes per float32 parameter, + 2 for the bfloat16
-               compute copy when model.dtype is bfloat16; expert arrays divided by expert x model, the
-               model-sharded non-expert arrays (embedding, attention and dense FFN kernels) by model.
+  state        (4 param + 4 + 4 Adam moments + 4 gradient) bytes per float32 parameter (2 + 2 for the moments
+               with train.moment_dtype='bfloat16'), + 2 for the bfloat16 compute copy when model.dtype is
+               bfloat16; expert arrays divided by expert x model, the model-sharded non-expert arrays
+               (embedding, attention and dense FFN kernels) by model. With mesh.fsdp (sharding/fsdp.py) every
+               non-expert array is also divided by data x expert.
   mixed        SaMoE with learned weight-space mixing materializes each MoE layer's local experts once per step
                (compute dtype, plus their float32 gradient).
+  gathered     with mesh.fsdp only: the non-expert weights XLA all-gathers for the layer it computes, taken as
+               the token embedding and two blocks (the one computed and the next, prefetched), float32 / model.
   activations  per layer and sequence, Korthikanti et al. 2022 (arXiv:2205.05198) without recomputation:
                s*h*(10 + 24/t) + 5*a*s^2/t bytes in 16-bit (x2 for float32), s = seq_len, h = d_model,
                a = heads, t = model; an MoE layer's FFN share (19*s*h) scales with top_k x capacity factor, plus
@@ -78,10 +82,13 @@ class Plan:
   activation_bytes: float      # for one microbatch
   step_seconds: float
   fits: bool
+  gathered_bytes: float = 0.0  # mesh.fsdp: one layer's gathered non-expert weights
+  fsdp: bool = False
+  moment_dtype: str = 'float32'
 
   @property
   def total_bytes(self) -> float:
-    return self.state_bytes + self.mixed_bytes + self.activation_bytes
+    return self.state_bytes + self.mixed_bytes + self.gathered_bytes + self.activation_bytes
 
 
 def _split_non_expert(s: accounting.Sizes) -> tuple[int, int]:
@@ -122,44 +129,72 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
     return None
   counts = accounting.param_counts(config)
   sharded, replicated = _split_non_expert(s)
-  per_param = 16 + (2 if config.model.dtype == 'bfloat16' else 0)
+  fsdp = bool(config.mesh.get('fsdp', False)) and batch_shards > 1   # one data shard: nothing to split
+  moment_word = 2 if config.train.get('moment_dtype', 'float32') == 'bfloat16' else 4
+  per_param = 8 + 2 * moment_word + (2 if config.model.dtype == 'bfloat16' else 0)
   expert_out_bias = s.pool_size * s.num_experts * s.d_model if s.num_moe else 0    # [P, E, D]: not over model
   expert_params = ((counts['expert_pool'] - expert_out_bias) / model + expert_out_bias) / expert
-  state = per_param * (sharded / model + replicated + expert_params + counts['routers'] + counts['mixing_logits'])
+  non_expert = (sharded / model + replicated + counts['routers'] + counts['mixing_logits']) / (
+      batch_shards if fsdp else 1)
+  state = per_param * (non_expert + expert_params)
+  gathered = 0.0
+  if fsdp:
+    block = 4 * s.d_model * s.d_model + (2 * s.d_model * s.d_ff if s.num_dense else 0)
+    gathered = 4 * (s.vocab * s.d_model + 2 * block) / model
   compute_word = 2 if config.model.dtype == 'bfloat16' else 4
   mixed = 0.0
   if s.learned and s.space == 'weight':
     mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
   rows = config.data.batch_size // batch_shards
   unit = group_rows(config)
-  budget = HEADROOM * hardware.hbm_bytes - state - mixed
+  budget = HEADROOM * hardware.hbm_bytes - state - mixed - gathered
   counts = [m for m in range(1, rows + 1) if rows % m == 0 and (rows // m) % unit == 0] or [1]
   options = [('none', m) for m in counts] + [('block', m) for m in counts]
   remat, microbatches = next(((r, m) for r, m in options
                               if activation_bytes_per_row(config, model, r) * rows / m <= budget), options[-1])
   activations = activation_bytes_per_row(config, model, remat) * rows / microbatches
-  fits = state + mixed + activations <= HEADROOM * hardware.hbm_bytes
+  fits = state + mixed + gathered + activations <= HEADROOM * hardware.hbm_bytes
   step = accounting.flops_per_step(config)['train'] / (devices * hardware.peak_flops * ASSUMED_MFU)
   if remat == 'block':
     step *= 4 / 3    # the forward pass runs twice
-  return Plan(data, expert, model, rows, remat, microbatches, state, mixed, activations, step, fits)
+  return Plan(data, expert, model, rows, remat, microbatches, state, mixed, activations, step, fits, gathered, fsdp,
+              'bfloat16' if moment_word == 2 else 'float32')
 
 
 def _cost(p: Plan) -> tuple[bool, int, int]:
   return (p.remat != 'none', p.model, p.microbatches)
 
 
+def state_savers(config: ml_collections.ConfigDict) -> list[ml_collections.ConfigDict]:
+  """The config as given, then with mesh.fsdp=True, then also with train.moment_dtype='bfloat16' (each only when
+  it changes something): the order in which `recommend` gives up replicated state."""
+  variants, settings = [], []
+  fsdp, moments = bool(config.mesh.get('fsdp', False)), config.train.get('moment_dtype', 'float32')
+  for setting in ((fsdp, moments), (True, moments), (True, 'bfloat16')):
+    if setting not in settings:
+      variant = ml_collections.ConfigDict(config.to_dict())
+      variant.mesh.fsdp, variant.train.moment_dtype = setting
+      settings.append(setting)
+      variants.append(variant)
+  return variants
+
+
 def recommend(config: ml_collections.ConfigDict, hardware: Hardware, devices: int) -> Plan:
   """The fitting plan without recomputation if any, then with the smallest model axis, then the fewest
-  microbatches; when nothing fits, the plan needing the least memory (marked as not fitting)."""
-  plans = [p for t in (1, 2, 4, 8, 16) if (p := plan_mesh(config, hardware, devices, t)) is not None]
-  if not plans:
+  microbatches, with the config's mesh.fsdp and train.moment_dtype; when none fits, the same with FSDP, then
+  with FSDP and bfloat16 moments (`state_savers`); when nothing fits, the plan needing the least memory (marked
+  as not fitting)."""
+  tried = []
+  for variant in state_savers(config):
+    plans = [p for t in (1, 2, 4, 8, 16) if (p := plan_mesh(variant, hardware, devices, t)) is not None]
+    fitting = [p for p in plans if p.fits]
+    if fitting:
+      return min(fitting, key=_cost)
+    tried += plans
+  if not tried:
     raise ValueError(f'no (data, expert, model) mesh of {devices} devices divides data.batch_size='
                      f'{config.data.batch_size}, moe.num_experts={config.moe.num_experts} and the model widths')
-  fitting = [p for p in plans if p.fits]
-  if fitting:
-    return min(fitting, key=_cost)
-  return min(plans, key=lambda p: p.total_bytes)
+  return min(tried, key=lambda p: p.total_bytes)
 
 
 def plan_row(label: str, config: ml_collections.ConfigDict, hw_key: str, devices: int) -> str:
@@ -167,8 +202,9 @@ def plan_row(label: str, config: ml_collections.ConfigDict, hw_key: str, devices
   p = recommend(config, hw, devices)
   memory = f'{p.total_bytes / GIB:.1f}' + ('' if p.fits else ' **does not fit**')
   return (f'| {label} | {devices} {hw.name} {hw.device_word} | {p.data} x {p.expert} x {p.model} | '
-          f'{p.rows_per_device} | {p.remat} | {p.microbatches} | {p.state_bytes / GIB:.1f} + '
-          f'{p.mixed_bytes / GIB:.1f} + {p.activation_bytes / GIB:.1f} | {memory} | {p.step_seconds:.2f} |')
+          f'{p.fsdp} | {p.moment_dtype} | {p.rows_per_device} | {p.remat} | {p.microbatches} | '
+          f'{p.state_bytes / GIB:.1f} + {p.mixed_bytes / GIB:.1f} + {p.gathered_bytes / GIB:.1f} + '
+          f'{p.activation_bytes / GIB:.1f} | {memory} | {p.step_seconds:.2f} |')
 
 
 README_CONFIGS = (('350M+MoE-128', '350m', 'moe128'), ('350M SaMoE P=2', '350m', 'samoe'),
@@ -179,9 +215,10 @@ README_SLICES = (('tpu-v4', 64), ('tpu-v5e', 64), ('tpu-v5p', 64), ('h100', 8))
 def readme_table() -> str:
   """The README's table: every paper-scale config on 64-chip TPU v4/v5e/v5p slices and one 8xH100 node."""
   from samoe_jax.config.presets import gpt3  # pylint: disable=g-import-not-at-top
-  lines = ['| config | slice | mesh data x expert x model | sequences per device | model.remat | '
-           'train.microbatches | GiB/device: state + mixed + activations | GiB total | step s at 40 % MFU |',
-           '|---|---|---|---:|---|---:|---|---:|---:|']
+  lines = ['| config | slice | mesh data x expert x model | mesh.fsdp | train.moment_dtype | sequences per device | '
+           'model.remat | train.microbatches | GiB/device: state + mixed + gathered + activations | GiB total | '
+           'step s at 40 % MFU |',
+           '|---|---|---|---|---|---:|---|---:|---|---:|---:|']
   for label, base, kind in README_CONFIGS:
     config = gpt3(base, kind)
     for hw_key, devices in README_SLICES:

@@ -12,21 +12,22 @@ import pytest
 from samoe_jax import mesh_plan
 from samoe_jax.config.presets import gpt3, tiny
 from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.fsdp import fsdp_spec, sharded_fraction
 from samoe_jax.sharding.rules import mesh_axes_of
 
 
-def per_device_params(config, sizes: dict[str, int]) -> float:
-  """Parameters one device stores under the rules table: each leaf's size over its sharded mesh axes."""
+def per_device_params(config, sizes: dict[str, int], fsdp: bool = False) -> float:
+  """Parameters one device stores under the rules table (rewritten by sharding/fsdp.py when fsdp): each leaf's
+  size over its sharded mesh axes."""
   model = LanguageModel(config)
   shapes = jax.tree.leaves(model.abstract_params())
   specs = jax.tree.leaves(model.param_logical_axes(), is_leaf=lambda x: isinstance(x, jax.sharding.PartitionSpec))
   total = 0.0
   for shape, names in zip(shapes, specs):
-    divisor = 1
-    for axes in mesh_axes_of(tuple(names)):
-      for axis in (() if axes is None else (axes,) if isinstance(axes, str) else axes):
-        divisor *= sizes[axis]
-    total += math.prod(shape.shape) / divisor
+    spec = jax.sharding.PartitionSpec(*mesh_axes_of(tuple(names)))
+    if fsdp:
+      spec = fsdp_spec(spec, shape.shape, sizes)
+    total += math.prod(shape.shape) * sharded_fraction(spec, sizes)
   return total
 
 
@@ -39,6 +40,31 @@ def test_state_bytes_follow_the_rules_table(kind, model_axis):
   assert plan.state_bytes == pytest.approx(16 * expected_params, rel=1e-9)   # float32 params + 2 Adam + grad
   assert plan.data * plan.expert * plan.model == 16
   assert plan.expert == (math.gcd(8, 16 // model_axis) if kind != 'dense' else 1)   # 8 experts
+
+
+@pytest.mark.parametrize('kind', ['dense', 'moe', 'samoe'])
+@pytest.mark.parametrize('model_axis', [1, 2])
+@pytest.mark.parametrize('moment_dtype', ['float32', 'bfloat16'])
+def test_fsdp_state_bytes_follow_the_fsdp_specs(kind, model_axis, moment_dtype):
+  """mesh.fsdp divides the non-expert state by data x expert: the plan against the real FSDP rewrite of every
+  leaf (the few leaves it leaves replicated, e.g. SaMoE's mixing logits, are the difference allowed)."""
+  config = tiny(kind)
+  config.mesh.fsdp, config.train.moment_dtype = True, moment_dtype
+  plan = mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 16, model_axis)
+  sizes = {'data': plan.data, 'expert': plan.expert, 'model': model_axis}
+  per_param = 8 + 2 * (2 if moment_dtype == 'bfloat16' else 4)    # float32 params and gradient + 2 moments
+  assert plan.fsdp and plan.moment_dtype == moment_dtype
+  assert plan.state_bytes == pytest.approx(per_param * per_device_params(config, sizes, fsdp=True), rel=1e-3)
+  assert plan.state_bytes < per_param * per_device_params(config, sizes) / 2
+
+
+def test_recommend_turns_on_fsdp_and_bfloat16_moments_only_when_nothing_fits_without():
+  config = gpt3('1p3b', 'moe128')
+  v5e = mesh_plan.recommend(config, mesh_plan.HARDWARE['tpu-v5e'], 64)
+  assert v5e.fits and v5e.fsdp and v5e.moment_dtype == 'float32'      # replicated state does not fit
+  assert not mesh_plan.recommend(config, mesh_plan.HARDWARE['tpu-v5p'], 64).fsdp
+  assert [(c.mesh.fsdp, c.train.moment_dtype) for c in mesh_plan.state_savers(config)] == [
+      (False, 'float32'), (True, 'float32'), (True, 'bfloat16')]
 
 
 def test_expert_axis_and_rows():
