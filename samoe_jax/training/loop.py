@@ -104,14 +104,14 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   abstract_params = model.abstract_params()
   meta = run_meta(config, abstract_params)
   mesh = make_mesh(config.mesh)
-  partitioner = Partitioner(mesh)
+  partitioner = Partitioner(mesh, fsdp=config.mesh.get('fsdp', False))   # FSDP: sharding/fsdp.py
   check_mesh_fits(config, partitioner, has_moe=bool(moe_layer_indices(config.model)))
   os.makedirs(workdir, exist_ok=True)
   checkpointer = Checkpointer(workdir, config.train)
   latest = checkpointer.verified_latest()
   if latest is not None:
     checkpointer.check_compatible(latest, meta)
-  logging.info('mesh: %s', describe_mesh(mesh))
+  logging.info('mesh: %s%s', describe_mesh(mesh), ', FSDP over data x expert' if partitioner.fsdp else '')
   logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
   optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes)
