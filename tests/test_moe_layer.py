@@ -109,7 +109,7 @@ def test_all_layer_mixing_equals_per_layer_mixing():
     weights = jax.nn.softmax(jax.random.normal(jax.random.key(4), shape), axis=-1)
     stacked = mix_all_layers(pool, weights)
     for i in range(shape[0]):
-      for a, b in zip(jax.tree.leaves(stacked.entry(i)), jax.tree.leaves(reference_mix(pool, jnp.log(weights[i]), 1.0))):
+      for a, b in zip(jax.tree.leaves(stacked[i]), jax.tree.leaves(reference_mix(pool, jnp.log(weights[i]), 1.0))):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 

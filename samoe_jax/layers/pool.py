@@ -97,13 +97,42 @@ def mix_weight_space(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
   return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
 
 
-def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
-  """Every MoE layer's effective experts at once. pool: leading [P, E]; weights: [L, P] or [L, E, P] -> [L, E].
+def unstack(a: jax.Array, n: int) -> list[jax.Array]:
+  """[n, ...] -> n arrays [...] with jnp.split: the backward pass concatenates the n cotangents once, where
+  indexing a[i] would pad each cotangent to the full [n, ...] array and add the n copies."""
+  return [part[0] for part in jnp.split(a, n, axis=0)]
 
-  One contraction per array: the backward pass reads the layers' gradients once and writes the pool's once.
+
+def pool_entries(pool: ExpertWeights) -> list[ExpertWeights]:
+  """The P pool entries of `pool` (leading [P, E]) as P ExpertWeights (leading E), split once (see unstack)."""
+  p = pool.w_in.shape[0]
+  parts = {k: unstack(getattr(pool, k), p) for k in ('w_in', 'b_in', 'w_out', 'b_out')}
+  return [ExpertWeights(**{k: v[j] for k, v in parts.items()}) for j in range(p)]
+
+
+def _mix_array(a_PE: jax.Array, weights: jax.Array) -> jax.Array:
+  """One stacked array a [P, E, ...] mixed for every layer: [L, E, ...]. The trailing axes are flattened first,
+  so the contraction is one plain matrix product ([L, P] x [P, E*M], or E batched [L, P] x [P, M]) that needs
+  no transposes of the pool or of its gradient."""
+  p, e, rest = a_PE.shape[0], a_PE.shape[1], a_PE.shape[2:]
+  w = weights.astype(a_PE.dtype)
+  if weights.ndim == 2:
+    mixed_LN = w @ a_PE.reshape(p, -1)
+  else:
+    mixed_LN = jnp.einsum('lep,pem->lem', w, a_PE.reshape(p, e, -1))
+  return mixed_LN.reshape((weights.shape[0], e) + rest)
+
+
+def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> list[ExpertWeights]:
+  """Every MoE layer's effective experts at once, in layer order. pool: leading [P, E]; weights: [L, P] or
+  [L, E, P] -> L ExpertWeights with leading [E].
+
+  One contraction per array (the backward pass reads the layers' gradients once and writes the pool's once), and
+  the layers are split off with `unstack`, so their gradients are concatenated rather than padded and summed.
   """
-  subscripts = 'lp,pe...->le...' if weights.ndim == 2 else 'lep,pe...->le...'
-  return jax.tree.map(lambda a: jnp.einsum(subscripts, weights.astype(a.dtype), a), pool)
+  n = weights.shape[0]
+  parts = {k: unstack(_mix_array(getattr(pool, k), weights), n) for k in ('w_in', 'b_in', 'w_out', 'b_out')}
+  return [ExpertWeights(**{k: v[i] for k, v in parts.items()}) for i in range(n)]
 
 
 def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool | LowRankSparsePool, MixingLogits | None]:
@@ -147,12 +176,13 @@ def group_layer_experts(spec, groups: Sequence[ExpertGroup], pools: Sequence[Exp
   per_layer: list = [None] * num_moe
   for group, pool, weights in zip(groups, pools, logits):
     if weights is None:
+      entries = pool_entries(pool)
       for layer, entry in zip(group.layers, group.entries):
-        out[layer] = (pool.entry(entry), None)
+        out[layer] = (entries[entry], None)
       continue
     mixed = mix_all_layers(pool, weights) if spec.pool.space != 'output' else None
     for i, layer in enumerate(group.layers):
-      out[layer] = (pool, weights[i]) if mixed is None else (mixed.entry(i), None)
+      out[layer] = (pool, weights[i]) if mixed is None else (mixed[i], None)
       per_layer[layer] = weights[i]
   if logits[0] is None:
     return out, None

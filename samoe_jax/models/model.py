@@ -131,7 +131,15 @@ class LanguageModel:
   def layer_experts(self, params: Params) -> dict[int, LayerExperts]:
     """Every MoE block's experts mixed from the pool ({block index: LayerExperts}; {} for a dense model), to pass
     as `experts=` to many forward passes with the same parameters."""
-    return self.module.apply({'params': params}, method=lambda decoder: decoder.layer_experts()[0])
+    return self.mixed_experts(params)[0]
+
+  def mixed_experts(self, params: Params, probes: Params | None = None
+                    ) -> tuple[dict[int, LayerExperts], jax.Array | None]:
+    """(`layer_experts(params)`, the mixing weights [L_moe, P] / [L_moe, E, P] or None when fixed): what the
+    decoder computes at the start of a forward pass, with the gradient-flow probes added when given. Gradient
+    accumulation mixes once per optimizer step with it (training/accumulate.py)."""
+    variables = {'params': params, 'perturbations': probes} if probes else {'params': params}
+    return self.module.apply(variables, method=lambda decoder: decoder.layer_experts())
 
   # ------------------------------------------------------------------------------------------------ decoding
   def prefill(self, params: Params, tokens_BL: jax.Array, lengths_B: jax.Array, *,
@@ -157,7 +165,8 @@ class LanguageModel:
 
   def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, train: bool,
               extra_loss: Any | None = None, active_k: jax.Array | None = None,
-              probes: Params | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+              probes: Params | None = None, experts: dict[int, LayerExperts] | None = None
+              ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring).
 
     active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.k_schedule is not
@@ -166,7 +175,10 @@ class LanguageModel:
     extra_loss: optional (params, h_BLD, batch) -> (term, metrics) added to the loss, e.g. knowledge distillation
     (samoe_jax/training/distill.py); None adds nothing to the graph.
 
-    probes: gradient-flow probes on the MoE layers' effective experts (see `hidden`; training/grad_stats.py)."""
+    probes: gradient-flow probes on the MoE layers' effective experts (see `hidden`; training/grad_stats.py).
+
+    experts: the MoE layers' experts mixed beforehand (`mixed_experts`; see `hidden`). The pool parameters then
+    get no gradient here and the metrics have no 'pool/mixing_weights': the caller mixed, so it adds both."""
     if train and self.spec.model.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
     if (train and rng is None and self.spec.moe_layers
@@ -174,7 +186,7 @@ class LanguageModel:
       raise ValueError('loss_fn(train=True) needs an rng: the routing policy draws random numbers in training '
                        f'({self.spec.routing})')
     h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k,
-                               probes=probes)
+                               probes=probes, experts=experts)
     b, l, d = h_BLD.shape
     weights_T = batch['decoder_loss_weights'].astype(jnp.float32).reshape(b * l)
     num_tokens = jnp.sum(weights_T)
@@ -254,7 +266,7 @@ class LanguageModel:
       w = jnp.stack([jnp.asarray(pool_lib.unpad(weights, g, i)) for i in range(len(g.layers))])
       mixed = mix_all_layers(pool_lib.pool_weights(self.spec, g, params[g.pool_name]), w)
       for i, layer in enumerate(g.layers):
-        out[layer] = mixed.entry(i)
+        out[layer] = mixed[i]
     return out
 
   def param_summary(self) -> dict[str, int]:

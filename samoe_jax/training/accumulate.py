@@ -19,6 +19,13 @@ is a product of two such means, so under accumulation it is the r-weighted mean 
 fairseq / t5x convention: no extra forward pass), which differs slightly from the big batch's. The reported
 metrics have the same keys and meanings as one big batch's, combined the same way (`combine_metrics`).
 
+Mixing once. With a learned SaMoE pool the step passes `premix` (LanguageModel.mixed_experts): every MoE layer's
+experts W^(l) are mixed from the pool once, before the scan; each microbatch differentiates with respect to the
+parameters and to those mixed experts, the mixed experts' gradients are summed like the parameters', and one
+backward pass through the mixing (jax.vjp) turns the sum into the pool's and the mixing logits' gradients. The
+result is the per-microbatch mixing's (the mixing is linear in the pool and the same in every microbatch); the
+cost of mixing and of its backward pass is paid once per optimizer step, not M times.
+
 Dropout. Microbatch m draws from fold_in(step_key, m), step_key = fold_in(run key, step); M = 1 does not split
 and uses step_key itself, exactly as before accumulation existed.
 """
@@ -108,12 +115,36 @@ def combine_metrics(metrics_M: Metrics, loss_share_M: jax.Array, routed_share_M:
 
 
 def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: jax.Array, microbatches: int,
-                         unit_rows: int = 1, grad_shardings: Any | None = None) -> tuple[Any, Metrics]:
+                         unit_rows: int = 1, grad_shardings: Any | None = None,
+                         premix: Callable[[Any], tuple[Any, jax.Array | None]] | None = None
+                         ) -> tuple[Any, Metrics]:
   """(gradients of the whole batch's loss, its metrics) from `microbatches` passes under one jax.lax.scan.
 
   loss_fn: model.loss_fn(params, batch, rng, train) -> (loss, metrics with 'cross_entropy' and 'aux_loss').
   grad_shardings: the parameters' shardings, kept by the gradient accumulator (None: no constraint).
+  premix: params -> (the MoE layers' mixed experts, the mixing weights or None), mixed once for all microbatches
+  (see the module doc); loss_fn then takes them as `experts=`, and the weights become 'pool/mixing_weights'.
   """
+  def constrain(grads: Any) -> Any:
+    return grads if grad_shardings is None else jax.lax.with_sharding_constraint(grads, grad_shardings)
+
+  if premix is None:
+    return _accumulate(loss_fn, params, batch, step_rng, microbatches, unit_rows, constrain)
+  experts, mix_vjp, mixing = jax.vjp(premix, params, has_aux=True)
+  grads, metrics = _accumulate(lambda pe, *args: loss_fn(pe[0], *args, experts=pe[1]), (params, experts), batch,
+                               step_rng, microbatches, unit_rows, lambda pe: (constrain(pe[0]), pe[1]))
+  grads_params, grads_experts = grads
+  (through_mixing,) = mix_vjp(grads_experts)
+  grads = constrain(jax.tree.map(jnp.add, grads_params, through_mixing))
+  if mixing is not None:
+    metrics = dict(metrics, **{'pool/mixing_weights': mixing})
+  return grads, metrics
+
+
+def _accumulate(loss_fn: LossFn, params: Any, batch: Batch, step_rng: jax.Array, microbatches: int,
+                unit_rows: int, constrain: Callable[[Any], Any]) -> tuple[Any, Metrics]:
+  """accumulate_gradients without premixing: loss_fn's gradients with respect to `params`, summed in an
+  accumulator that `constrain` keeps sharded like the parameters."""
   split = split_microbatches(batch, microbatches, unit_rows)
   loss_share_M, routed_share_M = microbatch_weights(batch, microbatches, unit_rows)
 
@@ -125,9 +156,6 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: j
     return loss, metrics
 
   grad_fn = jax.grad(scaled_loss, has_aux=True)
-
-  def constrain(tree: Any) -> Any:
-    return tree if grad_shardings is None else jax.lax.with_sharding_constraint(tree, grad_shardings)
 
   def body(acc, xs):
     micro, index, loss_share, routed_share = xs

@@ -202,12 +202,13 @@ def kd_term(student: Any, teacher_model: Any, spec: DistillSpec, teacher_params:
 def kd_loss_fn(student: Any, teacher_model: Any, spec: DistillSpec, teacher_params: Params,
                step: jax.Array, student_loss_fn: Callable | None = None) -> Callable:
   """The student's loss (student_loss_fn, default student.loss_fn; it must accept `extra_loss=`) with the KD term
-  added: (params, batch, rng, train) -> (loss, metrics)."""
+  added: (params, batch, rng, train, **options) -> (loss, metrics); options (e.g. experts=) go to the student's.
+  """
   hook = kd_term(student, teacher_model, spec, teacher_params, step)
   base = student.loss_fn if student_loss_fn is None else student_loss_fn
 
-  def loss_fn(params: Params, batch: Batch, rng: jax.Array | None, train: bool):
-    return base(params, batch, rng, train, extra_loss=hook)
+  def loss_fn(params: Params, batch: Batch, rng: jax.Array | None, train: bool, **options):
+    return base(params, batch, rng, train, extra_loss=hook, **options)
 
   return loss_fn
 

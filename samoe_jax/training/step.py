@@ -60,14 +60,14 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Ca
   if grad_stats is None:
     loss_fn, wrt = student_loss(None), state.params
   else:   # differentiate with respect to (params, probes): dL/dW^(l) comes out of the same backward pass
-    loss_fn = lambda pp, *args: student_loss(pp[1])(pp[0], *args)  # noqa: E731
+    loss_fn = lambda pp, *args, **kw: student_loss(pp[1])(pp[0], *args, **kw)  # noqa: E731
     wrt = (state.params, grad_stats.zero_probes())
   if accumulate.check_microbatches(microbatches) == 1:
     (_, metrics), grads = jax.value_and_grad(loss_fn, has_aux=True)(wrt, batch, dropout_rng, True)
   else:
     unit_rows = group_rows(model.config)
     grads, metrics = accumulate.accumulate_gradients(loss_fn, wrt, batch, dropout_rng, microbatches, unit_rows,
-                                                     grad_shardings)
+                                                     grad_shardings, premix=_premix(model, grad_stats))
   grads, probe_grads = grads if grad_stats is not None else (grads, None)
   updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
@@ -75,6 +75,19 @@ def train_step(model: Any, optimizer: optax.GradientTransformation, schedule: Ca
   if grad_stats is not None:
     metrics.update(grad_stats(state.params, params, grads, probe_grads, metrics))
   return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def _premix(model: Any, grad_stats: GradStats | None) -> Callable | None:
+  """Under gradient accumulation with a learned weight-space pool: wrt -> (mixed experts, mixing weights), so the
+  pool is mixed once per optimizer step (training/accumulate.py); None for other models (nothing to mix, or
+  output-space mixing, which hands every layer the whole pool). wrt is the params, or (params, probes) with
+  grad_stats: the probes' gradient is then the mixed experts' gradient, through the same backward pass."""
+  spec = getattr(model, 'spec', None)
+  if spec is None or not spec.moe_layers or spec.pool.mixing != 'learned' or spec.pool.space != 'weight':
+    return None
+  if grad_stats is None:
+    return model.mixed_experts
+  return lambda pp: model.mixed_experts(pp[0], probes=pp[1])
 
 
 def eval_step(model: Any, params: Any, batch: Batch) -> Metrics:
