@@ -54,7 +54,8 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.expert_d_ff = 0              # 0 = model.d_ff
   c.moe.lb_loss_coef = 0.01          # Switch load-balancing loss, summed over MoE layers
   c.moe.z_loss_coef = 0.001          # ST-MoE router z-loss, summed over MoE layers
-  c.moe.dispatch = 'gather'          # 'gather' (index gather/scatter; CPU/GPU) or 'einsum' (one-hot; TPU)
+  c.moe.dispatch = 'gather'          # 'gather' (index gather/scatter; CPU/GPU), 'einsum' (one-hot; TPU) or
+                                     # 'ragged' (dropless: ragged_dot, no capacity; no mesh.expert > 1)
   # Expert-buffer slot priority: 'position' (token order; causal, the decoder default) or 'choice' (fairseq:
   # all first choices before second choices; a later token can displace an earlier one: not causal).
   c.moe.slot_priority = 'position'

@@ -24,9 +24,11 @@ from samoe_jax.config.pyramid import min_experts, parse_experts_per_layer
 from samoe_jax.data import task_finetune, text_files
 from samoe_jax.evaluation.task_specs import parse_seeds, parse_tasks, unknown_tasks
 from samoe_jax.evaluation.tasks.registry import TASK_NAMES
+from samoe_jax.layers.dispatch import DISPATCHERS
 from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
 from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
+from samoe_jax.layers.ragged import check_dispatch_config
 from samoe_jax.layers.routing import GATES, SLOT_PRIORITIES
 from samoe_jax.layers.routing_policy import check_routing_config
 from samoe_jax.layers.graph_routing import check_graph_config
@@ -35,7 +37,7 @@ from samoe_jax.training import sparse_pruning
 
 DTYPES = ('float32', 'bfloat16')
 from samoe_jax.training.optimizer import MOMENT_DTYPES
-DISPATCH = ('gather', 'einsum')
+DISPATCH = tuple(DISPATCHERS)   # 'gather', 'einsum', 'ragged' (layers/dispatch.py)
 SLOT_PRIORITY = SLOT_PRIORITIES   # 'position', 'choice', 'bpr', 'random' (layers/routing.py)
 MIXING = ('learned', 'fixed')
 GRANULARITY = ('layer', 'expert')
@@ -175,7 +177,8 @@ def _check_moe(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
   e.non_negative('moe.expert_d_ff', moe.expert_d_ff, 'an integer (0 = model.d_ff)')
   e.non_negative('moe.lb_loss_coef', moe.lb_loss_coef)
   e.non_negative('moe.z_loss_coef', moe.z_loss_coef)
-  e.one_of('moe.dispatch', moe.dispatch, DISPATCH)
+  if e.one_of('moe.dispatch', moe.dispatch, DISPATCH):
+    check_dispatch_config(c, e)   # dropless 'ragged' (layers/ragged.py)
   if 'slot_priority' in moe:
     e.one_of('moe.slot_priority', moe.slot_priority, SLOT_PRIORITY)
   check_routing_config(c, e)   # routing policies (layers/routing_policy.py)

@@ -1,4 +1,4 @@
-"""Moving tokens into expert buffers and back, two interchangeable implementations.
+"""How an MoE layer's routed tokens reach its experts and come back: one `apply` per implementation (moe.dispatch).
 
 Einsum letters: G groups, S tokens per group, K choices, E experts, C capacity, D width, X = G*C slots/expert.
 
@@ -8,25 +8,52 @@ of expert e; empty slots hold zeros) and combine expert outputs y_EXD back into 
   no FLOPs: the fastest on CPU and GPU.
 - 'einsum': one-hot dispatch/combine tensors [G,S,E,C] contracted with einsums (GShard / flaxformer style),
   which TPUs and GSPMD handle best, at 2*G*S*E*C*D FLOPs each way.
+- 'ragged': no buffers and no capacity (dropless): rows sorted by expert through grouped matmuls
+  (jax.lax.ragged_dot); layers/ragged.py.
+A dispatcher's `dropless` says whether MoeFFN must route with no capacity limit (C = S: every choice kept).
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import Any, Protocol
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from samoe_jax.layers.experts import LayerExperts, expert_ffn, expert_ffn_output_mixed
+from samoe_jax.layers.ragged import NAME as RAGGED, RaggedDispatcher
 from samoe_jax.layers.routing import Routing
 
 
 class Dispatcher(Protocol):
+  dropless: bool   # True: MoeFFN routes with C = S slots, so nothing is dropped
+
+  def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
+    """Routed tokens through their experts (computed in dtype): x_GSD -> gate-weighted y_GSD."""
+
+
+class BufferDispatcher:
+  """Expert-major buffers of C slots per expert per group: dispatch, every expert on its buffer, combine."""
+  dropless = False
 
   def dispatch(self, x_GSD: jax.Array, routing: Routing) -> jax.Array:
     """Tokens -> expert buffers x_EXD."""
+    raise NotImplementedError
 
   def combine(self, y_EXD: jax.Array, routing: Routing) -> jax.Array:
     """Expert outputs -> gate-weighted token outputs y_GSD."""
+    raise NotImplementedError
+
+  def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
+    x_EXD = self.dispatch(x_GSD.astype(dtype), routing)
+    x_EXD = nn.with_logical_constraint(x_EXD, ('expert', None, 'embed'))
+    if experts.output_mix_weights is None:
+      y_EXD = expert_ffn(x_EXD, experts.experts.astype(dtype))
+    else:
+      y_EXD = expert_ffn_output_mixed(x_EXD, experts.experts.astype(dtype), experts.output_mix_weights)
+    y_EXD = nn.with_logical_constraint(y_EXD, ('expert', None, 'embed'))
+    return self.combine(y_EXD, routing)
 
 
 def _flat_slots(routing: Routing) -> jax.Array:
@@ -38,7 +65,7 @@ def _flat_slots(routing: Routing) -> jax.Array:
   return jnp.where(routing.kept_GSK, rows, routing.probs_GSE.shape[-1] * g_count * c)
 
 
-class GatherDispatcher:
+class GatherDispatcher(BufferDispatcher):
   """Index-table dispatch: x_EXD[e, x] = x_flat[table[e, x]]."""
 
   def dispatch(self, x_GSD: jax.Array, routing: Routing) -> jax.Array:
@@ -62,7 +89,7 @@ class GatherDispatcher:
     return jnp.einsum('gskd,gsk->gsd', y_GSKD, routing.gate_GSK.astype(y_EXD.dtype))
 
 
-class EinsumDispatcher:
+class EinsumDispatcher(BufferDispatcher):
   """One-hot dispatch/combine tensors [G, S, E, C] contracted with einsums."""
 
   @staticmethod
@@ -89,7 +116,7 @@ class EinsumDispatcher:
     return jnp.einsum('gsec,egcd->gsd', combine_GSEC.astype(y_EXD.dtype), y_EGCD)
 
 
-DISPATCHERS: dict[str, type] = {'gather': GatherDispatcher, 'einsum': EinsumDispatcher}
+DISPATCHERS: dict[str, type] = {'gather': GatherDispatcher, 'einsum': EinsumDispatcher, RAGGED: RaggedDispatcher}
 
 
 def get_dispatcher(name: str) -> Dispatcher:

@@ -6,7 +6,8 @@ One layer of a standard MoE (GShard / Switch), a SaMoE layer and a fully tied la
 receives its effective experts, which the decoder mixed from the global pool (layers/pool.py). How tokens choose
 experts is the strategy's business (layers/routers.py); what the pass needs from outside (inference mode,
 SMoE-Dropout's k, token ids, a shared router, attention probabilities) comes in one MoeCall (layers/moe_call.py).
-Dropped tokens get a zero output, so only the block's residual carries them.
+Dropped tokens get a zero output, so only the block's residual carries them; moe.dispatch='ragged' drops none
+(layers/ragged.py).
 """
 
 from __future__ import annotations
@@ -19,8 +20,8 @@ import jax.numpy as jnp
 
 from samoe_jax.layers import routing as routing_lib
 from samoe_jax.layers.capacity import Capacity
-from samoe_jax.layers.dispatch import get_dispatcher
-from samoe_jax.layers.experts import ExpertWeights, LayerExperts, expert_ffn, expert_ffn_output_mixed
+from samoe_jax.layers.dispatch import Dispatcher, get_dispatcher
+from samoe_jax.layers.experts import ExpertWeights, LayerExperts
 from samoe_jax.layers.graph_routing import GraphConfig, GraphMixer, masked_entropy
 from samoe_jax.layers.grouping import from_groups, from_runs, to_groups, to_runs
 from samoe_jax.layers.inference import InferenceMode
@@ -42,7 +43,7 @@ class MoeFFN(nn.Module):
   """
   routing: RoutingStrategy            # token choice, expert choice, hash (layers/routers.py)
   capacity: Capacity                  # routing groups and slots (layers/capacity.py)
-  dispatch: str                       # 'gather' | 'einsum' (layers/dispatch.py)
+  dispatch: str                       # 'gather' | 'einsum' | 'ragged' (dropless) (layers/dispatch.py)
   init_std: float
   dtype: jnp.dtype = jnp.float32
   graph: GraphConfig | None = None    # Similarity- / Attention-Aware routing (layers/graph_routing.py); None: off
@@ -108,20 +109,24 @@ class MoeFFN(nn.Module):
                        "token can take an earlier token's slot), so scores would depend on padding and decoding "
                        'could not be exact')
 
+  @property
+  def _dispatcher(self) -> Dispatcher:
+    return get_dispatcher(self.dispatch)
+
   def _slots(self, tokens: int, capacity_factor: float) -> int:
+    """C for a group (or run) of `tokens` tokens; a dropless dispatcher gets C = tokens: a token picks an expert at
+    most once, so every choice fits and none is dropped (layers/ragged.py)."""
+    if self._dispatcher.dropless:
+      if self.routing.fixed_capacity:
+        raise ValueError(f"MoeFFN: moe.dispatch={self.dispatch!r} is dropless, but moe.routing="
+                         f"{self.routing.name!r} has a fixed capacity by definition; use moe.dispatch='gather' or "
+                         "'einsum'")
+      return tokens
     return self.capacity.slots(tokens, self.num_experts, self.routing.top_k, capacity_factor)
 
   def _experts(self, x_GSD: jax.Array, experts: LayerExperts, routing: routing_lib.Routing) -> jax.Array:
-    """Dispatch, expert FFNs, combine: x_GSD -> y_GSD."""
-    dispatcher = get_dispatcher(self.dispatch)
-    x_EXD = dispatcher.dispatch(x_GSD.astype(self.dtype), routing)
-    x_EXD = nn.with_logical_constraint(x_EXD, ('expert', None, 'embed'))
-    if experts.output_mix_weights is None:
-      y_EXD = expert_ffn(x_EXD, experts.experts.astype(self.dtype))
-    else:
-      y_EXD = expert_ffn_output_mixed(x_EXD, experts.experts.astype(self.dtype), experts.output_mix_weights)
-    y_EXD = nn.with_logical_constraint(y_EXD, ('expert', None, 'embed'))
-    return dispatcher.combine(y_EXD, routing)
+    """Dispatch, expert FFNs, combine: x_GSD -> y_GSD (layers/dispatch.py)."""
+    return self._dispatcher.apply(x_GSD, experts, routing, self.dtype)
 
   def _aux(self, routing: routing_lib.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
     """The strategy's losses, then the routing metrics. selection_entropy is H of the probabilities routed on

@@ -97,6 +97,7 @@ class RoutingStrategy:
   has_router: ClassVar[bool] = True       # False: no router parameters (hash routing)
   needs_tokens: ClassVar[bool] = False    # True: route() reads RouteInputs.tokens_GS
   balanced: ClassVar[bool] = False        # True: balanced by construction, lb_loss = 0
+  fixed_capacity: ClassVar[bool] = False  # True: the capacity is the routing itself (no dropless dispatch)
 
   @classmethod
   def from_section(cls, moe: Any, num_experts: int | None = None) -> 'RoutingStrategy':
@@ -212,6 +213,7 @@ class ExpertChoice(RoutingStrategy):
   """Each expert picks its top-C tokens of the group by p (Zhou et al. 2022). NOT causal."""
   name: ClassVar[str] = 'expert_choice'
   balanced: ClassVar[bool] = True
+  fixed_capacity: ClassVar[bool] = True
 
   @property
   def noncausal_setting(self) -> str | None:

@@ -1,0 +1,154 @@
+"""Dropless experts, moe.dispatch='ragged': (token, choice) rows sorted by expert through grouped matmuls.
+
+Einsum letters: G groups, S tokens per group, K choices, E experts, D width, F expert hidden width, P pool
+entries, T = G*S tokens, N = G*S*K (token, choice) rows of one MoE call.
+
+  1. every (token, choice) row of the call, stably sorted by its expert (rows not kept, i.e. masked tokens and
+     unused choices, sort last under the sentinel id E); group_sizes_E = kept rows per expert
+  2. x_ND = the rows' tokens; h_NF = gelu(ragged_dot(x_ND, W_in) + b_in[e_n]); y_ND = ragged_dot(h_NF, W_out)
+     + b_out[e_n] (jax.lax.ragged_dot with group_sizes_E: each row meets only its own expert's weights)
+  3. unsorted back to [G, S, K] and combined: y_GSD = sum_k gate_GSK * y_GSKD
+
+No capacity, no buffers, no drops: MoeFFN routes with C = S slots per expert per group (a token picks an expert at
+most once, so every choice fits; decoding restarts its counts with each run of S positions), so every chosen
+(token, choice) is kept and aux['dropped_fraction'] is 0. The capacity keys (capacity factors, formula,
+min_capacity) have no effect.
+
+Causal by construction: no token competes with another for a slot, so a token's output depends only on its own
+routing, i.e. on its own hidden state; later tokens (and the other rows of a routing group) can never change it.
+Evaluation routing and KV-cache decoding are therefore exact, as with the 'position' slot priority.
+
+Not supported (config validation and trace time both refuse): expert parallelism (a mesh whose 'expert' axis has
+more than one device: the rows are sorted over the whole call on every device, with no all-to-all exchange), and
+expert-choice routing (its capacity is the routing itself: every expert takes C tokens).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from samoe_jax.layers.experts import ExpertWeights, LayerExperts
+from samoe_jax.layers.routing import Routing
+
+NAME = 'ragged'
+
+
+@dataclasses.dataclass(frozen=True)
+class SortedRows:
+  """The (token, choice) rows of a call in expert order. order_N: flat row index (g*S*K + s*K + k) at each sorted
+  position; token_N: its flat token index (g*S + s); expert_N: its expert (E for rows not kept, which sort last);
+  valid_N: kept; group_sizes_E: int32 kept rows per expert (sum <= N)."""
+  order_N: jax.Array
+  token_N: jax.Array
+  expert_N: jax.Array
+  valid_N: jax.Array
+  group_sizes_E: jax.Array
+
+  @property
+  def bias_index_N(self) -> jax.Array:
+    """expert_N clipped into [0, E): the row of a per-expert bias (rows not kept are masked afterwards)."""
+    return jnp.minimum(self.expert_N, self.group_sizes_E.shape[0] - 1)
+
+
+jax.tree_util.register_dataclass(SortedRows, data_fields=['order_N', 'token_N', 'expert_N', 'valid_N',
+                                                          'group_sizes_E'], meta_fields=[])
+
+
+def sort_by_expert(routing: Routing, num_experts: int) -> SortedRows:
+  """Stable sort of the N (token, choice) rows by expert; rows not kept go last."""
+  g, s, k = routing.expert_GSK.shape
+  expert_N = jnp.where(routing.kept_GSK, routing.expert_GSK, num_experts).reshape(g * s * k).astype(jnp.int32)
+  order_N = jnp.argsort(expert_N, stable=True).astype(jnp.int32)
+  sorted_expert_N = expert_N[order_N]
+  group_sizes_E = jnp.sum(jax.nn.one_hot(expert_N, num_experts, dtype=jnp.int32), axis=0)   # sentinel: all zero
+  return SortedRows(order_N=order_N, token_N=order_N // k, expert_N=sorted_expert_N,
+                    valid_N=sorted_expert_N < num_experts, group_sizes_E=group_sizes_E)
+
+
+def ragged_ffn(x_ND: jax.Array, rows: SortedRows, w: ExpertWeights) -> jax.Array:
+  """Each sorted row through its own expert: y_ND = W_out gelu(W_in x + b_in) + b_out (zero for rows not kept).
+  Float32 accumulation; the result has x's dtype."""
+  dtype = x_ND.dtype
+  valid_N1 = rows.valid_N[:, None]
+  h_NF = jax.lax.ragged_dot(x_ND, w.w_in, rows.group_sizes_E, preferred_element_type=jnp.float32)
+  h_NF = jax.nn.gelu(h_NF + jnp.take(w.b_in, rows.bias_index_N, axis=0).astype(jnp.float32))
+  h_NF = jnp.where(valid_N1, h_NF, 0.0).astype(dtype)
+  y_ND = jax.lax.ragged_dot(h_NF, w.w_out, rows.group_sizes_E, preferred_element_type=jnp.float32)
+  y_ND = y_ND + jnp.take(w.b_out, rows.bias_index_N, axis=0).astype(jnp.float32)
+  return jnp.where(valid_N1, y_ND, 0.0).astype(dtype)
+
+
+def ragged_ffn_output_mixed(x_ND: jax.Array, rows: SortedRows, pool: ExpertWeights,
+                            weights: jax.Array) -> jax.Array:
+  """Output-space mixing: y_n = sum_j w_{e_n, j} FFN_j(x_n), a loop over the P pool entries (pool: leading
+  [P, E]; weights: [P] or [E, P])."""
+  p_count = weights.shape[-1]
+  w_EP = jnp.broadcast_to(weights, (rows.group_sizes_E.shape[0], p_count))
+  w_NP = jnp.take(w_EP, rows.bias_index_N, axis=0).astype(x_ND.dtype)
+  y_ND = jnp.zeros_like(x_ND)
+  for j in range(p_count):
+    y_ND = y_ND + w_NP[:, j, None] * ragged_ffn(x_ND, rows, pool.entry(j))
+  return y_ND
+
+
+def expert_shards() -> int:
+  """Devices the logical 'expert' axis is split over under the current mesh and logical-axis rules (1: none)."""
+  mesh = jax.sharding.get_abstract_mesh()
+  if mesh.empty:
+    return 1
+  axes = nn.logical_to_mesh_axes(('expert',))[0]
+  shape = dict(mesh.shape)
+  count = 1
+  for axis in (axes,) if isinstance(axes, str) else axes or ():
+    count *= shape.get(axis, 1)
+  return count
+
+
+def _ep_limitation(shards: int) -> str:
+  return (f"moe.dispatch='ragged' with mesh.expert={shards}: dropless experts do not support expert parallelism "
+          "(no all-to-all exchange of the sorted rows); use mesh.expert=1 (data and model parallelism are "
+          "fine), or moe.dispatch='gather' / 'einsum' with capacity for expert parallelism")
+
+
+class RaggedDispatcher:
+  """The dropless dispatcher (see the module docstring): routing with C = S, sorted rows, ragged_dot."""
+  dropless = True
+
+  def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
+    """x_GSD -> y_GSD = sum_k gate_k FFN_{e_k}(x) over the kept choices."""
+    shards = expert_shards()
+    if shards > 1:
+      raise ValueError(f'MoeFFN: {_ep_limitation(shards)}')
+    g, s, d = x_GSD.shape
+    k = routing.expert_GSK.shape[-1]
+    rows = sort_by_expert(routing, routing.probs_GSE.shape[-1])
+    x_ND = jnp.take(x_GSD.reshape(g * s, d).astype(dtype), rows.token_N, axis=0)
+    if experts.output_mix_weights is None:
+      y_ND = ragged_ffn(x_ND, rows, experts.experts.astype(dtype))
+    else:
+      y_ND = ragged_ffn_output_mixed(x_ND, rows, experts.experts.astype(dtype), experts.output_mix_weights)
+    inverse_N = jnp.zeros_like(rows.order_N).at[rows.order_N].set(jnp.arange(rows.order_N.shape[0], dtype=jnp.int32))
+    y_GSKD = jnp.take(y_ND, inverse_N, axis=0).reshape(g, s, k, d)
+    return jnp.einsum('gskd,gsk->gsd', y_GSKD, routing.gate_GSK.astype(dtype))
+
+
+def check_dispatch_config(c: Any, errors: Any) -> None:
+  """Config checks of moe.dispatch='ragged' (config/validate.py, MoE models): token-choice or hash routing with the
+  'position' slot priority, and no expert parallelism. `errors` is validate's collector."""
+  moe = c.moe
+  if moe.dispatch != NAME:
+    return
+  if moe.routing == 'expert_choice':
+    errors.add('moe.routing', moe.routing, "'token_choice' or 'hash' with moe.dispatch='ragged' (expert choice has a "
+               "fixed capacity by definition: every expert takes C tokens); use moe.dispatch='gather' or 'einsum'")
+  if moe.slot_priority != 'position':
+    errors.add('moe.slot_priority', moe.slot_priority, "'position' with moe.dispatch='ragged' (nothing is dropped, "
+               'so the slot order has no effect, and the routing is causal)')
+  expert = c.mesh.expert if 'mesh' in c else 1
+  if expert != 1:
+    errors.add('mesh.expert', expert, f'must be 1: {_ep_limitation(expert)}')
