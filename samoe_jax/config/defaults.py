@@ -180,10 +180,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.train.b2 = 0.95
   c.train.weight_decay = 0.1
   c.train.grad_clip = 1.0
-  # Gradient accumulation: each step's data.batch_size sequences go through the model in this many slices (one
   # Adam's mu and nu storage (training/optimizer.py, docs/fsdp.md): 'float32' or 'bfloat16' (half their memory;
   # each update is computed in float32 and rounded back).
   c.train.moment_dtype = 'float32'
+  # Gradient accumulation: each step's data.batch_size sequences go through the model in this many slices (one
   # optimizer update, same loss as one pass). data.batch_size must be divisible by microbatches x the data shards
   # (mesh data x expert) x the sequences of one routing group. Use it when a step's activations do not fit.
   c.train.microbatches = 1
@@ -211,10 +211,10 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.mesh.data = -1
   c.mesh.expert = 1
   c.mesh.model = 1
-
   # FSDP / ZeRO-3 (sharding/fsdp.py, docs/fsdp.md): shard every non-expert parameter, its gradient and its Adam
   # moments over ('data', 'expert'); XLA gathers each weight where it is used. Expert weights keep their sharding.
   c.mesh.fsdp = False
+
   # Knowledge distillation / Mixture-of-Students staged KD (docs/methods/distillation.md, samoe_jax/training/distill.py,
   # docs/methods/distillation.md): loss = CE + alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)).
   c.distill = ml_collections.ConfigDict()

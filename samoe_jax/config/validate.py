@@ -34,9 +34,9 @@ from samoe_jax.layers.routing_policy import check_routing_config
 from samoe_jax.layers.graph_routing import check_graph_config
 from samoe_jax.models.remat import check_remat
 from samoe_jax.training import sparse_pruning
+from samoe_jax.training.optimizer import MOMENT_DTYPES
 
 DTYPES = ('float32', 'bfloat16')
-from samoe_jax.training.optimizer import MOMENT_DTYPES
 DISPATCH = tuple(DISPATCHERS)   # 'gather', 'einsum', 'ragged' (layers/dispatch.py)
 SLOT_PRIORITY = SLOT_PRIORITIES   # 'position', 'choice', 'bpr', 'random' (layers/routing.py)
 MIXING = ('learned', 'fixed')
@@ -340,10 +340,10 @@ def _check_train(t: ml_collections.ConfigDict, e: _Errors) -> None:
   e.in_range('train.b2', t.b2, 0.0, 1.0, hi_open=True)
   e.non_negative('train.weight_decay', t.weight_decay)
   e.non_negative('train.grad_clip', t.grad_clip)
+  e.one_of('train.moment_dtype', t.moment_dtype, MOMENT_DTYPES)
   e.positive_int('train.log_every', t.log_every)
   e.non_negative('train.eval_every', t.eval_every, 'an integer')
   if _is_int(t.eval_every) and t.eval_every > 0:
-  e.one_of('train.moment_dtype', t.moment_dtype, MOMENT_DTYPES)
     e.positive_int('train.eval_batches', t.eval_batches)
   e.non_negative('train.checkpoint_every', t.checkpoint_every, 'an integer')
   e.positive_int('train.keep_checkpoints', t.keep_checkpoints)
@@ -384,12 +384,12 @@ def _check_mesh(c: ml_collections.ConfigDict, num_moe: int, group_tokens: int | 
       e.add(f'mesh.{axis}', v, 'must be -1 (the devices left) or an integer >= 1')
     else:
       sizes[axis] = v
-  fill = [a for a, v in sizes.items() if v == -1]
-  if len(fill) > 1:
-    e.lines.append(f'mesh: {", ".join(f"mesh.{a}=-1" for a in fill)}: at most one mesh axis may be -1')
   fsdp = mesh.fsdp
   if not isinstance(fsdp, bool):
     e.add('mesh.fsdp', fsdp, 'must be True or False (shard the non-expert training state over data x expert)')
+  fill = [a for a, v in sizes.items() if v == -1]
+  if len(fill) > 1:
+    e.lines.append(f'mesh: {", ".join(f"mesh.{a}=-1" for a in fill)}: at most one mesh axis may be -1')
   expert, model = sizes.get('expert', -1), sizes.get('model', -1)
   if num_moe and expert > 0 and _is_int(c.moe.num_experts) and c.moe.num_experts % expert:
     e.add('moe.num_experts', c.moe.num_experts, f'must be divisible by mesh.expert={expert} (experts are split '
