@@ -1,5 +1,6 @@
-"""The benchmark's GPU preset and MFU bookkeeping (samoe_jax/bench.py, config/presets.bench_gpu): pure Python,
-no compilation (the preset is sized for an 80+ GB GPU and runs only there)."""
+"""The benchmark's presets (GPU; MoE on all blocks with SaMoE pool sizes), MFU and ratio bookkeeping
+(samoe_jax/bench.py, samoe_jax/bench_configs.py): pure Python, no compilation (the GPU preset is sized for an
+80+ GB GPU and runs only there)."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import pytest
 
 from samoe_jax import accounting
 from samoe_jax import bench_configs as bench
-from samoe_jax.config.presets import bench_gpu
+from samoe_jax.config.presets import bench_all_blocks, bench_gpu
 from samoe_jax.config.validate import validate_config
 
 
@@ -38,7 +39,7 @@ def test_the_gpu_preset_is_a_350m_dense_model_and_its_moe_16_and_samoe_variants(
 def test_bad_presets_are_named():
   with pytest.raises(ValueError, match=r"kind='moe128' is not one of \('dense', 'moe', 'samoe'\)"):
     bench_gpu('moe128')
-  with pytest.raises(ValueError, match=r"--preset='tpu' is not one of \('cpu', 'gpu'\)"):
+  with pytest.raises(ValueError, match=r"--preset='tpu' is not one of \('cpu', 'gpu', 'pool'\)"):
     bench.preset_configs('tpu', [])
 
 
@@ -49,3 +50,40 @@ def test_mfu_row_and_the_samoe_ratio_of_the_gpu_preset():
          'achieved_flops_per_s': 4e14, 'matmul_flops_per_s': 5e14, 'ratio_to_matmul': 0.8, 'compile_s': 1.0,
          'mfu': 4e14 / 989e12}
   assert 'MFU 40.4 %' in bench.format_row(row)
+
+
+def test_the_pool_preset_has_moe_on_every_block_and_equal_active_sizes():
+  named = dict(bench.preset_configs('pool', []))
+  assert list(named) == ['all:moe:E8', 'all:samoe:E8:P1', 'all:samoe:E8:P2', 'all:samoe:E8:P4', 'all:moe:E32',
+                         'all:samoe:E32:P4', 'all:moe:E8:ragged']
+  counts = {}
+  for name, config in named.items():
+    validate_config(config)
+    assert config.model.layer_plan == 'all' and config.model.num_layers == 4 and config.data.seq_len == 256
+    counts[name] = accounting.param_counts(config)
+  assert named['all:moe:E8:ragged'].moe.dispatch == 'ragged' and named['all:moe:E8'].moe.dispatch == 'gather'
+  for e, pools in ((8, (1, 2, 4)), (32, (4,))):
+    moe = counts[f'all:moe:E{e}']
+    assert named[f'all:moe:E{e}'].pool.mixing == 'fixed' and named[f'all:moe:E{e}'].pool.size == 4
+    for p in pools:
+      samoe = counts[f'all:samoe:E{e}:P{p}']
+      assert named[f'all:samoe:E{e}:P{p}'].pool.size == p and named[f'all:samoe:E{e}:P{p}'].moe.num_experts == e
+      assert samoe['active_per_token'] == moe['active_per_token']   # the same active configuration
+      assert samoe['mixing_logits'] == 4 * p                         # layer-level logits, 4 MoE layers
+      expert = 2 * 256 * 1024 + 1024 + 256
+      assert moe['total'] - samoe['total'] == (4 - p) * e * expert - 4 * p
+
+
+def test_pool_ratios_divide_by_the_standard_moe_with_as_many_experts():
+  rows = [{'config': 'all:moe:E8', 'step_s': 2.0, 'round_step_s': [2.0, 2.2, 2.4]},
+          {'config': 'all:samoe:E8:P2', 'step_s': 2.1, 'round_step_s': [2.1, 2.2, 2.4 * 1.01]},
+          {'config': 'all:moe:E32', 'step_s': 3.0},
+          {'config': 'all:samoe:E32:P4', 'step_s': 3.3},
+          {'config': 'all:moe:E8:ragged', 'step_s': 2.5, 'round_step_s': [2.5, 2.2, 2.4]}]
+  ratios = bench.pool_ratios(rows)
+  assert set(ratios) == {'all:samoe:E8:P2', 'all:samoe:E32:P4', 'all:moe:E8:ragged'}
+  assert ratios['all:samoe:E8:P2'] == pytest.approx(1.01)        # median of 1.05, 1.0, 1.01
+  assert ratios['all:samoe:E32:P4'] == pytest.approx(1.1)        # best rounds when there are no rounds
+  assert ratios['all:moe:E8:ragged'] == pytest.approx(1.0)       # median of 1.25, 1.0, 1.0
+  with pytest.raises(ValueError, match=r"kind='dense' is not one of \('moe', 'samoe'\)"):
+    bench_all_blocks('dense')

@@ -92,6 +92,25 @@ def bench(kind: str) -> ml_collections.ConfigDict:
                          experts=8)
 
 
+POOL_SWEEP = (('moe', 8, 'gather', 4), ('samoe', 8, 'gather', 1), ('samoe', 8, 'gather', 2),
+              ('samoe', 8, 'gather', 4), ('moe', 32, 'gather', 4), ('samoe', 32, 'gather', 4),
+              ('moe', 8, 'ragged', 4))   # (kind, experts, moe.dispatch, pool size), for bench --preset=pool
+
+
+def bench_all_blocks(kind: str, experts: int = 8, dispatch: str = 'gather', pool_size: int = 4
+                     ) -> ml_collections.ConfigDict:
+  """The reference workload with MoE on all 4 blocks (python -m samoe_jax.bench --preset=pool): the standard MoE
+  (kind 'moe', one fixed pool entry per block) or SaMoE with a learned layer-level pool of `pool_size` (1, 2,
+  4), with `experts` experts top-2 and the given moe.dispatch ('ragged': dropless)."""
+  if kind not in ('moe', 'samoe'):
+    raise ValueError(f"kind={kind!r} is not one of ('moe', 'samoe')")
+  c = bench('moe')
+  c.model.layer_plan = 'all'
+  c.moe.num_experts, c.moe.dispatch = experts, dispatch
+  set_sharing(c, kind, num_moe_layers=c.model.num_layers, pool_size=pool_size)
+  return c
+
+
 GPU_BENCH_KINDS = ('dense', 'moe', 'samoe')
 
 
