@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(PY) -m samoe_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
 
 test: $(STAMP)
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n 2 --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) -m samoe_jax.bench
