@@ -15,6 +15,7 @@ A dispatcher's `dropless` says whether MoeFFN must route with no capacity limit 
 
 from __future__ import annotations
 
+import abc
 from typing import Any, Protocol
 
 import flax.linen as nn
@@ -33,17 +34,18 @@ class Dispatcher(Protocol):
     """Routed tokens through their experts (computed in dtype): x_GSD -> gate-weighted y_GSD."""
 
 
-class BufferDispatcher:
-  """Expert-major buffers of C slots per expert per group: dispatch, every expert on its buffer, combine."""
+class BufferDispatcher(abc.ABC):
+  """Expert-major buffers of C slots per expert per group: dispatch, every expert on its buffer, combine.
+  Subclasses ('gather', 'einsum') implement dispatch and combine."""
   dropless = False
 
+  @abc.abstractmethod
   def dispatch(self, x_GSD: jax.Array, routing: Routing) -> jax.Array:
     """Tokens -> expert buffers x_EXD."""
-    raise NotImplementedError
 
+  @abc.abstractmethod
   def combine(self, y_EXD: jax.Array, routing: Routing) -> jax.Array:
     """Expert outputs -> gate-weighted token outputs y_GSD."""
-    raise NotImplementedError
 
   def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
     x_EXD = self.dispatch(x_GSD.astype(dtype), routing)
