@@ -126,8 +126,8 @@ def test_expert_level_output_mixing_equals_gather(layer_results):
 def test_sorted_rows_group_by_expert_and_leave_unkept_rows_last():
   logits = jax.random.normal(jax.random.key(0), (2, 5, E))
   mask = jnp.array([[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]], bool)
-  routing, rows = jax.jit(lambda lg, m: (r := route(lg, m, top_k=2, capacity=5), sort_by_expert(r, E)))(logits,
-                                                                                                      mask)
+  routing = jax.jit(lambda lg, m: route(lg, m, top_k=2, capacity=5))(logits, mask)
+  rows = jax.jit(lambda r: sort_by_expert(r.expert_GSK, r.kept_GSK, E))(routing)
   experts = np.asarray(routing.expert_GSK).reshape(-1)[np.asarray(rows.order_N)]
   valid = np.asarray(rows.valid_N)
   assert valid.sum() == 18 and not valid[18:].any()                       # 9 real tokens x 2 choices, then 2
@@ -324,7 +324,9 @@ def test_layer_refuses_expert_choice_and_expert_parallelism_at_trace_time(setup)
 
 def test_data_and_model_parallel_equal_one_device_on_8_fake_devices():
   """tests/ragged_multidevice_checks.py in a subprocess with 8 fake CPU devices: the layer's outputs and gradients
-  on a data=4 x model=2 mesh equal one device; a real mesh.expert=2 refuses at trace time."""
+  on a data=2 x model=4 mesh equal one device, each data shard sorting only its own rows (no collective carries
+  the whole call's rows; the global sort of an earlier version had 5), and a single group (not divisible over
+  data) falls back to the global sort; a real mesh.expert=2 refuses at trace time."""
   env = dict(os.environ, JAX_PLATFORMS='cpu',
              XLA_FLAGS=os.environ.get('XLA_FLAGS', '') + ' --xla_force_host_platform_device_count=8',
              PYTHONPATH=str(ROOT) + os.pathsep + str(ROOT / 'tests') + os.pathsep + os.environ.get('PYTHONPATH', ''))
@@ -333,4 +335,6 @@ def test_data_and_model_parallel_equal_one_device_on_8_fake_devices():
   assert done.returncode == 0, done.stderr[-4000:]
   lines = dict(line.split(' ', 1) for line in done.stdout.strip().splitlines())
   assert float(lines['max_abs_diff']) < 1e-5 and float(lines['grad_max_abs_diff']) < 1e-5
+  assert int(lines['collectives']) > 0 and int(lines['global_row_collectives']) == 0
+  assert float(lines['one_group_max_abs_diff']) < 1e-5
   assert lines['expert_parallel'].startswith("MoeFFN: moe.dispatch='ragged' with mesh.expert=2")

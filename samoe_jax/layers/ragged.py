@@ -19,13 +19,15 @@ routing, i.e. on its own hidden state; later tokens (and the other rows of a rou
 Evaluation routing and KV-cache decoding are therefore exact, as with the 'position' slot priority.
 
 Not supported (config validation and trace time both refuse): expert parallelism (a mesh whose 'expert' axis has
-more than one device: the rows are sorted over the whole call on every device, with no all-to-all exchange), and
-expert-choice routing (its capacity is the routing itself: every expert takes C tokens).
+more than one device: each shard sorts its own rows, and there is no all-to-all exchange between expert shards),
+and expert-choice routing (its capacity is the routing itself: every expert takes C tokens).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 from typing import Any
 
 import flax.linen as nn
@@ -59,10 +61,10 @@ jax.tree_util.register_dataclass(SortedRows, data_fields=['order_N', 'token_N', 
                                                           'group_sizes_E'], meta_fields=[])
 
 
-def sort_by_expert(routing: Routing, num_experts: int) -> SortedRows:
-  """Stable sort of the N (token, choice) rows by expert; rows not kept go last."""
-  g, s, k = routing.expert_GSK.shape
-  expert_N = jnp.where(routing.kept_GSK, routing.expert_GSK, num_experts).reshape(g * s * k).astype(jnp.int32)
+def sort_by_expert(expert_GSK: jax.Array, kept_GSK: jax.Array, num_experts: int) -> SortedRows:
+  """Stable sort of the N (token, choice) rows by expert (Routing.expert_GSK, kept_GSK); rows not kept go last."""
+  g, s, k = expert_GSK.shape
+  expert_N = jnp.where(kept_GSK, expert_GSK, num_experts).reshape(g * s * k).astype(jnp.int32)
   order_N = jnp.argsort(expert_N, stable=True).astype(jnp.int32)
   sorted_expert_N = expert_N[order_N]
   group_sizes_E = jnp.sum(jax.nn.one_hot(expert_N, num_experts, dtype=jnp.int32), axis=0)   # sentinel: all zero
@@ -96,17 +98,20 @@ def ragged_ffn_output_mixed(x_ND: jax.Array, rows: SortedRows, pool: ExpertWeigh
   return y_ND
 
 
-def expert_shards() -> int:
-  """Devices the logical 'expert' axis is split over under the current mesh and logical-axis rules (1: none)."""
+def _split_axes(logical: str) -> dict[str, int]:
+  """{mesh axis: devices} of the mesh axes (of more than one device) that a logical axis is split over under the
+  current mesh and logical-axis rules; {} without a mesh."""
   mesh = jax.sharding.get_abstract_mesh()
   if mesh.empty:
-    return 1
-  axes = nn.logical_to_mesh_axes(('expert',))[0]
+    return {}
+  axes = nn.logical_to_mesh_axes((logical,))[0]
   shape = dict(mesh.shape)
-  count = 1
-  for axis in (axes,) if isinstance(axes, str) else axes or ():
-    count *= shape.get(axis, 1)
-  return count
+  return {a: shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()) if shape.get(a, 1) > 1}
+
+
+def expert_shards() -> int:
+  """Devices the logical 'expert' axis is split over (1: none)."""
+  return math.prod(_split_axes('expert').values())
 
 
 def _ep_limitation(shards: int) -> str:
@@ -115,8 +120,30 @@ def _ep_limitation(shards: int) -> str:
           "fine), or moe.dispatch='gather' / 'einsum' with capacity for expert parallelism")
 
 
+def _ragged_groups(x_GSD: jax.Array, expert_GSK: jax.Array, kept_GSK: jax.Array, gate_GSK: jax.Array,
+                   experts: LayerExperts, num_experts: int, dtype: Any) -> jax.Array:
+  """Sort, grouped FFNs, unsort and combine for the G groups given (all of them, or one data shard's)."""
+  g, s, d = x_GSD.shape
+  k = expert_GSK.shape[-1]
+  rows = sort_by_expert(expert_GSK, kept_GSK, num_experts)
+  x_ND = jnp.take(x_GSD.reshape(g * s, d).astype(dtype), rows.token_N, axis=0)
+  if experts.output_mix_weights is None:
+    y_ND = ragged_ffn(x_ND, rows, experts.experts.astype(dtype))
+  else:
+    y_ND = ragged_ffn_output_mixed(x_ND, rows, experts.experts.astype(dtype), experts.output_mix_weights)
+  inverse_N = jnp.zeros_like(rows.order_N).at[rows.order_N].set(jnp.arange(rows.order_N.shape[0], dtype=jnp.int32))
+  y_GSKD = jnp.take(y_ND, inverse_N, axis=0).reshape(g, s, k, d)
+  return jnp.einsum('gskd,gsk->gsd', y_GSKD, gate_GSK.astype(dtype))
+
+
 class RaggedDispatcher:
-  """The dropless dispatcher (see the module docstring): routing with C = S, sorted rows, ragged_dot."""
+  """The dropless dispatcher (see the module docstring): routing with C = S, sorted rows, ragged_dot.
+
+  Under data parallelism (the 'group' axis split over mesh axes) each shard sorts and computes its own groups
+  inside a jax.shard_map that is manual over those axes only (the 'model' axis stays with the SPMD partitioner):
+  a global sort would make every device gather and compute the rows of the whole global batch. When G does not
+  divide over those axes (e.g. one decoding sequence), the rows are sorted over the whole call instead.
+  """
   dropless = True
 
   def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
@@ -124,17 +151,17 @@ class RaggedDispatcher:
     shards = expert_shards()
     if shards > 1:
       raise ValueError(f'MoeFFN: {_ep_limitation(shards)}')
-    g, s, d = x_GSD.shape
-    k = routing.expert_GSK.shape[-1]
-    rows = sort_by_expert(routing, routing.probs_GSE.shape[-1])
-    x_ND = jnp.take(x_GSD.reshape(g * s, d).astype(dtype), rows.token_N, axis=0)
-    if experts.output_mix_weights is None:
-      y_ND = ragged_ffn(x_ND, rows, experts.experts.astype(dtype))
-    else:
-      y_ND = ragged_ffn_output_mixed(x_ND, rows, experts.experts.astype(dtype), experts.output_mix_weights)
-    inverse_N = jnp.zeros_like(rows.order_N).at[rows.order_N].set(jnp.arange(rows.order_N.shape[0], dtype=jnp.int32))
-    y_GSKD = jnp.take(y_ND, inverse_N, axis=0).reshape(g, s, k, d)
-    return jnp.einsum('gskd,gsk->gsd', y_GSKD, routing.gate_GSK.astype(dtype))
+    num_experts = routing.probs_GSE.shape[-1]
+    compute = functools.partial(_ragged_groups, num_experts=num_experts, dtype=dtype)
+    args = (x_GSD, routing.expert_GSK, routing.kept_GSK, routing.gate_GSK)
+    group_axes = _split_axes('group')
+    if not group_axes or x_GSD.shape[0] % math.prod(group_axes.values()):
+      return compute(*args, experts)
+    axes = tuple(group_axes)
+    groups = jax.sharding.PartitionSpec(axes)
+    local = jax.shard_map(compute, in_specs=(groups,) * 4 + (jax.sharding.PartitionSpec(),), out_specs=groups,
+                          axis_names=frozenset(axes))
+    return local(*args, experts)
 
 
 def check_dispatch_config(c: Any, errors: Any) -> None:
