@@ -12,7 +12,9 @@ import json
 import os
 import shutil
 
+import jax
 import numpy as np
+import orbax.checkpoint as ocp
 import pytest
 
 from samoe_jax.evaluation import checkpoints as eval_checkpoints
@@ -128,3 +130,21 @@ def test_leftover_temporary_folders_are_removed_at_start(trained, tmp_path):
   assert integrity.leftover_temporaries(os.path.join(workdir, 'checkpoints')) == ['8.orbax-checkpoint-tmp-1234']
   result = loop.train(tiny_config(**OVERRIDES, **{'train.steps': 8}), workdir)
   assert result['resumed_from_step'] == 6 and not os.path.exists(leftover)
+
+
+def _moment_dtypes(step_dir: str) -> set[str]:
+  """dtypes of the Adam moments (mu, nu) as orbax recorded them in a checkpoint's state item."""
+  tree = ocp.StandardCheckpointer().metadata(os.path.join(step_dir, 'state')).item_metadata.tree
+  leaves = jax.tree_util.tree_flatten_with_path(tree['opt_state'])[0]
+  return {str(leaf.dtype) for path, leaf in leaves if any(getattr(k, 'key', None) in ('mu', 'nu') or
+                                                          getattr(k, 'name', None) in ('mu', 'nu') for k in path)}
+
+
+def test_a_run_resumes_with_another_moment_dtype(trained, tmp_path):
+  """train.moment_dtype may change on resume (e.g. to fit memory): the float32 moments of step 6 are restored
+  into bfloat16 ones, training continues, and the next checkpoint stores bfloat16 moments."""
+  workdir = _copy(trained, tmp_path)
+  assert _moment_dtypes(os.path.join(workdir, 'checkpoints', '6')) == {'float32'}
+  result = loop.train(tiny_config(**OVERRIDES, **{'train.steps': 8, 'train.moment_dtype': 'bfloat16'}), workdir)
+  assert result['resumed_from_step'] == 6 and np.isfinite(result['train/loss'])
+  assert _moment_dtypes(os.path.join(workdir, 'checkpoints', '8')) == {'bfloat16'}
