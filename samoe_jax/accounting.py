@@ -61,7 +61,7 @@ import ml_collections
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config import expert_map, pyramid
 from samoe_jax.layers import momentum as momentum_lib
-from samoe_jax.layers import residual_moe
+from samoe_jax.layers import ragged, residual_moe
 from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
 from samoe_jax.layers.routing import expert_capacity
 from samoe_jax.config.sections import section_values
@@ -325,10 +325,13 @@ def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] |
 
 # -------------------------------------------------------------------------------------------------- capacity
 def capacity(config: ml_collections.ConfigDict) -> dict[str, int]:
-  """Routing group size T, groups per global batch, and expert capacity C per group in training and evaluation."""
+  """Routing group size T, groups per global batch, and expert capacity C per group in training and evaluation.
+  Dropless experts (moe.dispatch='ragged') have no capacity: 'dropless' is True and C is T (every choice fits)."""
   moe = config.moe
   tokens = moe.group_size or config.data.seq_len
   groups = config.data.batch_size * config.data.seq_len // tokens
+  if moe.get('dispatch') == ragged.NAME:
+    return {'group_tokens': tokens, 'groups_per_batch': groups, 'train': tokens, 'eval': tokens, 'dropless': True}
   formula = moe.capacity_formula   # layers/capacity.py
   cap = lambda cf: expert_capacity(tokens, moe.num_experts, moe.top_k, cf, moe.min_capacity, formula)
   out = {'group_tokens': tokens, 'groups_per_batch': groups, 'train': cap(moe.capacity_factor_train),

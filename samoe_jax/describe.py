@@ -238,8 +238,13 @@ def format_text(report: dict[str, Any]) -> str:
     lines.append(f'graph routing: {report["graph_routing"]}')
   if 'capacity' in report:
     c = report['capacity']
-    lines.append(f'capacity: {c["group_tokens"]} tokens per routing group, {c["groups_per_batch"]} groups per '
-                 f'batch: C = {c["train"]} (train), {c["eval"]} (eval) slots per expert')
+    if c.get('dropless'):
+      lines.append(f'capacity: none, dropless experts (moe.dispatch=\'ragged\'): {c["group_tokens"]} tokens per '
+                   f'routing group, {c["groups_per_batch"]} groups per batch, no token dropped; the capacity keys '
+                   'have no effect')
+    else:
+      lines.append(f'capacity: {c["group_tokens"]} tokens per routing group, {c["groups_per_batch"]} groups per '
+                   f'batch: C = {c["train"]} (train), {c["eval"]} (eval) slots per expert')
     if 'by_num_experts' in c:   # Pyramid-MoE: capacity per expert count
       lines.append('  by expert count: ' + ', '.join(f'E={n}: C = {t} (train), {v} (eval)'
                                                      for n, (t, v) in c['by_num_experts'].items()))

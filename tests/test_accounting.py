@@ -167,6 +167,17 @@ def test_capacity_matches_routing():
   assert cap['train'] == 80                       # ceil(2 * 256 * 1.25 / 8)
 
 
+def test_dropless_experts_report_no_capacity():
+  """moe.dispatch='ragged' routes with C = T (layers/ragged.py): describe says so instead of the unused C."""
+  c = load_config('bench_moe')
+  c.moe.dispatch = 'ragged'
+  assert accounting.capacity(c) == {'group_tokens': 256, 'groups_per_batch': 8, 'train': 256, 'eval': 256,
+                                    'dropless': True}
+  text = describe_lib.format_text(describe_lib.describe(c))
+  assert "capacity: none, dropless experts (moe.dispatch='ragged'): 256 tokens per routing group" in text
+  assert 'slots per expert' not in text
+
+
 # ------------------------------------------------------------------------------------ model cross-check
 MODEL_CHECK_VARIANTS = [
     {'model.layer_plan': 'all', 'pool.size': 4, 'pool.mixing': 'fixed'},
