@@ -4,7 +4,8 @@
 
 The MoE layer (top-2, SaMoE weight-space mixing, capacity factor 0.5) on a (data, expert, model) = 2x1x4 mesh,
 experts sharded by their logical axes, against the same computation unsharded: outputs and gradients. Then the
-same layer on a 4x2x1 mesh (expert parallelism), which must refuse at trace time. Each data shard sorts its own
+same layer under expert parallelism (2x4x1; weight- and output-space mixing) against one device too, and
+one group on 2x4x1 (not divisible over the expert axis) must refuse at trace time. Each data shard sorts its own
 groups: no collective of the compiled sharded program carries the N = G*S*K rows of the whole call (the rows
 exchanged are the shard's, over 'model'). One group (G = 1, not divisible over data) falls back to the global
 sort and still equals one device. Prints 'key value' lines.
@@ -18,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samoe_jax.layers.experts import expert_weight_axes
+from samoe_jax.layers.experts import LayerExperts, expert_weight_axes
 from samoe_jax.layers.pool import mix_weight_space, mixing_weights
 from samoe_jax.sharding.mesh import make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
@@ -54,7 +55,8 @@ def main() -> None:
 
   part = Partitioner(make_mesh({'data': 2, 'expert': 1, 'model': 4}))
   w_sharding = part.logical_to_mesh(expert_weight_axes())
-  x_sharding = part.logical_to_mesh(jax.sharding.PartitionSpec('batch', 'length', 'embed'))
+  x_spec = jax.sharding.PartitionSpec('batch', 'length', 'embed')
+  x_sharding = part.logical_to_mesh(x_spec)
   with part.activate():
     sharded = jax.jit(grad, in_shardings=(None, w_sharding, x_sharding))
     (_, y_many), g_many = sharded(variables, jax.device_put(experts, w_sharding), jax.device_put(x, x_sharding))
@@ -80,13 +82,36 @@ def main() -> None:
   print('train_step_param_max_abs_diff', max(float(np.max(np.abs(a - b))) for a, b in
                                              zip(jax.tree.leaves(many['params']), jax.tree.leaves(one['params']))))
 
-  expert_part = Partitioner(make_mesh({'data': 4, 'expert': 2, 'model': 1}))
+  # Expert parallelism (all-gather / reduce-scatter) on data=2 x expert=4: equal to one
+  # device, outputs and gradients, SaMoE weight-space and output-space mixing; 8 sequences (one group each).
+  x8 = jax.random.normal(jax.random.key(11), (8,) + x.shape[1:])
+  mask8, probe8 = jnp.ones(x8.shape[:2], bool), jax.random.normal(jax.random.key(12), x8.shape)
+
+  def ep_loss(v, w, x):
+    y, _ = layer.apply(v, x, w, mask8, train=True)
+    return jnp.sum(y * probe8)
+
+  ep_grad = jax.value_and_grad(ep_loss, argnums=(0, 1, 2))
+  layer_experts = LayerExperts(pool, mixing_weights(alpha, 0.7))
+  for space, w in (('weight', experts), ('output', layer_experts)):
+    one_ep = jax.jit(ep_grad)(variables, w, x8)
+    for mesh in ((2, 4, 1),):
+      ep = Partitioner(make_mesh(dict(zip(('data', 'expert', 'model'), mesh))))
+      with ep.activate():
+        sharded = jax.jit(ep_grad, in_shardings=(None, None, ep.logical_to_mesh(x_spec)))
+        many_ep = sharded(variables, w, x8)
+        hlo = sharded.lower(variables, w, x8).compile().as_text()
+      name = f'ep_{space}_' + 'x'.join(map(str, mesh))
+      print(f'{name}_max_abs_diff', max(float(jnp.max(jnp.abs(a - b)))
+                                        for a, b in zip(jax.tree.leaves(many_ep), jax.tree.leaves(one_ep))))
+      print(f'{name}_collectives', ','.join(sorted({m.group(1) for line in hlo.splitlines()
+                                                    if (m := COLLECTIVE.search(line))})))
   try:
-    with expert_part.activate():
-      jax.jit(grad)(variables, experts, x)
-    print('expert_parallel ran')
+    with ep.activate():
+      jax.jit(lambda v, w, x: layer.apply(v, x, w, mask[:1], train=True))(variables, experts, x[:1])
+    print('ep_one_group ran')
   except ValueError as err:
-    print('expert_parallel', str(err).replace('\n', ' '))
+    print('ep_one_group', str(err).replace('\n', ' '))
 
 
 if __name__ == '__main__':

@@ -18,9 +18,11 @@ Causal by construction: no token competes with another for a slot, so a token's 
 routing, i.e. on its own hidden state; later tokens (and the other rows of a routing group) can never change it.
 Evaluation routing and KV-cache decoding are therefore exact, as with the 'position' slot priority.
 
-Not supported (config validation and trace time both refuse): expert parallelism (a mesh whose 'expert' axis has
-more than one device: each shard sorts its own rows, and there is no all-to-all exchange between expert shards),
-and expert-choice routing (its capacity is the routing itself: every expert takes C tokens).
+Parallelism: under data parallelism each data shard sorts only its own groups (a shard_map over the group mesh
+axes); under expert parallelism each device also gathers its expert peers' groups, computes the rows of its own
+experts and the outputs are reduce-scattered back (all-gather / reduce-scatter, no capacity). Not supported
+(config validation and trace time refuse): expert-choice routing (its capacity is the routing itself: every expert
+takes C tokens).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
 
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
 from samoe_jax.layers.routing import Routing
@@ -109,15 +112,10 @@ def _split_axes(logical: str) -> dict[str, int]:
   return {a: shape[a] for a in ((axes,) if isinstance(axes, str) else axes or ()) if shape.get(a, 1) > 1}
 
 
-def expert_shards() -> int:
-  """Devices the logical 'expert' axis is split over (1: none)."""
-  return math.prod(_split_axes('expert').values())
-
-
-def _ep_limitation(shards: int) -> str:
-  return (f"moe.dispatch='ragged' with mesh.expert={shards}: dropless experts do not support expert parallelism "
-          "(no all-to-all exchange of the sorted rows); use mesh.expert=1 (data and model parallelism are "
-          "fine), or moe.dispatch='gather' / 'einsum' with capacity for expert parallelism")
+def _ep_layout_error(expert_axes: tuple[str, ...], group_axes: tuple[str, ...], groups: int) -> str:
+  return (f"moe.dispatch='ragged' with the experts split over mesh axes {expert_axes}: needs the routing groups "
+          f"split over those axes too and G={groups} groups divisible by the devices of the group axes "
+          f"{group_axes} (the 'group' logical-axis rule); use more sequences per batch, or moe.dispatch='gather'")
 
 
 def _ragged_groups(x_GSD: jax.Array, expert_GSK: jax.Array, kept_GSK: jax.Array, gate_GSK: jax.Array,
@@ -136,37 +134,65 @@ def _ragged_groups(x_GSD: jax.Array, expert_GSK: jax.Array, kept_GSK: jax.Array,
   return jnp.einsum('gskd,gsk->gsd', y_GSKD, gate_GSK.astype(dtype))
 
 
+def _ragged_groups_expert_parallel(x_GSD: jax.Array, expert_GSK: jax.Array, kept_GSK: jax.Array,
+                                   gate_GSK: jax.Array, experts: LayerExperts, dtype: Any,
+                                   axes: tuple[str, ...]) -> jax.Array:
+  """Dropless expert parallelism by all-gather and reduce-scatter (Megatron-Core's 'allgather' token
+  dispatcher): inside a shard_map over `axes` (the expert axes) every device gathers the groups of its expert
+  peers ([X*G, S, D]), runs the rows routed to its own E/X experts, and the partial outputs are summed and
+  scattered back to their groups. Exchanges X times the rows of an all-to-all, but needs no ragged exchange and
+  no capacity."""
+  x_GSD, expert_GSK, kept_GSK, gate_GSK = (jax.lax.all_gather(a, axes, axis=0, tiled=True)
+                                           for a in (x_GSD, expert_GSK, kept_GSK, gate_GSK))
+  local = experts.experts.w_in.shape[0 if experts.output_mix_weights is None else 1]   # E / X experts here
+  first = jax.lax.axis_index(axes) * local
+  mine_GSK = kept_GSK & (expert_GSK >= first) & (expert_GSK < first + local)
+  y_GSD = _ragged_groups(x_GSD, expert_GSK - first, mine_GSK, gate_GSK, experts, local, dtype)
+  return jax.lax.psum_scatter(y_GSD, axes, scatter_dimension=0, tiled=True)
+
+
+def _expert_specs(experts: LayerExperts, axes: tuple[str, ...] | None) -> LayerExperts:
+  """shard_map in_specs of a layer's experts: the expert axis (0; 1 under output mixing's leading pool axis)
+  over `axes` (None: replicated over the manual axes)."""
+  spec = P(None, axes) if experts.output_mix_weights is not None else P(axes)
+  mix = experts.output_mix_weights
+  return LayerExperts(jax.tree.map(lambda _: spec, experts.experts),
+                      None if mix is None else P(axes) if mix.ndim == 2 else P())
+
+
 class RaggedDispatcher:
   """The dropless dispatcher (see the module docstring): routing with C = S, sorted rows, ragged_dot.
 
-  Under data parallelism (the 'group' axis split over mesh axes) each shard sorts and computes its own groups
-  inside a jax.shard_map that is manual over those axes only (the 'model' axis stays with the SPMD partitioner):
-  a global sort would make every device gather and compute the rows of the whole global batch. When G does not
-  divide over those axes (e.g. one decoding sequence), the rows are sorted over the whole call instead.
+  When the routing groups are split over mesh axes (data parallelism) each shard sorts and computes its own
+  groups inside a jax.shard_map that is manual over those axes only (the 'model' axis stays with the SPMD
+  partitioner): a global sort would make every device gather and compute the rows of the whole global batch.
+  When G does not divide over those axes (e.g. one decoding sequence), the rows are sorted over the whole call.
+  Under expert parallelism see _ragged_groups_expert_parallel.
   """
   dropless = True
 
   def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
     """x_GSD -> y_GSD = sum_k gate_k FFN_{e_k}(x) over the kept choices."""
-    shards = expert_shards()
-    if shards > 1:
-      raise ValueError(f'MoeFFN: {_ep_limitation(shards)}')
-    num_experts = routing.probs_GSE.shape[-1]
-    compute = functools.partial(_ragged_groups, num_experts=num_experts, dtype=dtype)
     args = (x_GSD, routing.expert_GSK, routing.kept_GSK, routing.gate_GSK)
-    group_axes = _split_axes('group')
-    if not group_axes or x_GSD.shape[0] % math.prod(group_axes.values()):
-      return compute(*args, experts)
-    axes = tuple(group_axes)
-    groups = jax.sharding.PartitionSpec(axes)
-    local = jax.shard_map(compute, in_specs=(groups,) * 4 + (jax.sharding.PartitionSpec(),), out_specs=groups,
-                          axis_names=frozenset(axes))
+    group_axes, expert_axes = tuple(_split_axes('group')), tuple(_split_axes('expert'))
+    divisible = bool(group_axes) and x_GSD.shape[0] % math.prod(_split_axes('group').values()) == 0
+    if expert_axes and not (divisible and set(expert_axes) <= set(group_axes)):
+      raise ValueError(f'MoeFFN: {_ep_layout_error(expert_axes, group_axes, x_GSD.shape[0])}')
+    if not divisible:
+      return _ragged_groups(*args, experts, routing.probs_GSE.shape[-1], dtype)
+    if expert_axes:
+      compute = functools.partial(_ragged_groups_expert_parallel, dtype=dtype, axes=expert_axes)
+    else:
+      compute = functools.partial(_ragged_groups, num_experts=routing.probs_GSE.shape[-1], dtype=dtype)
+    groups = P(group_axes)
+    local = jax.shard_map(compute, in_specs=(groups,) * 4 + (_expert_specs(experts, expert_axes or None),),
+                          out_specs=groups, axis_names=frozenset(group_axes))
     return local(*args, experts)
 
 
 def check_dispatch_config(c: Any, errors: Any) -> None:
   """Config checks of moe.dispatch='ragged' (config/validate.py, MoE models): token-choice or hash routing with the
-  'position' slot priority, and no expert parallelism. `errors` is validate's collector."""
+  'position' slot priority. `errors` is validate's collector."""
   moe = c.moe
   if moe.dispatch != NAME:
     return
@@ -176,6 +202,3 @@ def check_dispatch_config(c: Any, errors: Any) -> None:
   if moe.slot_priority != 'position':
     errors.add('moe.slot_priority', moe.slot_priority, "'position' with moe.dispatch='ragged' (nothing is dropped, "
                'so the slot order has no effect, and the routing is causal)')
-  expert = c.mesh.expert if 'mesh' in c else 1
-  if expert != 1:
-    errors.add('mesh.expert', expert, f'must be 1: {_ep_limitation(expert)}')
