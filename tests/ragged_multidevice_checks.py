@@ -1,4 +1,4 @@
-"""Eight-device checks of moe.dispatch='ragged', run in their own process by tests/test_ragged_dispatch.py:
+"""Eight-device checks of moe.dispatch='ragged', run in their own process by tests/test_ragged_multidevice.py:
 
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/ragged_multidevice_checks.py
 
@@ -8,7 +8,8 @@ same layer under expert parallelism (2x4x1; weight- and output-space mixing) aga
 one group on 2x4x1 (not divisible over the expert axis) must refuse at trace time. Each data shard sorts its own
 groups: no collective of the compiled sharded program carries the N = G*S*K rows of the whole call (the rows
 exchanged are the shard's, over 'model'). One group (G = 1, not divisible over data) falls back to the global
-sort and still equals one device. Prints 'key value' lines.
+sort and still equals one device. A whole SaMoE train step with dropless experts on 4x1x2 and on 2x4x1 equals
+one device. Prints 'key value' lines.
 """
 
 from __future__ import annotations
@@ -72,15 +73,19 @@ def main() -> None:
   print('grad_max_abs_diff', max(float(jnp.max(jnp.abs(a - b)))
                                  for a, b in zip(jax.tree.leaves(g_many), jax.tree.leaves(g_one))))
 
-  # One real SaMoE train step (AdamW, donated state) with dropless experts on data=4 x model=2 against one device.
-  configs = [tiny('samoe', mesh) for mesh in ((1, 1, 1), (4, 1, 2))]
+  # One real SaMoE train step (AdamW, donated state) with dropless experts on data=4 x model=2 and on data=2 x
+  # expert=4 (expert parallelism) against one device.
+  configs = [tiny('samoe', mesh) for mesh in ((1, 1, 1), (4, 1, 2), (2, 4, 1))]
   for config in configs:
     config.moe.dispatch, config.model.num_layers = 'ragged', 2   # one MoE block (every other), a pool of 2
   one = one_step(configs[0], jax.devices()[:1], with_grads=False)
-  many = one_step(configs[1], jax.devices(), initial=one['initial_state'], with_grads=False)
-  print('train_step_loss_diff', abs(many['loss'] - one['loss']))
-  print('train_step_param_max_abs_diff', max(float(np.max(np.abs(a - b))) for a, b in
-                                             zip(jax.tree.leaves(many['params']), jax.tree.leaves(one['params']))))
+  for config in configs[1:]:
+    many = one_step(config, jax.devices(), initial=one['initial_state'], with_grads=False)
+    name = 'x'.join(str(config.mesh[a]) for a in ('data', 'expert', 'model'))
+    print(f'train_step_{name}_loss_diff', abs(many['loss'] - one['loss']))
+    print(f'train_step_{name}_param_max_abs_diff', max(float(np.max(np.abs(a - b))) for a, b in
+                                                       zip(jax.tree.leaves(many['params']),
+                                                           jax.tree.leaves(one['params']))))
 
   # Expert parallelism (all-gather / reduce-scatter) on data=2 x expert=4: equal to one
   # device, outputs and gradients, SaMoE weight-space and output-space mixing; 8 sequences (one group each).
