@@ -5,10 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import os
-import pathlib
-import subprocess
-import sys
 
 import flax.linen as nn
 import jax
@@ -30,7 +26,6 @@ from samoe_jax.models.model import LanguageModel
 from method_checks import L as L_LM, V as V_LM, tiny_model_config
 from test_moe_layer import B, D, E, L, P, _fast, _reference, _setup
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 SMALL_CF = 0.5   # C = ceil(2 * 8 * 0.5 / 4) = 2 slots of 8 tokens: 'gather' drops
 
 CASES = {   # name: (mixing, space, top_k, granularity)

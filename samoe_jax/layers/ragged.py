@@ -174,8 +174,9 @@ class RaggedDispatcher:
   def apply(self, x_GSD: jax.Array, experts: LayerExperts, routing: Routing, dtype: Any) -> jax.Array:
     """x_GSD -> y_GSD = sum_k gate_k FFN_{e_k}(x) over the kept choices."""
     args = (x_GSD, routing.expert_GSK, routing.kept_GSK, routing.gate_GSK)
-    group_axes, expert_axes = tuple(_split_axes('group')), tuple(_split_axes('expert'))
-    divisible = bool(group_axes) and x_GSD.shape[0] % math.prod(_split_axes('group').values()) == 0
+    group_split, expert_axes = _split_axes('group'), tuple(_split_axes('expert'))
+    group_axes = tuple(group_split)
+    divisible = bool(group_split) and x_GSD.shape[0] % math.prod(group_split.values()) == 0
     if expert_axes and not (divisible and set(expert_axes) <= set(group_axes)):
       raise ValueError(f'MoeFFN: {_ep_layout_error(expert_axes, group_axes, x_GSD.shape[0])}')
     if not divisible:
