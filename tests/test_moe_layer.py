@@ -113,6 +113,36 @@ def test_all_layer_mixing_equals_per_layer_mixing():
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+
+@pytest.mark.parametrize('shape', [(5, P), (5, E, P)], ids=['layer', 'expert'])
+@pytest.mark.parametrize('dtype', [jnp.float32, jnp.bfloat16])
+def test_all_layer_mixing_gradients_equal_the_loop_reference(shape, dtype):
+  """mix_all_layers' own VJP (the mixing weights' gradient as a two-stage reduction, layers/pool.py) equals
+  autodiff of the plain loop sum_j w_j W_j: gradients wrt every pool array and the mixing logits, per layer."""
+  _, _, pool, _, _, _ = _setup()
+  pool = pool.astype(dtype)
+  alpha = jax.random.normal(jax.random.key(4), shape)
+  cotangents = [jax.tree.map(lambda a, i=i: jax.random.normal(jax.random.key(10 + i), a.shape[1:], dtype), pool)
+                for i in range(shape[0])]
+
+  def pair(mixed):
+    return sum(jnp.vdot(a, c).astype(jnp.float32) for m, cot in zip(mixed, cotangents)
+               for a, c in zip(jax.tree.leaves(m), jax.tree.leaves(cot)))
+
+  def fast(pool, alpha):
+    return pair(mix_all_layers(pool, mixing_weights(alpha, 0.7)))
+
+  def loop(pool, alpha):
+    return pair([reference_mix(pool, alpha[i], 0.7) for i in range(shape[0])])
+
+  got, want = jax.grad(fast, (0, 1))(pool, alpha), jax.grad(loop, (0, 1))(pool, alpha)
+  tol = dict(rtol=1e-5, atol=1e-5) if dtype == jnp.float32 else dict(rtol=2e-2, atol=2e-2)
+  for name, a, b in zip(('w_in', 'b_in', 'w_out', 'b_out'), jax.tree.leaves(got[0]), jax.tree.leaves(want[0])):
+    assert a.dtype == dtype, name
+    np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), err_msg=name, **tol)
+  assert got[1].shape == shape and got[1].dtype == jnp.float32
+  np.testing.assert_allclose(got[1], want[1], err_msg='alpha', **tol)
+
 def test_gather_and_einsum_agree_when_dropping():
   outs = {}
   for dispatch in ('gather', 'einsum'):
