@@ -4,11 +4,18 @@
   python launch/gpu_node.py setup                                   # .venv + pins + jax[cuda12]
   python launch/gpu_node.py run --config=configs/gpt3_350m_samoe.py --workdir=/data/runs/350m \\
                                 [--expert=8] -- --config.data.tfds_data_dir=/data/tfds
+  python launch/gpu_node.py bench --out=bench_gpu [--steps=10 --repeats=3] [--python=python3]
 
 Every subcommand takes --dry-run (print the commands and the environment, run nothing). `run` puts all local GPUs
 in one mesh: `--expert` GPUs split the experts (default 1: pure data parallelism; it must divide the GPU count
 and moe.num_experts), the rest is data parallelism (mesh.data=-1); XLA's latency-hiding scheduler overlaps the
 collectives with compute. Not yet timed on a GPU in this project. One process drives all local GPUs, so no jax.distributed setup is needed on a single node.
+
+`bench` runs the GPU benchmark (python -m samoe_jax.bench --preset=gpu: the bfloat16 350M-class dense, MoE-16 and
+SaMoE models, MFU against the chip's peak) on one GPU, one process per model: the MoE's training state alone is
+about 34 GB, and the bench keeps every model it compares in memory, so three in one process would not fit 80 GB.
+The figures go to OUT/bench_gpu_{dense,moe,samoe}.json. --python runs an interpreter that already has a CUDA
+build of jax instead of the .venv of `setup`.
 """
 
 from __future__ import annotations
@@ -43,7 +50,16 @@ def run(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
   return [(cmd, env)]
 
 
-COMMANDS = {'setup': setup, 'run': run}
+def bench(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
+  py = args.python or f'{args.venv}/bin/python'
+  base = [py, '-m', 'samoe_jax.bench', '--preset=gpu', f'--steps={args.steps}', f'--repeats={args.repeats}']
+  env = dict(ENV, XLA_FLAGS=' '.join(XLA_GPU_FLAGS))
+  return [(['mkdir', '-p', args.out], {})] + [
+      (base + [f'--only=gpu:{kind}', f'--json_out={args.out}/bench_gpu_{kind}.json'], env)
+      for kind in ('dense', 'moe', 'samoe')]
+
+
+COMMANDS = {'setup': setup, 'run': run, 'bench': bench}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -59,6 +75,11 @@ def parser() -> argparse.ArgumentParser:
       s.add_argument('--expert', type=int, default=1,
                      help='GPUs that split the experts (mesh.expert); must divide the GPU count and moe.num_experts')
       s.add_argument('overrides', nargs='*', help='after --: trainer flags such as --config.pool.size=4')
+    if name == 'bench':
+      s.add_argument('--out', default='bench_gpu', help='directory for the JSON figures')
+      s.add_argument('--steps', type=int, default=10, help='timed steps per round')
+      s.add_argument('--repeats', type=int, default=3, help='rounds (each model reports its best)')
+      s.add_argument('--python', default='', help='interpreter with a CUDA jax (default: the .venv of setup)')
   return p
 
 
@@ -66,6 +87,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   args = parser().parse_args(argv)
   if getattr(args, 'expert', 1) < 1:
     raise SystemExit(f'--expert={args.expert}: must be >= 1')
+  for key in ('steps', 'repeats'):
+    if getattr(args, key, 1) < 1:
+      raise SystemExit(f'--{key}={getattr(args, key)}: must be >= 1')
   for cmd, env in COMMANDS[args.command](args):
     print(' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items()) + (' ' if env else '') + shlex.join(cmd),
           flush=True)

@@ -4,6 +4,7 @@
                             [--steps=10] [--repeats=3] [--json_out=bench.json] [--grad_stats]
   python -m samoe_jax.bench --preset=gpu   # bfloat16 350M-class dense / MoE-16 / SaMoE (presets.bench_gpu), MFU
   python -m samoe_jax.bench --preset=pool  # MoE on all blocks: SaMoE P = 1, 2, 4 and E = 32 vs MoE, dropless
+  python -m samoe_jax.bench --preset=gpu --only=gpu:moe,gpu:samoe   # some of a preset's configs
 
 For every config: build the real trainer pieces (mesh, partitioner, model, AdamW, sharded state, the jitted
 train step with donation) and compile once; then time `steps` steps on a fixed synthetic batch, `repeats`
@@ -30,7 +31,8 @@ from absl import app, flags
 
 from samoe_jax import cli
 from samoe_jax import accounting
-from samoe_jax.bench_configs import PRESETS, format_row, peak_flops, pool_ratios, preset_configs, samoe_vs_moe
+from samoe_jax.bench_configs import (PRESETS, format_row, peak_flops, pool_ratios, preset_configs, samoe_vs_moe,
+                                     select_configs)
 from samoe_jax.config.validate import validate_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import make_mesh
@@ -51,6 +53,8 @@ _PRESET = flags.DEFINE_enum('preset', 'cpu', PRESETS, "'gpu': the bfloat16 350M-
                              'models of presets.bench_gpu (one 80+ GB GPU) instead of --configs, with MFU; '
                              "'pool': MoE on all 4 blocks of the reference workload, standard MoE vs SaMoE "
                              'P = 1, 2, 4, E = 8 and 32, and the dropless dispatch (presets.bench_all_blocks).')
+_ONLY = flags.DEFINE_list('only', [], 'Time only these configs of the preset, by name (e.g. gpu:moe,gpu:samoe or '
+                         'all:moe:E32,all:samoe:E32:P4); the configs are compiled and kept in memory together.')
 _GRAD_STATS = flags.DEFINE_bool('grad_stats', False, 'Also time every config with the gradient-flow statistics on '
                                 'every step (train.grad_stats_every = 1) and print the ratio to the plain step.')
 
@@ -167,8 +171,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     peak = peak_flops(kind)
     print(f'chip: {kind}; bf16 peak ' + (f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'))
     try:
-      results = benchmark(preset_configs(_PRESET.value, _CONFIGS.value.split(',')), _STEPS.value, _REPEATS.value,
-                          _GRAD_STATS.value, peak=peak)
+      named = select_configs(preset_configs(_PRESET.value, _CONFIGS.value.split(',')), _ONLY.value)
+      results = benchmark(named, _STEPS.value, _REPEATS.value, _GRAD_STATS.value, peak=peak)
     except ValueError as err:   # an invalid config: the message, no traceback
       sys.exit(f'samoe_jax.bench: {err}')
     ratio = samoe_vs_moe(results)

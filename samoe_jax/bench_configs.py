@@ -38,6 +38,19 @@ def preset_configs(preset: str, config_paths: Sequence[str]) -> list[tuple[str, 
   return [(path, parser.parse(path)) for path in config_paths]
 
 
+def select_configs(named: list[tuple[str, object]], only: Sequence[str]) -> list[tuple[str, object]]:
+  """The (name, config) pairs whose names are in `only` (bench --only), in the preset's order; all when empty.
+  An unknown name is refused with the names there are."""
+  if not only:
+    return named
+  names = [name for name, _ in named]
+  unknown = [name for name in only if name not in names]
+  if unknown:
+    raise ValueError(f'--only={",".join(only)}: no config named {", ".join(unknown)} in this preset; it has '
+                     f'{", ".join(names)}')
+  return [(name, config) for name, config in named if name in only]
+
+
 def format_row(row: dict) -> str:
   return (f"{row['config']:<28} step {row['step_s'] * 1e3:7.1f} ms  {row['tokens_per_s']:9.0f} tok/s  "
           f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "

@@ -87,3 +87,12 @@ def test_pool_ratios_divide_by_the_standard_moe_with_as_many_experts():
   assert ratios['all:moe:E8:ragged'] == pytest.approx(1.0)       # median of 1.25, 1.0, 1.0
   with pytest.raises(ValueError, match=r"kind='dense' is not one of \('moe', 'samoe'\)"):
     bench_all_blocks('dense')
+
+
+def test_only_selects_configs_by_name_and_refuses_unknown_names():
+  named = bench.preset_configs('gpu', [])
+  assert [n for n, _ in bench.select_configs(named, ['gpu:samoe', 'gpu:moe'])] == ['gpu:moe', 'gpu:samoe']
+  assert bench.select_configs(named, []) == named
+  with pytest.raises(ValueError, match=r'--only=gpu:moe128: no config named gpu:moe128 in this preset; it has '
+                                       r'gpu:dense, gpu:moe, gpu:samoe'):
+    bench.select_configs(named, ['gpu:moe128'])

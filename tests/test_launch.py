@@ -84,3 +84,18 @@ def test_gpu_node_dry_run_prints_setup_and_run_with_flags():
   bad = subprocess.run([sys.executable, str(GPU_SCRIPT), 'run', '--dry-run', '--config=c.py', '--workdir=w',
                         '--expert=0'], capture_output=True, text=True, timeout=60, check=False)
   assert bad.returncode != 0 and '--expert=0: must be >= 1' in bad.stderr
+
+
+def test_gpu_node_bench_runs_one_process_per_model():
+  done = subprocess.run([sys.executable, str(GPU_SCRIPT), 'bench', '--dry-run', '--out=/tmp/b', '--steps=5',
+                         '--python=python3'], capture_output=True, text=True, timeout=60, check=False)
+  assert done.returncode == 0, done.stderr
+  mkdir, *runs = (shlex.split(line) for line in done.stdout.splitlines())
+  assert mkdir == ['mkdir', '-p', '/tmp/b'] and len(runs) == 3
+  for words, kind in zip(runs, ('dense', 'moe', 'samoe')):
+    assert words[words.index('-m') - 1] == 'python3' and words[words.index('-m') + 1] == 'samoe_jax.bench'
+    assert {'--preset=gpu', f'--only=gpu:{kind}', f'--json_out=/tmp/b/bench_gpu_{kind}.json', '--steps=5',
+            '--repeats=3', 'XLA_PYTHON_CLIENT_MEM_FRACTION=0.90'} <= set(words)
+  bad = subprocess.run([sys.executable, str(GPU_SCRIPT), 'bench', '--dry-run', '--steps=0'], capture_output=True,
+                       text=True, timeout=60, check=False)
+  assert bad.returncode != 0 and '--steps=0: must be >= 1' in bad.stderr

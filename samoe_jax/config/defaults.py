@@ -40,6 +40,9 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Activation rematerialisation (samoe_jax/models/remat.py): 'none', 'block' (each block keeps only its inputs and
   # is recomputed in the backward pass: ~1/3 more compute, far less activation memory) or 'dots' (keep matmuls).
   c.model.remat = 'none'
+  # Attention kernel (samoe_jax/layers/attention_kernel.py): 'auto' (cuDNN flash attention on an NVIDIA GPU for a
+  # bfloat16 model without dropout, the materialized einsums elsewhere), 'einsum' or 'cudnn'.
+  c.model.attention = 'auto'
   # WideNet sharing (docs/methods/sharing.md, samoe_jax/layers/shared.py): one set of attention
   # weights shared by every block (each block keeps its own LayerNorms and its own decoding cache).
   c.model.share_attention = False

@@ -69,6 +69,7 @@ class Section:
 class ModelSection(Section):
   """config.model (config/defaults.py documents every key)."""
   name: ClassVar[str] = 'model'
+  attention: str
   d_ff: int
   d_model: int
   dropout_rate: float

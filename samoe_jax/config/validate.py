@@ -24,6 +24,7 @@ from samoe_jax.config.pyramid import min_experts, parse_experts_per_layer
 from samoe_jax.data import task_finetune, text_files
 from samoe_jax.evaluation.task_specs import parse_seeds, parse_tasks, unknown_tasks
 from samoe_jax.evaluation.tasks.registry import TASK_NAMES
+from samoe_jax.layers.attention_kernel import check_attention
 from samoe_jax.layers.dispatch import DISPATCHERS
 from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
@@ -108,6 +109,8 @@ def _check_model(m: ml_collections.ConfigDict, e: _Errors) -> list[int] | None:
     check_remat(m.remat)
   except ValueError as err:
     e.lines.append(str(err))
+  if _is_int(m.d_model) and _is_int(m.num_heads) and m.num_heads >= 1:   # attention kernel (layers/attention_kernel.py)
+    e.lines.extend(check_attention(m.attention, m.dtype, m.dropout_rate, m.d_model // m.num_heads))
   if not (_is_int(m.num_layers) and m.num_layers >= 1):
     return None
   try:

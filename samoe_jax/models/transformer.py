@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from samoe_jax.layers import initializers
 from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers.attention import CausalSelfAttention
+from samoe_jax.layers.attention_kernel import resolve_kernel
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
 from samoe_jax.layers.mlp import DenseFFN, LayerNorm
 from samoe_jax.layers import pool as pool_lib
@@ -58,8 +59,9 @@ class Block(nn.Module):
     h_BLD = LayerNorm(dtype=spec.compute_dtype, name='attention_norm')(x_BLD)
     # Attention-Aware MoE routing (layers/graph_routing.py): the MoE FFN also gets the head-averaged attention probs
     graph_attention = experts is not None and spec.graph.kind == 'attention'
+    kernel = resolve_kernel(m.attention, m.dtype, m.dropout_rate, m.d_model // m.num_heads)
     h_BLD = CausalSelfAttention(m.num_heads, m.init_std, spec.out_init_std, m.dropout_rate,
-                                spec.compute_dtype, name='attention')(
+                                spec.compute_dtype, kernel, name='attention')(
                                     h_BLD, train=train, inference=call.inference, weights=shared_attention,
                                     return_probs=graph_attention)
     if graph_attention:
