@@ -29,7 +29,8 @@ Per-device memory (an estimate, before XLA's own buffers; check with the compile
   activations  per layer and sequence, Korthikanti et al. 2022 (arXiv:2205.05198) without recomputation:
                s*h*(10 + 24/t) + 5*a*s^2/t bytes in 16-bit (x2 for float32), s = seq_len, h = d_model,
                a = heads, t = model; an MoE layer's FFN share (19*s*h) scales with top_k x capacity factor, plus
-               its dispatch and combine buffers. With remat='block' only every block's input (s*h words) is
+               its dispatch and combine buffers. Where model.attention resolves to cuDNN flash attention (a
+               bfloat16 model on the GPUs; layers/attention_kernel.py) the 5*a*s^2/t of stored scores is dropped. With remat='block' only every block's input (s*h words) is
                kept, plus one block's full activations while it is recomputed.
 Step time is the train FLOPs (samoe_jax.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
 """
@@ -46,6 +47,7 @@ import ml_collections
 from samoe_jax import cli
 from samoe_jax import accounting
 from samoe_jax.config.layer_plan import group_rows
+from samoe_jax.layers.attention_kernel import resolve_kernel
 
 GIB = 1024 ** 3
 HEADROOM = 0.9        # fraction of HBM the plan may use
@@ -58,13 +60,14 @@ class Hardware:
   hbm_bytes: float      # per device
   peak_flops: float     # dense bfloat16 per device
   device_word: str
+  backend: str = 'tpu'  # jax's backend name there: which attention kernel model.attention resolves to
 
 
 HARDWARE = {
     'tpu-v4': Hardware('TPU v4', 32 * GIB, 275e12, 'chips'),
     'tpu-v5e': Hardware('TPU v5e', 16 * GIB, 197e12, 'chips'),
     'tpu-v5p': Hardware('TPU v5p', 95 * GIB, 459e12, 'chips'),
-    'h100': Hardware('H100 SXM 80GB', 80e9, 989e12, 'GPUs'),
+    'h100': Hardware('H100 SXM 80GB', 80e9, 989e12, 'GPUs', 'gpu'),
 }
 
 
@@ -100,12 +103,14 @@ def _split_non_expert(s: accounting.Sizes) -> tuple[int, int]:
   return sharded, replicated
 
 
-def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int, remat: str = 'none') -> float:
-  """Saved activations of one sequence through the whole network (module docstring), bytes."""
+def activation_bytes_per_row(config: ml_collections.ConfigDict, model: int, remat: str = 'none',
+                             fused_attention: bool = False) -> float:
+  """Saved activations of one sequence through the whole network (module docstring), bytes. fused_attention:
+  flash attention stores no scores."""
   s = accounting.resolve(config)
   seq, h, a = s.seq_len, s.d_model, s.num_heads
   word = 2 if config.model.dtype == 'bfloat16' else 4
-  dense_layer = seq * h * (10 + 24 / model) + 5 * a * seq * seq / model
+  dense_layer = seq * h * (10 + 24 / model) + (0 if fused_attention else 5 * a * seq * seq / model)
   moe_factor = s.top_k * config.moe.capacity_factor_train
   ffn_share = 19 * seq * h / model
   moe_layer = dense_layer + ffn_share * (moe_factor - 1) + 2 * moe_factor * seq * h
@@ -147,12 +152,15 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
     mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
   rows = config.data.batch_size // batch_shards
   unit = group_rows(config)
+  m = config.model
+  fused = resolve_kernel(m.get('attention', 'auto'), m.dtype, m.dropout_rate, s.d_model // s.num_heads,
+                         backend=hardware.backend) == 'cudnn'
   budget = HEADROOM * hardware.hbm_bytes - state - mixed - gathered
   counts = [m for m in range(1, rows + 1) if rows % m == 0 and (rows // m) % unit == 0] or [1]
   options = [('none', m) for m in counts] + [('block', m) for m in counts]
   remat, microbatches = next(((r, m) for r, m in options
-                              if activation_bytes_per_row(config, model, r) * rows / m <= budget), options[-1])
-  activations = activation_bytes_per_row(config, model, remat) * rows / microbatches
+                              if activation_bytes_per_row(config, model, r, fused) * rows / m <= budget), options[-1])
+  activations = activation_bytes_per_row(config, model, remat, fused) * rows / microbatches
   fits = state + mixed + gathered + activations <= HEADROOM * hardware.hbm_bytes
   step = accounting.flops_per_step(config)['train'] / (devices * hardware.peak_flops * ASSUMED_MFU)
   if remat == 'block':

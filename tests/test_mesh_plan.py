@@ -10,7 +10,7 @@ import jax
 import pytest
 
 from samoe_jax import mesh_plan
-from samoe_jax.config.presets import gpt3, tiny
+from samoe_jax.config.presets import bench_gpu, gpt3, tiny
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.fsdp import fsdp_spec, sharded_fraction
 from samoe_jax.sharding.rules import mesh_axes_of
@@ -111,3 +111,17 @@ def test_cli_prints_the_readme_table():
                        check=True).stdout
   rows = [line for line in out.splitlines() if line.startswith('| ') and not line.startswith('| config')]
   assert len(rows) == len(mesh_plan.README_CONFIGS) * len(mesh_plan.README_SLICES)
+
+
+def test_flash_attention_on_gpus_stores_no_scores():
+  """model.attention='auto' resolves to cuDNN flash attention for a bfloat16 model without dropout on the GPUs
+  (layers/attention_kernel.py): the planner drops the 5*a*s^2 bytes of stored scores per layer there only."""
+  config = bench_gpu('dense')                   # 24 layers, 16 heads, seq 2048, bfloat16, no dropout
+  full = mesh_plan.activation_bytes_per_row(config, 1)
+  fused = mesh_plan.activation_bytes_per_row(config, 1, fused_attention=True)
+  assert full - fused == pytest.approx(24 * 5 * 16 * 2048 ** 2)
+  per_row = lambda p: p.activation_bytes * p.microbatches / p.rows_per_device
+  assert per_row(mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['h100'], 1, 1)) == pytest.approx(fused)
+  assert per_row(mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['tpu-v5p'], 1, 1)) == pytest.approx(full)
+  config.model.dropout_rate = 0.1               # attention dropout needs the probabilities: einsums on GPUs too
+  assert per_row(mesh_plan.plan_mesh(config, mesh_plan.HARDWARE['h100'], 1, 1)) == pytest.approx(full)
