@@ -30,8 +30,9 @@ Per-device memory (an estimate, before XLA's own buffers; check with the compile
                s*h*(10 + 24/t) + 5*a*s^2/t bytes in 16-bit (x2 for float32), s = seq_len, h = d_model,
                a = heads, t = model; an MoE layer's FFN share (19*s*h) scales with top_k x capacity factor, plus
                its dispatch and combine buffers. Where model.attention resolves to cuDNN flash attention (a
-               bfloat16 model on the GPUs; layers/attention_kernel.py) the 5*a*s^2/t of stored scores is dropped. With remat='block' only every block's input (s*h words) is
-               kept, plus one block's full activations while it is recomputed.
+               bfloat16 model on the GPUs; layers/attention_kernel.py) the 5*a*s^2/t of stored scores is
+               dropped. With remat='block' only every block's input (s*h words) is kept, plus one block's full
+               activations while it is recomputed.
 Step time is the train FLOPs (samoe_jax.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
 """
 
@@ -152,9 +153,8 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
     mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
   rows = config.data.batch_size // batch_shards
   unit = group_rows(config)
-  m = config.model
-  fused = resolve_kernel(m.get('attention', 'auto'), m.dtype, m.dropout_rate, s.d_model // s.num_heads,
-                         backend=hardware.backend) == 'cudnn'
+  fused = resolve_kernel(config.model.get('attention', 'auto'), config.model.dtype, config.model.dropout_rate,
+                         s.d_model // s.num_heads, backend=hardware.backend) == 'cudnn'
   budget = HEADROOM * hardware.hbm_bytes - state - mixed - gathered
   counts = [m for m in range(1, rows + 1) if rows % m == 0 and (rows // m) % unit == 0] or [1]
   options = [('none', m) for m in counts] + [('block', m) for m in counts]

@@ -117,9 +117,10 @@ def _contract_pool(weights: jax.Array, a_PECK: jax.Array) -> jax.Array:
 
   The forward pass and the pool's gradient are plain matrix products ([L, P] x [P, E*C*K] and its transpose; or E
   batched). The mixing weights' gradient, the sum over (e,) c, k of g[l, e, c, k] a[p, e, c, k], is written as a
-  multiply and sums over k, then c (then e), which XLA fuses into one memory-bound reduction. Autodiff would derive it as the matrix product [L, N] x [N, P] (a tiny output, a huge contraction), which
-  XLA:CPU ran at a fraction of the memory bandwidth: 0.3 s of a 1.8 s train step at E = 32, P = 4 on 2 cores
-  (docs/model.md, "SaMoE's cost"). Tested against autodiff of the plain loop (tests/test_moe_layer.py).
+  multiply and sums over k, then c (then e), which XLA fuses into one memory-bound reduction. Autodiff would
+  derive it as the matrix product [L, N] x [N, P] (a tiny output, a huge contraction), which XLA:CPU ran at a
+  fraction of the memory bandwidth: 0.3 s of a 1.8 s train step at E = 32, P = 4 on 2 cores (docs/model.md,
+  "SaMoE's cost"). Tested against autodiff of the plain loop (tests/test_moe_layer.py).
   """
   p, e = a_PECK.shape[:2]
   w = weights.astype(a_PECK.dtype)
