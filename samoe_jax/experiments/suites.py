@@ -19,6 +19,17 @@ Suites: 'smoke' (CI: tiny byte-level models on the embedded Shakespeare slice, o
 'cpu' (about 90 minutes on 2 CPU cores, on the experiment corpus, samoe_jax/data/experiment_corpus.py), 'gpu'
 (the same comparison sized for one H100-class GPU, about 10 minutes; not yet timed) and 'paper' (the GPT-3
 350M / 1.3B + MoE-128 recipes on a TPU slice: commands only).
+
+Routing groups (moe.group_size): the 'cpu' and 'gpu' suites route groups of 1024 tokens (8 sequences of 128, 4 of
+256), not one sequence (group_size 0). At C = ceil(1.25 T / E) slots per expert, even uniform random routing drops a
+share of assignments that grows with E and shrinks with T (samoe_jax.analysis.drop_floor): with one sequence of 128
+tokens (cpu) 1.9 / 4.9 / 9.9 % at E = 8 / 16 / 32, of 256 tokens (gpu) 0.5 / 2.1 / 5.1 %, so drops would rise with E
+just as the loss is measured over E and confound the sweep. 1024 is the smallest group of whole sequences the
+batch allows (a multiple of data.seq_len dividing data.batch_size * data.seq_len; shorter groups only avoid drops
+through moe.min_capacity's padded buffers) at which every MoE config of the suite, at every E of the sweep, has a
+uniform-routing floor below 1 % in training and validation (0.68 % at E = 32; 2.2 % at 512).
+tests/test_drop_floor.py checks both. The smoke suite keeps one sequence per group (a pipeline check, not a
+measurement).
 """
 
 from __future__ import annotations
@@ -166,8 +177,12 @@ def _corpus_data(c: ml_collections.ConfigDict, corpus_dir: str, cache_dir: str) 
   c.data.cache_dir = cache_dir
 
 
+GROUP_SIZE = 1024   # tokens per routing group of the cpu and gpu suites (module docstring: the drop floor < 1 %)
+
+
 def cpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
-  """4 blocks, d_model 128, 4 heads, FFN 512, 16 experts top-1 on every block, SentencePiece 4k, seq 128 x 16."""
+  """4 blocks, d_model 128, 4 heads, FFN 512, 16 experts top-1 on every block, SentencePiece 4k, seq 128 x 16,
+  routing groups of GROUP_SIZE tokens (8 sequences)."""
   c = get_base_config()
   c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 4096, 128, 4, 4
   c.model.d_ff, c.model.max_len = 512, 128
@@ -175,6 +190,7 @@ def cpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
   c.pool.size, c.pool.mixing = 4, 'fixed'
   _corpus_data(c, corpus_dir, cache_dir)
   c.data.seq_len, c.data.batch_size = 128, 16
+  c.moe.group_size = GROUP_SIZE
   c.train.learning_rate = 3e-3
   c.train.eval_batches = 8
   _common(c)
@@ -182,7 +198,8 @@ def cpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
 
 
 def gpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
-  """6 blocks, d_model 256, 4 heads, FFN 1024, 16 experts top-1 on every block, bfloat16, seq 256 x 32."""
+  """6 blocks, d_model 256, 4 heads, FFN 1024, 16 experts top-1 on every block, bfloat16, seq 256 x 32, routing
+  groups of GROUP_SIZE tokens (4 sequences)."""
   c = get_base_config()
   c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 4096, 256, 6, 4
   c.model.d_ff, c.model.max_len, c.model.dtype = 1024, 256, 'bfloat16'
@@ -190,6 +207,7 @@ def gpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
   c.pool.size, c.pool.mixing = 6, 'fixed'
   _corpus_data(c, corpus_dir, cache_dir)
   c.data.seq_len, c.data.batch_size = 256, 32
+  c.moe.group_size = GROUP_SIZE
   c.train.learning_rate = 2e-3
   c.train.eval_batches = 16
   _common(c)
