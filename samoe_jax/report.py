@@ -4,7 +4,9 @@ Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe
   loss_curves.png     train loss and cross-entropy, validation loss and cross-entropy, against step;
   mixing_weights.png  every MoE layer's mixing weights over the pool (layer-level: one row per layer;
                       expert-level: one heatmap of experts x pool entries per layer);
-  report.md           parameter summary table, final validation loss / perplexity, links to the figures.
+  report.md           parameter summary table, final validation loss / perplexity, the dropped share of MoE
+                      assignments (last train record and final validation, with uniform routing's floor), links
+                      to the figures.
 No model or checkpoint is loaded, so it is instant and can be rerun any time:
 
   python -m samoe_jax.report --workdir=DIR
@@ -118,6 +120,31 @@ def sharing_lines(summary: dict, config: dict) -> list[str]:
   return lines
 
 
+def drop_lines(final: dict, last_train: dict, config: dict) -> list[str]:
+  """Dropped assignments: the last train record's moe/dropped_fraction and the final validation's
+  eval/moe/dropped_fraction (percent), the dropless dispatch named, and uniform routing's floor at the config's
+  routing groups (samoe_jax.analysis.drop_floor). [] for a dense model (neither metric logged)."""
+  train, valid = last_train.get('moe/dropped_fraction'), final.get('eval/moe/dropped_fraction')
+  if train is None and valid is None:
+    return []
+  moe = config.get('moe', {})
+  if moe.get('dispatch') == 'ragged':
+    return ["- dropped assignments: none (dropless: moe.dispatch='ragged')"]
+  lines = []
+  if train is not None:
+    lines.append(f'- dropped assignments, last logged train interval: {100 * train:.2f} % (step {last_train["step"]})')
+  if valid is not None:
+    lines.append(f'- dropped assignments, final validation: {100 * valid:.2f} %')
+  try:
+    from samoe_jax.analysis.drop_floor import config_drop_floors  # pylint: disable=g-import-not-at-top
+    floors = config_drop_floors(ml_collections.ConfigDict(config))
+  except (KeyError, ValueError, TypeError, AttributeError):   # an older config layout or expert-choice routing
+    return lines
+  lines.append(f'- uniform-routing drop floor (training capacity, routing groups of moe.group_size='
+               f'{moe.get("group_size")}): ' + ', '.join(f'{100 * v:.2f} % at E={e}' for e, v in floors.items()))
+  return lines
+
+
 def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], config: dict | None = None) -> str:
   lines = ['# Training report', '']
   if final:
@@ -130,6 +157,7 @@ def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], 
   if last_train:
     lines.append(f'- last logged train loss: {last_train["loss"]:.4f} (cross-entropy '
                  f'{last_train.get("cross_entropy", float("nan")):.4f}) at step {last_train["step"]}')
+  lines += drop_lines(final, last_train, config or {})
   if summary:
     lines += ['', '## Parameters', '', '| part | count |', '|---|---:|']
     lines += [f'| {k} | {v:,} |' for k, v in summary.items()]

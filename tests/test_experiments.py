@@ -62,6 +62,15 @@ def test_report_table_equals_the_runs_numbers(smoke):
     cells = [c.strip() for c in row.strip('|').split('|')]
     assert cells[1] == f'{stored / 1e6:.2f}M'
     assert cells[6] == f'{math.exp(ce):.2f}', (run.name, cells)
+    train = next(r for r in read_metrics(run.workdir, 'train') if r['step'] == 24).get('moe/dropped_fraction')
+    valid = next(r for r in read_metrics(run.workdir, 'eval') if r['step'] == 24).get('eval/moe/dropped_fraction')
+    if run.spec.role == 'dense':
+      assert train is None and valid is None and cells[8] == cells[9] == '—'
+    else:   # one seed: the mean is the run's own last-step value
+      assert (cells[8], cells[9]) == (f'{100 * train:.2f} %', f'{100 * valid:.2f} %'), (run.name, cells)
+      assert f'- dropped assignments, final validation: {100 * valid:.2f} %' in open(
+          os.path.join(run.workdir, 'report.md')).read()
+  assert 'routing groups: 32 tokens (moe.group_size=0, data.seq_len=32)' in text
   assert 'command: `samoe_jax.experiments.reproduce --suite=smoke' in text
   assert re.search(r'commit \(report\): `[0-9a-f]{40}', text)
   assert re.search(r'runs trained at: `[0-9a-f]{40}', text)

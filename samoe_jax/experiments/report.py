@@ -17,6 +17,7 @@ from typing import Any, Sequence
 
 import jax
 
+from samoe_jax.analysis.drop_floor import group_tokens
 from samoe_jax.experiments import figures
 from samoe_jax.experiments import results as results_lib
 from samoe_jax.experiments.runner import Run, is_finished, read_log, suite_wall_seconds
@@ -110,6 +111,18 @@ def _seeds_line(suite: Suite, runs: Sequence[Run]) -> str:
   return f'- seeds per config: {len(seeds)}, seeds {seeds}{note}'
 
 
+def _groups_line(runs: Sequence[Run], rows: Sequence[results_lib.ConfigResult]) -> str:
+  """Routing-group size and the worst config's uniform-routing drop floor (samoe_jax.analysis.drop_floor)."""
+  floors = [(r.drop_floor, r.spec.name) for r in rows if r.drop_floor is not None]
+  if not runs or not floors:
+    return '- routing groups: no MoE config'
+  config = runs[0].config
+  floor, name = max(floors)
+  return (f'- routing groups: {group_tokens(config)} tokens (moe.group_size={config.moe.group_size}, data.seq_len='
+          f'{config.data.seq_len}); uniform random routing would drop at most {100 * floor:.2f} % of the training '
+          f'assignments (`{name}`; samoe_jax.analysis.drop_floor)')
+
+
 def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, corpus_dir: str = '') -> str:
   """Writes OUT/report/; returns the path of report.md."""
   start = time.time()
@@ -133,11 +146,14 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
            _seeds_line(suite, runs),
            f'- training wall time: {format_duration(wall)} over {finished} of {len(runs)} runs finished '
            f'(sum of the training sessions in suite_log.jsonl; sized for {suite.budget})',
-           _corpus_line(corpus_dir, tokens), '', '## Results', '']
+           _corpus_line(corpus_dir, tokens), _groups_line(runs, rows), '', '## Results', '']
   lines += results_lib.table(rows, moe.params['total'] if moe else None)
   lines += ['', 'Perplexity: exp of the validation cross-entropy at the last step, mean and sample std over seeds. '
             '"stored": parameters a checkpoint holds (the pool once); "materialized": a standard MoE of the same '
-            'layout; speedup: c_dense(loss) / c_run at the last step (Artetxe et al. 2021; see speedup/).', '',
+            'layout; dropped: share of the (token, choice) assignments that found no expert slot, mean over MoE '
+            'layers and seeds, in the last logged training interval and the last validation '
+            '(moe.capacity_factor_eval); "—" dense, "dropless" for moe.dispatch=\'ragged\'; speedup: '
+            'c_dense(loss) / c_run at the last step (Artetxe et al. 2021; see speedup/).', '',
             '## Conclusions (computed from the numbers above)', '']
   lines += [f'- {s}' for s in sentences]
   if grad_report:

@@ -2,10 +2,13 @@
 
 Per config: stored / active / materialized parameters (samoe_jax.accounting), tokens trained, the final
 validation perplexity exp(cross-entropy) mean and sample std over seeds, the validation cross-entropy curves, the
-reduction in stored parameters against the standard MoE, and the final speedup factor against the dense family
-(samoe_jax.analysis.speedup). A difference is "within noise" when it is at most one pooled standard deviation
-sqrt((s_a^2 + s_b^2) / 2) of the two configs' seeds; otherwise it is stated in those units. Every sentence is built
-from these numbers; none is written by hand.
+reduction in stored parameters against the standard MoE, the final speedup factor against the dense family
+(samoe_jax.analysis.speedup), and the share of (token, choice) assignments the MoE layers dropped at the last step,
+in training (the last train record, moe/dropped_fraction) and validation (eval/moe/dropped_fraction), mean over
+seeds, next to the drop floor of uniform routing at the config's routing groups (samoe_jax.analysis.drop_floor).
+A difference is "within noise" when it is at most one pooled standard deviation sqrt((s_a^2 + s_b^2) / 2) of the
+two configs' seeds; otherwise it is stated in those units. Every sentence is built from these numbers; none is
+written by hand.
 """
 
 from __future__ import annotations
@@ -18,11 +21,15 @@ from typing import Any, Sequence
 import numpy as np
 
 from samoe_jax import accounting
+from samoe_jax.analysis.drop_floor import config_drop_floors
+from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments.runner import Run
 from samoe_jax.experiments.suites import ConfigSpec
 from samoe_jax.training.metrics_writer import read_metrics
+from samoe_jax.training.validation import DROPPED
 
 METRIC = 'eval/cross_entropy'
+EVAL_DROPPED = 'eval/' + DROPPED
 
 
 @dataclasses.dataclass
@@ -37,6 +44,10 @@ class ConfigResult:
   tokens_per_step: int
   speedup: str = ''                         # final-step speedup factor against the dense family (text)
   speedup_value: float | None = None
+  drop_mode: str = 'capacity'               # 'dense' (no MoE layer), 'dropless' (moe.dispatch='ragged'), 'capacity'
+  drop_floor: float | None = None           # uniform-routing training floor, worst MoE layer (None: dense)
+  train_dropped: list[float] = dataclasses.field(default_factory=list)   # per finished seed, last train record
+  eval_dropped: list[float] = dataclasses.field(default_factory=list)    # per finished seed, last validation
 
   @property
   def perplexities(self) -> np.ndarray:
@@ -54,6 +65,38 @@ class ConfigResult:
   def n(self) -> int:
     return len(self.final_ce)
 
+  def dropped_mean(self, split: str) -> float | None:
+    """Mean over seeds of the last-step dropped fraction, split 'train' or 'eval' (None: not logged)."""
+    values = self.train_dropped if split == 'train' else self.eval_dropped
+    return float(np.mean(values)) if values else None
+
+  def dropped_cell(self, split: str) -> str:
+    """The table cell: '—' (dense), 'dropless', 'n/a' (not logged) or the mean as a percentage."""
+    if self.drop_mode != 'capacity':
+      return '—' if self.drop_mode == 'dense' else 'dropless'
+    mean = self.dropped_mean(split)
+    return 'n/a' if mean is None else f'{100 * mean:.2f} %'
+
+
+def drop_mode(config: Any) -> str:
+  """'dense' (no MoE layer), 'dropless' (moe.dispatch='ragged': every assignment kept) or 'capacity'."""
+  if not moe_layer_indices(config.model):
+    return 'dense'
+  return 'dropless' if config.moe.dispatch == 'ragged' else 'capacity'
+
+
+def _drop_floor(config: Any) -> float | None:
+  """The worst MoE layer's uniform-routing training floor; None for a dense model or expert-choice routing."""
+  try:
+    return max(config_drop_floors(config).values(), default=None)
+  except ValueError:
+    return None
+
+
+def _final_value(records: Sequence[dict[str, Any]], kind: str, key: str, step: int) -> float | None:
+  """`key` of the `kind` record at `step` (None when absent)."""
+  return next((r[key] for r in records if r.get('kind', 'train') == kind and r['step'] == step and key in r), None)
+
 
 def collect(runs: Sequence[Run]) -> list[ConfigResult]:
   """ConfigResults in suite order, from every run's metrics.jsonl (runs without a final validation are left out of
@@ -66,14 +109,20 @@ def collect(runs: Sequence[Run]) -> list[ConfigResult]:
       tokens_per_step = config.data.batch_size * config.data.seq_len
       out[run.spec.name] = ConfigResult(
           run.spec, [], {k: float(counts[k]) for k in ('total', 'active_per_token', 'materialized')},
-          tokens_per_step * config.train.steps, [], [], tokens_per_step)
+          tokens_per_step * config.train.steps, [], [], tokens_per_step, drop_mode=drop_mode(config),
+          drop_floor=_drop_floor(config))
     result = out[run.spec.name]
     result.workdirs.append(run.workdir)
-    curve = {r['step']: r[METRIC] for r in read_metrics(run.workdir, 'eval') if METRIC in r}
+    records = read_metrics(run.workdir)
+    curve = {r['step']: r[METRIC] for r in records if r.get('kind') == 'eval' and METRIC in r}
     if curve:
       result.curves.append(curve)
     if config.train.steps in curve:
       result.final_ce.append(curve[config.train.steps])
+    for values, kind, key in ((result.train_dropped, 'train', DROPPED), (result.eval_dropped, 'eval', EVAL_DROPPED)):
+      value = _final_value(records, kind, key, config.train.steps)
+      if value is not None:
+        values.append(float(value))
   return list(out.values())
 
 
@@ -164,17 +213,19 @@ def conclusions(results: Sequence[ConfigResult]) -> list[str]:
 
 
 def table(results: Sequence[ConfigResult], moe_total: float | None) -> list[str]:
-  """Markdown rows: config, stored / active / materialized parameters, reduction vs MoE, tokens, perplexity."""
+  """Markdown rows: config, stored / active / materialized parameters, reduction vs MoE, tokens, perplexity, seeds,
+  dropped assignments (train, validation), speedup."""
   lines = ['| config | stored params | active / token | materialized | stored vs standard MoE | tokens | '
-           'validation perplexity (mean ± std) | seeds | speedup vs dense (last step) |',
-           '|---|---:|---:|---:|---:|---:|---:|---:|---|']
+           'validation perplexity (mean ± std) | seeds | dropped, train (last step) | dropped, validation | '
+           'speedup vs dense (last step) |',
+           '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|']
   for r in results:
     ratio = moe_total / r.params['total'] if moe_total else None
     reduction = 'n/a' if ratio is None else (f'{ratio:.2f}x fewer' if ratio >= 1 else f'{1 / ratio:.2f}x more')
     lines.append(f'| {r.spec.label} (`{r.spec.name}`) | {r.params["total"] / 1e6:.2f}M | '
                  f'{r.params["active_per_token"] / 1e6:.2f}M | {r.params["materialized"] / 1e6:.2f}M | '
                  f'{reduction} | {r.tokens / 1e6:.2f}M | {_ppl(r) if r.n else "not finished"} | {r.n} | '
-                 f'{r.speedup or "n/a"} |')
+                 f'{r.dropped_cell("train")} | {r.dropped_cell("eval")} | {r.speedup or "n/a"} |')
   return lines
 
 
@@ -182,5 +233,8 @@ def to_json(results: Sequence[ConfigResult]) -> list[dict[str, Any]]:
   return [{'name': r.spec.name, 'label': r.spec.label, 'role': r.spec.role, 'overrides': dict(r.spec.overrides),
            'workdirs': [os.path.basename(w) for w in r.workdirs], 'params': r.params, 'tokens': r.tokens,
            'final_cross_entropy': r.final_ce, 'perplexity_mean': r.mean, 'perplexity_std': r.std, 'seeds': r.n,
-           'speedup': r.speedup, 'speedup_value': r.speedup_value,
+           'speedup': r.speedup, 'speedup_value': r.speedup_value, 'drop_mode': r.drop_mode,
+           'drop_floor_uniform': r.drop_floor, 'train_dropped_fraction': r.train_dropped,
+           'train_dropped_fraction_mean': r.dropped_mean('train'), 'eval_dropped_fraction': r.eval_dropped,
+           'eval_dropped_fraction_mean': r.dropped_mean('eval'),
            'curves': [{str(k): v for k, v in sorted(c.items())} for c in r.curves]} for r in results]
