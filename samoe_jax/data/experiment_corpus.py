@@ -370,13 +370,13 @@ def tokenizer_sample(docs: list[dict], max_chars: int = SP_SAMPLE_CHARS) -> list
   return out
 
 
-def train_sp4k(docs: list[dict], prefix: str) -> int:
-  """Trains the 4k model with the project's trainer settings on the sample of `docs`; returns the sample size."""
+def train_sentencepiece(docs: list[dict], prefix: str, vocab_size: int) -> int:
+  """Trains a model with the project's trainer settings on the sample of `docs`; returns the sample size."""
   sample = tokenizer_sample(docs)
   with tempfile.TemporaryDirectory() as tmp:
     corpus = os.path.join(tmp, 'sample.txt')
     documents.write_documents(corpus, sample)
-    train_tokenizer.train(corpus, prefix, vocab_size=SP_VOCAB_SIZE)
+    train_tokenizer.train(corpus, prefix, vocab_size=vocab_size)
   return len(sample)
 
 
@@ -539,7 +539,7 @@ def build(out_dir: str, download_dir: str, force: bool = False, srcs: tuple[Sour
       write_jsonl_gz(os.path.join(tmp, f'{split}.jsonl.gz'), splits[split])
     print(f'training sp4k on the train split ({SP_SAMPLE_CHARS / 1e6:.0f}M-character sample)...', flush=True)
     t0 = time.time()
-    sample = train_sp4k(splits['train'], os.path.join(tmp, 'sp4k'))
+    sample = train_sentencepiece(splits['train'], os.path.join(tmp, 'sp4k'), SP_VOCAB_SIZE)
     print(f'  done ({time.time() - t0:.0f} s); counting tokens', flush=True)
     counts = {}
     for split in SPLITS:
