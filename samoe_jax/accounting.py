@@ -63,6 +63,7 @@ from samoe_jax.config import expert_map, pyramid
 from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers import ragged, residual_moe
 from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
+from samoe_jax.layers.mixing import Mixing
 from samoe_jax.layers.routing import expert_capacity
 from samoe_jax.config.sections import section_values
 from samoe_jax.models.spec import ModelSpec
@@ -85,9 +86,7 @@ class Sizes:
   top_k: int
   expert_d_ff: int
   pool_size: int
-  mixing: str
-  granularity: str
-  space: str
+  mixing: Mixing                    # the pool's mixing scheme (layers/mixing.py)
   share_router: bool = False        # pool.share_router (WideNet): one router [D, E] for all MoE layers
   share_attention: bool = False     # model.share_attention (WideNet): one attention for all blocks
   # PR-MoE (docs/methods/pr_moe.md): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
@@ -124,7 +123,18 @@ class Sizes:
 
   @property
   def learned(self) -> bool:
-    return self.num_moe > 0 and self.mixing == 'learned'
+    """MoE layers with learned mixing logits."""
+    return self.num_moe > 0 and self.mixing.learned
+
+  @property
+  def mixes_weights(self) -> bool:
+    """Learned weight-space mixing: every layer's experts are formed from the pool once per step."""
+    return self.num_moe > 0 and self.mixing.mixes_weights
+
+  @property
+  def mixes_outputs(self) -> bool:
+    """Learned output-space mixing: every token runs P expert sets."""
+    return self.num_moe > 0 and self.mixing.mixes_outputs
 
 
 def resolve(config: ml_collections.ConfigDict) -> Sizes:
@@ -135,7 +145,7 @@ def resolve(config: ml_collections.ConfigDict) -> Sizes:
                d_ff=m.d_ff, max_len=m.max_len, tied=bool(m.tie_embeddings), seq_len=config.data.seq_len,
                batch_size=config.data.batch_size, moe_layers=spec.moe_layers,
                num_experts=moe.num_experts, top_k=moe.top_k, expert_d_ff=spec.expert_d_ff,
-               pool_size=pool.size, mixing=pool.mixing, granularity=pool.granularity, space=pool.space,
+               pool_size=pool.size, mixing=spec.mixing,
                share_router=bool(pool.share_router) and bool(spec.moe_layers),
                share_attention=bool(m.share_attention), groups=spec.groups, residual=moe.residual,
                router_bias=bool(moe.router_bias), hash_routing=not spec.routing.has_router,
@@ -201,7 +211,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
   routers = 0 if s.hash_routing else routers    # Hash Layers: no router
   # Similarity- / Attention-Aware routing (layers/graph_routing.py): W_s [D, d_s] and theta [1] per MoE layer
   routers += s.num_moe * graph_params_per_layer(s.graph, d)
-  mixing_logits = sum(len(g.layers) * g.pool_size * (1 if s.granularity == 'layer' else g.num_experts)
+  mixing_logits = sum(len(g.layers) * g.pool_size * (1 if s.mixing.granularity == 'layer' else g.num_experts)
                       for g in s.groups) if s.learned else 0
   residual = s.num_moe * residual_moe.residual_params(s.residual, d, s.expert_d_ff)   # Residual-MoE MLP (+ W_c)
   non_expert += residual
@@ -226,7 +236,7 @@ def param_counts(config: ml_collections.ConfigDict) -> dict[str, int | float]:
 def mixing_flops_per_step(config: ml_collections.ConfigDict) -> int:
   """Forward FLOPs of SaMoE weight-space mixing per step: 2 * P * E * params_per_expert per MoE layer."""
   s = resolve(config)
-  if not s.learned or s.space != 'weight':
+  if not s.mixes_weights:
     return 0
   return sum(len(g.layers) * 2 * g.pool_size * g.num_experts for g in s.groups) * ffn_params(s.d_model,
                                                                                             s.expert_d_ff)
@@ -240,7 +250,7 @@ def flops_per_token(config: ml_collections.ConfigDict) -> dict[str, float]:
   attention_scores = s.num_layers * 2 * s.seq_len * d      # causal half of 2 (QK^T, PV) * 2 * seq_len * D
   dense_ffn = s.num_dense * 2 * 2 * d * s.d_ff
   expert = 2 * 2 * d * s.expert_d_ff
-  if s.learned and s.space == 'output':                    # P expert sets per slot, then a P-way weighted sum
+  if s.mixes_outputs:                                      # P expert sets per slot, then a P-way weighted sum
     expert = s.pool_size * (expert + 2 * d)
   moe_experts = s.num_moe * s.top_k * expert
   router = 0 if s.hash_routing else 2 * d * sum(s.router_outputs)   # Pyramid-MoE: each router [D, E_l]; hash: none

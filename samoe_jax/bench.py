@@ -93,7 +93,8 @@ class CompiledStep:
     model = LanguageModel(config)
     self.partitioner = Partitioner(make_mesh(config.mesh))
     axes = model.param_logical_axes()
-    optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
+    optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes,
+                                                       lr_multipliers=model.spec.mixing.lr_multipliers)
     abstract = state_lib.abstract_state(model, optimizer)
     shardings = state_lib.state_shardings(self.partitioner, optimizer, abstract, axes)
     step_fn = make_train_step(model, optimizer, schedule, self.partitioner, shardings,

@@ -21,6 +21,7 @@ from samoe_jax import cli
 from samoe_jax import accounting
 from samoe_jax.config import pyramid
 from samoe_jax.layers.graph_routing import describe_graph
+from samoe_jax.layers.mixing import mixing_for
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
 from samoe_jax.config.validate import validate_config
 from samoe_jax.layers.routing_policy import describe_policy
@@ -67,13 +68,7 @@ def sharing_mode(config: ml_collections.ConfigDict, num_moe: int) -> str:
   pool = config.pool
   if num_moe == 0:
     return 'dense model'
-  if pool.mixing == 'learned':
-    return f'SaMoE: learned {pool.granularity}-level {pool.space}-space mixing of a pool of {pool.size}'
-  if pool.size == 1:
-    return 'fully tied experts (pool of 1, fixed)'
-  if pool_assignment(num_moe, pool.size, pool.assignment) == list(range(num_moe)):
-    return 'standard MoE (one pool entry per MoE layer, fixed)'
-  return f'manual sharing ({pool.size} pool entries, fixed {pool.assignment!r} assignment)'
+  return mixing_for(pool).describe(pool.size, num_moe, pool.assignment)   # layers/mixing.py
 
 
 def layer_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
@@ -90,7 +85,7 @@ def layer_rows(config: ml_collections.ConfigDict) -> list[dict[str, Any]]:
     i = index[block]
     row = {'block': block, 'ffn': 'moe', 'moe_layer': i, 'num_experts': moe.num_experts, 'top_k': moe.top_k,
            'd_ff': moe.expert_d_ff or config.model.d_ff, 'mixing': pool.mixing}
-    if pool.mixing == 'fixed':
+    if mixing_for(pool).selects_entries:
       row['pool_entry'] = entries[i]
     else:
       row.update(pool_size=pool.size, granularity=pool.granularity, init=pool.init,
@@ -165,7 +160,7 @@ def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = N
     routing = describe_policy(config.moe)   # routing policies (layers/routing_policy.py); None: standard top-k
     if routing:
       report['routing'] = routing
-    if pool_sweep is None and config.pool.mixing == 'learned':
+    if pool_sweep is None and mixing_for(config.pool).learned:
       pool_sweep = [1, 2, 3, 4, 6]
     if pool_sweep:
       report['pool_sweep'] = accounting.pool_size_sweep(config, tuple(pool_sweep))

@@ -149,7 +149,7 @@ def plan_mesh(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
     gathered = 4 * (s.vocab * s.d_model + 2 * block) / model
   compute_word = 2 if config.model.dtype == 'bfloat16' else 4
   mixed = 0.0
-  if s.learned and s.space == 'weight':
+  if s.mixes_weights:
     mixed = s.num_moe * (s.num_experts / expert) * counts['params_per_expert'] / model * (compute_word + 4)
   rows = config.data.batch_size // batch_shards
   unit = group_rows(config)

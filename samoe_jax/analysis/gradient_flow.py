@@ -32,6 +32,7 @@ from samoe_jax import cli
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config.sections import complete_config
 from samoe_jax.config.pyramid import format_counts, groups_of_config
+from samoe_jax.layers.mixing import mixing_for
 
 PROG = 'samoe_jax.analysis.gradient_flow'
 # Layer types of the per-type tables and of grad_norm_vs_step.png, in display order.
@@ -64,7 +65,7 @@ def config_kind(config: ml_collections.ConfigDict) -> str:
     return 'widenet'
   if len(groups_of_config(config)) > 1 or config.moe.residual != 'none':
     return 'pr_moe'
-  if config.pool.mixing == 'learned':
+  if mixing_for(config.pool).learned:
     return 'samoe'
   if int(config.pool.size) == len(moe_layers):
     return 'moe'
@@ -331,7 +332,7 @@ def group_summary(label: str, runs: Sequence[Run], summaries: Sequence[dict[str,
       'num_experts': int(config.moe.num_experts) if moe_layers else None, 'experts_per_layer': counts,
       'top_k': int(config.moe.top_k) if moe_layers else None,
       'pool_size': int(config.pool.size) if moe_layers else None,
-      'pool_mixing': config.pool.mixing if moe_layers else None,
+      'pool_mixing': mixing_for(config.pool).name if moe_layers else None,
       'num_layers': int(config.model.num_layers), 'num_moe_layers': len(moe_layers), 'moe_blocks': moe_layers,
       'steps_used': [s['step_used'] for s in summaries], 'window_steps': [s['window_steps'] for s in summaries],
       'layer_types': layer_types, 'moe_layers': per_layer, 'pool': pools,

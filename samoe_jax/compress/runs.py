@@ -28,6 +28,7 @@ from samoe_jax.compress.experts import LayerExpertsNP
 from samoe_jax.config import expert_map as expert_map_lib
 from samoe_jax.config import pyramid
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.layers.mixing import mixing_for
 
 Flat = dict[tuple[str, ...], Any]
 
@@ -57,7 +58,7 @@ def check_compressible(config: ml_collections.ConfigDict, workdir: str) -> None:
   if moe.routing == 'hash':
     raise ValueError(f"--workdir={workdir!r} uses moe.routing='hash': it has no router whose logits could group "
                      'experts')
-  if pool.space != 'weight':
+  if mixing_for(pool).mixes_outputs:
     raise ValueError(f"--workdir={workdir!r} mixes the pool in output space (pool.space={pool.space!r}): its layers "
                      "have no effective experts to compress; only pool.space='weight' runs can be compressed")
   if moe.expert_map:

@@ -134,8 +134,12 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.pool.granularity = 'layer'       # 'layer': alpha [P] per MoE layer; 'expert': alpha [E, P]
   c.pool.space = 'weight'            # 'weight': mix weights (cost of one MoE); 'output': mix outputs (ablation)
   c.pool.temperature = 1.0
-  c.pool.init = 'uniform'            # 'uniform' (alpha = 0) or 'one_hot' (alpha = one_hot_scale on assigned entry)
-  c.pool.one_hot_scale = 3.0
+  c.pool.init = 'uniform'            # 'uniform' (alpha = 0), 'one_hot' (alpha = one_hot_scale on each layer's
+  c.pool.one_hot_scale = 3.0         # own entry, pool.assignment) or 'random' (alpha ~ N(0, random_init_std^2))
+  c.pool.random_init_std = 1.0
+  # The mixing logits' learning rate relative to train.learning_rate's schedule (layers/mixing.py; AdamW moves a
+  # logit by about lr per step, so at 1.0 a short run cannot move the mixture far from its init: docs/model.md).
+  c.pool.lr_multiplier = 1.0
   c.pool.assignment = 'modulo'       # MoE layer l -> pool entry: 'modulo' (l mod P) or 'block' (l*P // L_moe)
   # WideNet / SaMoE sharing ablations (docs/model.md; samoe_jax/layers/shared.py, docs/methods/sharing.md):
   # share_router: one router W_r [D, E] for every MoE layer (each block's own LayerNorm still makes it route

@@ -141,8 +141,10 @@ class PoolSection(Section):
   entropy_coef: float
   granularity: str
   init: str
+  lr_multiplier: float
   mixing: str
   one_hot_scale: float
+  random_init_std: float
   share_router: bool
   size: int
   space: str

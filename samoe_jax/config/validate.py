@@ -18,7 +18,7 @@ import ml_collections
 
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.sections import complete_config
-from samoe_jax.config.layer_plan import ASSIGNMENTS, group_rows, moe_layer_indices, pool_assignment
+from samoe_jax.config.layer_plan import ASSIGNMENTS, group_rows, moe_layer_indices
 from samoe_jax.config.expert_map import parse_expert_map
 from samoe_jax.config.pyramid import min_experts, parse_experts_per_layer
 from samoe_jax.data import task_finetune, text_files
@@ -27,6 +27,7 @@ from samoe_jax.evaluation.tasks.registry import TASK_NAMES
 from samoe_jax.layers.attention_kernel import check_attention
 from samoe_jax.layers.dispatch import DISPATCHERS
 from samoe_jax.layers.k_schedule import KINDS as K_SCHEDULES
+from samoe_jax.layers.mixing import MIXING_SCHEMES
 from samoe_jax.layers.momentum import ADAM_LAYERS, KINDS as MOMENTUM_KINDS
 from samoe_jax.layers.residual_moe import MODES as RESIDUAL_MODES
 from samoe_jax.layers.ragged import check_dispatch_config
@@ -40,10 +41,9 @@ from samoe_jax.training.optimizer import MOMENT_DTYPES
 DTYPES = ('float32', 'bfloat16')
 DISPATCH = tuple(DISPATCHERS)   # 'gather', 'einsum', 'ragged' (layers/dispatch.py)
 SLOT_PRIORITY = SLOT_PRIORITIES   # 'position', 'choice', 'bpr', 'random' (layers/routing.py)
-MIXING = ('learned', 'fixed')
+MIXING = tuple(MIXING_SCHEMES)   # 'learned', 'fixed' (layers/mixing.py)
 GRANULARITY = ('layer', 'expert')
 SPACE = ('weight', 'output')
-MIXING_INIT = ('uniform', 'one_hot')
 MESH_AXES = ('data', 'expert', 'model')
 BYTE_VOCAB_SIZE = 259  # seqio.ByteVocabulary: 256 bytes + 3 special ids (pad, eos, unk)
 GPT2_VOCAB_SIZE = 50258  # GPT-2 BPE shifted by one: pad 0, 50256 tokens, <|endoftext|> (data/gpt2_vocabulary.py)
@@ -190,22 +190,14 @@ def _check_moe(c: ml_collections.ConfigDict, e: _Errors) -> int | None:
 
 
 def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> None:
-  """Pool section (MoE models only)."""
-  size_ok = e.positive_int('pool.size', pool.size)
+  """Pool section (MoE models only); each mixing scheme checks its own keys (layers/mixing.py)."""
+  e.positive_int('pool.size', pool.size)
   mixing_ok = e.one_of('pool.mixing', pool.mixing, MIXING)
   e.one_of('pool.granularity', pool.granularity, GRANULARITY)
   e.one_of('pool.space', pool.space, SPACE)
-  e.one_of('pool.init', pool.init, MIXING_INIT)
-  assignment_ok = e.one_of('pool.assignment', pool.assignment, ASSIGNMENTS)
-  e.positive('pool.temperature', pool.temperature)
-  e.non_negative('pool.one_hot_scale', pool.one_hot_scale)
-  if size_ok and mixing_ok and assignment_ok and pool.mixing == 'fixed':
-    used = set(pool_assignment(num_moe, pool.size, pool.assignment))
-    if len(used) < pool.size:
-      e.add('pool.size', pool.size,
-            f"with pool.mixing='fixed' and pool.assignment={pool.assignment!r} only {len(used)} of the {pool.size} "
-            f'entries are used by the {num_moe} MoE layer(s); use pool.size <= {num_moe} (= {num_moe}: standard '
-            "MoE, 1: fully tied, between: manual sharing) or pool.mixing='learned'")
+  e.one_of('pool.assignment', pool.assignment, ASSIGNMENTS)
+  if mixing_ok:
+    MIXING_SCHEMES[pool.mixing].check(pool, num_moe, e)
 
 
 def _check_momentum(moe: ml_collections.ConfigDict, moe_layers: list[int] | None, e: _Errors) -> None:
@@ -240,7 +232,7 @@ def _check_sharing(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
   if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef != coef or abs(coef) == float('inf'):
     e.add('pool.entropy_coef', coef, 'must be a finite number (> 0: towards one pool entry per layer, < 0: towards '
           'uniform mixing, 0: off)')
-  elif coef and pool.mixing != 'learned':
+  elif coef and pool.mixing in MIXING and not MIXING_SCHEMES[pool.mixing].learned:
     e.add('pool.entropy_coef', coef, f"needs pool.mixing='learned' (got {pool.mixing!r}: fixed one-hot mixing has no "
           'mixing logits to regularise); use 0.0')
   elif coef and _is_int(pool.size) and pool.size < 2:
@@ -472,7 +464,8 @@ def _check_distill_init(c: ml_collections.ConfigDict, num_moe: int, e: _Errors) 
       e.add('init.step', i.step, 'must be an integer >= 0 (0 = latest checkpoint)')
     if i.mode == 'upcycle' and not num_moe:
       e.add('init.mode', i.mode, "'upcycle' needs MoE layers in this model (model.layer_plan is dense)")
-    if i.mode == 'upcycle' and num_moe and c.pool.mixing == 'learned' and c.pool.init != 'one_hot':
+    learned = c.pool.mixing in MIXING and MIXING_SCHEMES[c.pool.mixing].learned
+    if i.mode == 'upcycle' and num_moe and learned and c.pool.init != 'one_hot':
       e.add('pool.init', c.pool.init, "init.mode='upcycle' with learned mixing needs 'one_hot' (each layer starts "
             'near its own upcycled pool entry)')
 

@@ -113,7 +113,7 @@ def experts_logical_axes(model: LanguageModel) -> dict[int, LayerExperts]:
   spec = model.spec
   if not spec.moe_layers:
     return {}
-  if spec.pool.space == 'output' and spec.pool.mixing == 'learned':
+  if spec.mixing.mixes_outputs:
     return {b: LayerExperts(expert_weight_axes(('pool',)), PartitionSpec()) for b in spec.moe_layers}
   return {b: LayerExperts(expert_weight_axes()) for b in spec.moe_layers}
 

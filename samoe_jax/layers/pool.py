@@ -32,6 +32,10 @@ from samoe_jax.config.pyramid import ExpertGroup
 from samoe_jax.layers import initializers
 from samoe_jax.layers.experts import ExpertWeights
 from samoe_jax.layers.low_rank_experts import LowRankSparsePool
+from samoe_jax.layers.mixing import MixingLogits, mixing_weights
+
+__all__ = ['ExpertPool', 'MixingLogits', 'mixing_weights', 'mix_weight_space', 'mix_all_layers', 'group_modules',
+           'group_layer_experts', 'fixed_mixing_weights', 'attach_pools', 'decoder_pools']
 
 
 class ExpertPool(nn.Module):
@@ -53,42 +57,6 @@ class ExpertPool(nn.Module):
         w_out=self.param('w_out', initializers.normal(self.out_init_std,
                                                       ('pool', 'expert', 'expert_mlp', 'embed')), (p, e, f, d)),
         b_out=self.param('b_out', initializers.zeros(('pool', 'expert', 'embed')), (p, e, d)))
-
-
-class MixingLogits(nn.Module):
-  """Every MoE layer's own mixing logits, stored stacked: alpha [L_moe, P] (layer-level) or [L_moe, E, P]
-  (expert-level). Row l belongs to MoE layer l. Returns softmax(alpha / tau) over the pool axis."""
-  num_moe_layers: int
-  pool_size: int
-  num_experts: int
-  granularity: str          # 'layer' or 'expert'
-  temperature: float
-  init_mode: str            # 'uniform' (alpha = 0) or 'one_hot'
-  init_entries: tuple[int, ...]   # per MoE layer: the pool entry a one-hot init favours
-  one_hot_scale: float
-
-  @nn.compact
-  def __call__(self) -> jax.Array:
-    l, p = self.num_moe_layers, self.pool_size
-    if self.granularity == 'layer':
-      shape, names = (l, p), ('moe_layer', 'mixing')
-    else:
-      shape, names = (l, self.num_experts, p), ('moe_layer', 'expert', 'mixing')
-
-    def init_fn(key, shape, dtype=jnp.float32):
-      del key
-      if self.init_mode == 'uniform':
-        return jnp.zeros(shape, dtype)
-      one_hot_LP = self.one_hot_scale * jax.nn.one_hot(jnp.asarray(self.init_entries), p, dtype=dtype)
-      return one_hot_LP if len(shape) == 2 else jnp.broadcast_to(one_hot_LP[:, None, :], shape)
-
-    alpha = self.param('alpha', nn.with_logical_partitioning(init_fn, names), shape)
-    return mixing_weights(alpha, self.temperature)
-
-
-def mixing_weights(alpha: jax.Array, temperature: float) -> jax.Array:
-  """softmax(alpha / tau) over the last (pool) axis: [..., P] -> [..., P]."""
-  return jax.nn.softmax(alpha.astype(jnp.float32) / temperature, axis=-1)
 
 
 def mix_weight_space(pool: ExpertWeights, weights: jax.Array) -> ExpertWeights:
@@ -173,7 +141,7 @@ def mix_all_layers(pool: ExpertWeights, weights: jax.Array) -> list[ExpertWeight
 
 
 def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool | LowRankSparsePool, MixingLogits | None]:
-  """A group's pool and (learned mixing) mixing logits, unnamed (the caller assigns them in setup). The pool stores
+  """A group's pool and its mixing scheme's logits (None: fixed mixing; layers/mixing.py), unnamed (the caller assigns them in setup). The pool stores
   dense experts, or low-rank plus sparse ones when low_rank_sparse.rank > 0 (layers/low_rank_experts.py)."""
   if spec.expert_rank:
     pool = LowRankSparsePool(group.pool_size, group.num_experts, spec.model.d_model, spec.expert_d_ff, spec.expert_rank,
@@ -181,10 +149,7 @@ def group_modules(spec, group: ExpertGroup) -> tuple[ExpertPool | LowRankSparseP
   else:
     pool = ExpertPool(group.pool_size, group.num_experts, spec.model.d_model, spec.expert_d_ff, spec.model.init_std,
                       spec.out_init_std)
-  if spec.pool.mixing != 'learned':
-    return pool, None
-  return pool, MixingLogits(len(group.layers), group.pool_size, group.num_experts, spec.pool.granularity,
-                            spec.pool.temperature, spec.pool.init, group.entries, spec.pool.one_hot_scale)
+  return pool, spec.mixing.logits_module(group)
 
 
 def pool_weights(spec, group: ExpertGroup, pool_params: dict) -> ExpertWeights:
@@ -217,7 +182,7 @@ def group_layer_experts(spec, groups: Sequence[ExpertGroup], pools: Sequence[Exp
       for layer, entry in zip(group.layers, group.entries):
         out[layer] = (entries[entry], None)
       continue
-    mixed = mix_all_layers(pool, weights) if spec.pool.space != 'output' else None
+    mixed = None if spec.mixing.mixes_outputs else mix_all_layers(pool, weights)
     for i, layer in enumerate(group.layers):
       out[layer] = (pool, weights[i]) if mixed is None else (mixed[i], None)
       per_layer[layer] = weights[i]

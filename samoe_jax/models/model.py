@@ -22,6 +22,7 @@ from samoe_jax.layers.experts import ExpertWeights, LayerExperts
 from samoe_jax.layers import pool as pool_lib
 from samoe_jax.layers.inference import InferenceMode
 from samoe_jax.layers.moe_call import MoeCall
+from samoe_jax.layers.mixing import mixing_metrics
 from samoe_jax.layers.pool import mix_all_layers, mixing_weights
 from samoe_jax.layers.shared import mixing_entropy, repeated_uses
 from samoe_jax.models.losses import output_cross_entropy
@@ -224,8 +225,8 @@ class LanguageModel:
       if 'mixing_weights' in aux:
         mixing.append(aux['mixing_weights'])
     out['moe/dropped_fraction'] = jnp.mean(jnp.stack([a['dropped_fraction'] for a in auxes]))
-    if mixing:
-      out['pool/mixing_weights'] = jnp.stack(mixing)
+    if mixing:   # learned mixing: the weights [L_moe, (E,) P] and, per MoE layer, their entropy and largest weight
+      out.update(mixing_metrics(jnp.stack(mixing), self.spec.moe_layers))
     return out
 
   def score_batch(self, params: Params, batch: Batch) -> jax.Array:
@@ -245,7 +246,7 @@ class LanguageModel:
     if not spec.moe_layers:
       return None
     groups = spec.groups
-    if spec.pool.mixing != 'learned':
+    if not spec.mixing.learned:
       return pool_lib.fixed_mixing_weights(groups, spec.pool.granularity)
     if len(groups) == 1:
       return np.asarray(mixing_weights(params['mixing_logits']['alpha'], spec.pool.temperature))

@@ -21,6 +21,7 @@ from samoe_jax.config.pyramid import ExpertGroup, expert_groups, layer_entries, 
 from samoe_jax.config.sections import ModelSection, MoeSection, PoolSection, section_values
 from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.graph_routing import GraphConfig
+from samoe_jax.layers.mixing import Mixing, mixing_for
 from samoe_jax.layers.momentum import MomentumConfig
 from samoe_jax.layers.routers import RoutingStrategy, strategy_for
 from samoe_jax.models.remat import check_remat
@@ -56,6 +57,11 @@ class ModelSpec:
       return self.expert_groups
     return (ExpertGroup(0, self.moe.num_experts, tuple(range(len(self.moe_layers))), self.pool.size,
                         self.pool_entry),)
+
+  @property
+  def mixing(self) -> Mixing:
+    """How each MoE layer's experts come from its pool (layers/mixing.py), built from the pool section."""
+    return mixing_for(self.pool)
 
   @property
   def out_init_std(self) -> float:

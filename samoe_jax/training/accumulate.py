@@ -38,6 +38,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from samoe_jax.layers.mixing import mixing_metrics
 from samoe_jax.models.model import token_mask
 
 Batch = dict[str, jax.Array]
@@ -123,7 +124,8 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: j
   loss_fn: model.loss_fn(params, batch, rng, train) -> (loss, metrics with 'cross_entropy' and 'aux_loss').
   grad_shardings: the parameters' shardings, kept by the gradient accumulator (None: no constraint).
   premix: params -> (the MoE layers' mixed experts, the mixing weights or None), mixed once for all microbatches
-  (see the module doc); loss_fn then takes them as `experts=`, and the weights become 'pool/mixing_weights'.
+  (see the module doc); loss_fn then takes them as `experts=`, and the weights become 'pool/mixing_weights' and
+  the per-layer mixing statistics (layers/mixing.py:mixing_metrics).
   """
   def constrain(grads: Any) -> Any:
     return grads if grad_shardings is None else jax.lax.with_sharding_constraint(grads, grad_shardings)
@@ -136,8 +138,8 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: j
   grads_params, grads_experts = grads
   (through_mixing,) = mix_vjp(grads_experts)
   grads = constrain(jax.tree.map(jnp.add, grads_params, through_mixing))
-  if mixing is not None:
-    metrics = dict(metrics, **{'pool/mixing_weights': mixing})
+  if mixing is not None:   # experts: {block: LayerExperts}, so its keys are the MoE blocks in order
+    metrics = dict(metrics, **mixing_metrics(mixing, sorted(experts)))
   return grads, metrics
 
 

@@ -135,7 +135,7 @@ class _Sums:
 def own_pool_entries(spec: Any) -> dict[int, tuple[str, int]]:
   """{block: (pool part, entry)} of the MoE layers whose effective experts ARE one pool entry used by no other
   layer (fixed weight-space mixing; the standard MoE): their statistics are that entry's, read from the pool's."""
-  if not spec.moe_layers or spec.pool.mixing != 'fixed' or spec.pool.space != 'weight':
+  if not spec.moe_layers or not spec.mixing.selects_entries:
     return {}
   out = {}
   for group in spec.groups:

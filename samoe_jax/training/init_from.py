@@ -115,7 +115,7 @@ def _bottom_pool(path: tuple[str, ...], shape: tuple[int, ...], spec: Any, src_s
   value = np.asarray(src[path]) if path in src else None
   if value is None:
     raise ValueError(f"init.mode='bottom_layers': the source has no parameter {_name(path)}")
-  if spec.pool.mixing == 'learned':
+  if spec.mixing.learned:
     return _copy(path, src, shape, 'bottom_layers')
   out = np.empty(shape, np.float32)
   for j in range(shape[0]):
@@ -150,7 +150,7 @@ def build_params(mode: str, model: Any, src_model: Any, fresh: Any, src_params: 
     if kept != spec.moe_layers:
       raise ValueError(f"init.mode='bottom_layers': this model's MoE blocks {list(spec.moe_layers)} must be the "
                        f"source's MoE blocks below {spec.model.num_layers}: {list(kept)} (model.layer_plan)")
-    if spec.moe_layers and spec.pool.mixing != src_spec.pool.mixing:
+    if spec.moe_layers and spec.mixing.name != src_spec.mixing.name:
       raise ValueError(f"init.mode='bottom_layers': pool.mixing={spec.pool.mixing!r} but the source's is "
                        f'{src_spec.pool.mixing!r}')
   if mode == 'same':

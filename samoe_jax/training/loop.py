@@ -114,7 +114,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   logging.info('mesh: %s%s', describe_mesh(mesh), ', FSDP over data x expert' if partitioner.fsdp else '')
   logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
-  optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes)
+  optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes,
+                                       lr_multipliers=model.spec.mixing.lr_multipliers)   # pool.lr_multiplier
   optimizer = sparse_pruning.with_pruning(optimizer, config)   # low_rank_sparse.sparsity > 0 (MC-SMoE / LoSparse)
   abstract = state_lib.abstract_state(model, optimizer)
   shardings = state_lib.state_shardings(partitioner, optimizer, abstract, param_axes)
@@ -123,7 +124,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
 
 
 RUN_FILES = ('metrics.jsonl', 'config.json', 'param_summary.json', 'final_metrics.json', 'report.md',
-             'loss_curves.png', 'mixing_weights.png', 'tensorboard')
+             'loss_curves.png', 'mixing_weights.png', 'mixing_trajectories.png', 'tensorboard')
 
 
 def archive_stale_run_files(run: Run) -> str | None:

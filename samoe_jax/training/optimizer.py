@@ -14,7 +14,7 @@ float32 from the stored moments and rounds the new moments back (`stored_in`); '
 from __future__ import annotations
 
 import math
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -111,8 +111,15 @@ def _adamw(train_cfg: ml_collections.ConfigDict, schedule: Schedule, mask: Any) 
                      optax.scale_by_learning_rate(schedule))
 
 
-def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
-                   logical_axes: Any | None = None) -> tuple[optax.GradientTransformation, Schedule]:
+def axis_mask(params: Any, logical_axes: Any | None, axis: str) -> Any:
+  """Pytree of bools, same structure as params: True for parameters with logical axis `axis`."""
+  if logical_axes is None:
+    return jax.tree.map(lambda p: False, params)
+  return jax.tree.map(lambda p, s: axis in tuple(s), params, logical_axes)
+
+
+def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any, logical_axes: Any | None = None,
+                   lr_multipliers: Mapping[str, float] | None = None) -> tuple[optax.GradientTransformation, Schedule]:
   """(optimizer, schedule): clip_by_global_norm(grad_clip) then AdamW with the decay mask of `decay_mask`, its
   moments in train.moment_dtype.
 
@@ -120,11 +127,20 @@ def make_optimizer(train_cfg: ml_collections.ConfigDict, params: Any,
     train_cfg: config.train.
     params: parameters or abstract shapes (only their structure and ranks are used).
     logical_axes: model.param_logical_axes(); decides which parameters decay.
+    lr_multipliers: {logical axis: m}: the parameters with that axis learn at m x the schedule (e.g. SaMoE's
+      mixing logits, pool.lr_multiplier; layers/mixing.py). Their AdamW update is scaled by m (optax.masked
+      over the partition of the parameters by axis): exactly a learning rate of m x lr, as the update is linear
+      in the learning rate and these parameters carry no weight decay. Nothing is added to the chain for m = 1,
+      so the optimizer state of runs without a multiplier is unchanged.
   """
   schedule = make_schedule(train_cfg)
   clip = optax.clip_by_global_norm(train_cfg.grad_clip) if train_cfg.grad_clip > 0 else optax.identity()
-  adamw = _adamw(train_cfg, schedule, decay_mask(params, logical_axes))
+  chain = [clip, _adamw(train_cfg, schedule, decay_mask(params, logical_axes))]
   frozen = frozen_mask(params, logical_axes)
   if any(jax.tree.leaves(frozen)):   # nothing is added for models without frozen parameters
-    return optax.chain(clip, adamw, optax.masked(optax.set_to_zero(), frozen)), schedule
-  return optax.chain(clip, adamw), schedule
+    chain.append(optax.masked(optax.set_to_zero(), frozen))
+  for axis, multiplier in sorted((lr_multipliers or {}).items()):
+    mask = axis_mask(params, logical_axes, axis)
+    if multiplier != 1.0 and any(jax.tree.leaves(mask)):
+      chain.append(optax.masked(optax.scale(float(multiplier)), mask))
+  return optax.chain(*chain), schedule

@@ -83,7 +83,7 @@ def _premix(model: Any, grad_stats: GradStats | None) -> Callable | None:
   output-space mixing, which hands every layer the whole pool). wrt is the params, or (params, probes) with
   grad_stats: the probes' gradient is then the mixed experts' gradient, through the same backward pass."""
   spec = getattr(model, 'spec', None)
-  if spec is None or not spec.moe_layers or spec.pool.mixing != 'learned' or spec.pool.space != 'weight':
+  if spec is None or not spec.moe_layers or not spec.mixing.mixes_weights:
     return None
   if grad_stats is None:
     return model.mixed_experts
