@@ -4,6 +4,8 @@ Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe
   loss_curves.png     train loss and cross-entropy, validation loss and cross-entropy, against step;
   mixing_weights.png  every MoE layer's mixing weights over the pool (layer-level: one row per layer;
                       expert-level: one heatmap of experts x pool entries per layer);
+  mixing_trajectories.png  per MoE layer, the mixture's entropy / log P and largest weight against step
+                      (samoe_jax/analysis/mixing_trajectories.py);
   report.md           parameter summary table, final validation loss / perplexity, the dropped share of MoE
                       assignments (last train record and final validation, with uniform routing's floor), links
                       to the figures.
@@ -29,6 +31,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from samoe_jax import cli
+from samoe_jax.analysis import mixing_trajectories  # pylint: disable=wrong-import-position
 from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
 
 
@@ -168,7 +171,8 @@ def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], 
 
 
 def write_report(workdir: str) -> str:
-  """Writes loss_curves.png, mixing_weights.png (models with a learned pool) and report.md; returns report.md."""
+  """Writes loss_curves.png, mixing_weights.png and mixing_trajectories.png (models with a learned pool) and
+  report.md; returns report.md."""
   train, evals = read_metrics(workdir, 'train'), read_metrics(workdir, 'eval')
   summary = _read_json(workdir, 'param_summary.json')
   final = _read_json(workdir, 'final_metrics.json')
@@ -182,6 +186,9 @@ def write_report(workdir: str) -> str:
     plot_mixing_weights(weights, moe_layer_names(train[-1] if train else {}, len(weights)),
                         os.path.join(workdir, 'mixing_weights.png'))
     figures.append('mixing_weights.png')
+  traj = mixing_trajectories.trajectories(train)   # learned mixing with P >= 2: how the mixtures moved
+  if mixing_trajectories.plot_trajectories([('run', traj)], os.path.join(workdir, 'mixing_trajectories.png')):
+    figures.append('mixing_trajectories.png')
   path = os.path.join(workdir, 'report.md')
   with open(path, 'w') as f:
     f.write(_markdown(summary, final, train[-1] if train else {}, figures, _read_json(workdir, 'config.json')))

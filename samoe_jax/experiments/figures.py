@@ -3,6 +3,7 @@
   loss_curves.png           validation cross-entropy against tokens, mean over seeds with a min-max band
   params_vs_perplexity.png  stored parameters (log) against final validation perplexity, seed std as error bars
   samoe_mixing.png          every learned-pool config's final mixing weights over the pool (seed 0)
+  mixing_trajectories.png   their mixing entropy and largest weight per MoE layer against step (seed 0)
   expert_load.png           final per-layer expert token shares of the MoE configs (seed 0)
 """
 
@@ -18,6 +19,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from samoe_jax.analysis import mixing_trajectories  # pylint: disable=wrong-import-position
 from samoe_jax.experiments.results import ConfigResult  # pylint: disable=wrong-import-position
 from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
 
@@ -82,7 +84,7 @@ def samoe_mixing(results: Sequence[ConfigResult], path: str) -> str | None:
   """Final mixing weights [L_moe, P] of every learned-pool config's first seed; None when there is none."""
   panels = []
   for r in results:
-    if r.spec.overrides.get('pool.mixing') != 'learned' or not r.workdirs:
+    if not r.workdirs:   # only learned mixing logs pool/mixing_weights
       continue
     weights = _last_train_record(r.workdirs[0]).get('pool/mixing_weights')
     if weights is not None and np.ndim(weights) == 2 and np.shape(weights)[1] > 1:
@@ -101,6 +103,13 @@ def samoe_mixing(results: Sequence[ConfigResult], path: str) -> str | None:
     ax.set_title(label, fontsize=8)
   fig.suptitle('SaMoE mixing weights at the last step (seed 0)', fontsize=9)
   return _save(fig, path)
+
+
+def mixing_over_training(results: Sequence[ConfigResult], path: str) -> str | None:
+  """Every learned-pool config's (P >= 2) mixing entropy and largest weight per MoE layer against step (seed 0)."""
+  panels = [(r.spec.label, r.mixing_trajectories[0]) for r in results if r.mixing_trajectories]
+  written = mixing_trajectories.plot_trajectories(panels, path)
+  return os.path.basename(written) if written else None
 
 
 def expert_load(results: Sequence[ConfigResult], path: str) -> str | None:

@@ -135,6 +135,7 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
   own = [figures.loss_curves(rows, os.path.join(report_dir, 'loss_curves.png')),
          figures.params_vs_perplexity(rows, os.path.join(report_dir, 'params_vs_perplexity.png')),
          figures.samoe_mixing(rows, os.path.join(report_dir, 'samoe_mixing.png')),
+         figures.mixing_over_training(rows, os.path.join(report_dir, 'mixing_trajectories.png')),
          figures.expert_load(rows, os.path.join(report_dir, 'expert_load.png'))]
   finished = sum(is_finished(r) for r in runs)
   wall = suite_wall_seconds(out_dir)
@@ -156,6 +157,9 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
             'c_dense(loss) / c_run at the last step (Artetxe et al. 2021; see speedup/).', '',
             '## Conclusions (computed from the numbers above)', '']
   lines += [f'- {s}' for s in sentences]
+  mixing = results_lib.mixing_lines(rows)
+  if mixing:
+    lines += ['', '### Did the mixing move? (learned pools, last log step)', ''] + mixing
   if grad_report:
     lines += ['', '### Gradient flow', ''] + [f'- {s}' for s in grad_report.get('sentences', [])]
   if notes:

@@ -21,6 +21,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from samoe_jax import accounting
+from samoe_jax.analysis import mixing_trajectories
 from samoe_jax.analysis.drop_floor import config_drop_floors
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments.runner import Run
@@ -48,6 +49,8 @@ class ConfigResult:
   drop_floor: float | None = None           # uniform-routing training floor, worst MoE layer (None: dense)
   train_dropped: list[float] = dataclasses.field(default_factory=list)   # per finished seed, last train record
   eval_dropped: list[float] = dataclasses.field(default_factory=list)    # per finished seed, last validation
+  mixing: list[dict[str, float]] = dataclasses.field(default_factory=list)   # per seed, learned mixing at the end
+  mixing_trajectories: list[dict[str, Any]] = dataclasses.field(default_factory=list)   # per seed (P >= 2)
 
   @property
   def perplexities(self) -> np.ndarray:
@@ -123,7 +126,26 @@ def collect(runs: Sequence[Run]) -> list[ConfigResult]:
       value = _final_value(records, kind, key, config.train.steps)
       if value is not None:
         values.append(float(value))
+    traj = mixing_trajectories.trajectories([r for r in records if r.get('kind', 'train') == 'train'])
+    if traj is not None and traj['pool_size'] > 1:
+      result.mixing_trajectories.append(traj)
+      result.mixing.append({'final_step': traj['steps'][-1], **mixing_trajectories.final_summary(traj)})
   return list(out.values())
+
+
+def mixing_lines(results: Sequence[ConfigResult]) -> list[str]:
+  """Markdown rows per learned-mixing config (P >= 2): where its mixtures ended, mean over seeds (entropy as a
+  fraction of log P: 1 = uniform; the largest weight: 1/P = uniform, 1 = one pool entry)."""
+  rows = [r for r in results if r.mixing]
+  if not rows:
+    return []
+  lines = ['| config | seeds | entropy / log P (mean over layers) | largest weight (mean over layers) | '
+           'largest weight (any layer) |', '|---|---:|---:|---:|---:|']
+  for r in rows:
+    mean = {k: float(np.mean([m[k] for m in r.mixing])) for k in r.mixing[0] if k != 'final_step'}
+    lines.append(f'| {r.spec.label} (`{r.spec.name}`) | {len(r.mixing)} | {mean["entropy_fraction"]:.3f} | '
+                 f'{mean["max_weight_mean"]:.3f} | {mean["max_weight_largest"]:.3f} |')
+  return lines
 
 
 def pooled_std(a: ConfigResult, b: ConfigResult) -> float:
@@ -236,5 +258,5 @@ def to_json(results: Sequence[ConfigResult]) -> list[dict[str, Any]]:
            'speedup': r.speedup, 'speedup_value': r.speedup_value, 'drop_mode': r.drop_mode,
            'drop_floor_uniform': r.drop_floor, 'train_dropped_fraction': r.train_dropped,
            'train_dropped_fraction_mean': r.dropped_mean('train'), 'eval_dropped_fraction': r.eval_dropped,
-           'eval_dropped_fraction_mean': r.dropped_mean('eval'),
+           'eval_dropped_fraction_mean': r.dropped_mean('eval'), 'mixing_final': r.mixing,
            'curves': [{str(k): v for k, v in sorted(c.items())} for c in r.curves]} for r in results]
