@@ -42,7 +42,7 @@ import ml_collections
 
 from samoe_jax.config.defaults import get_base_config
 
-SUITES = ('smoke', 'cpu', 'gpu', 'paper')
+SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration')
 ROLES = ('dense', 'moe', 'sweep', 'baseline', 'samoe')
 
 
@@ -241,6 +241,7 @@ GPU = Suite(
     seeds=3, steps=600, evals=6, grad_stats=20, needs_corpus=True,
     budget='about 10 minutes on one H100-class GPU (estimated, not yet timed)')
 REGISTRY = {'smoke': SMOKE, 'cpu': CPU, 'gpu': GPU}
+from samoe_jax.experiments import calibration  # noqa: E402,F401  (adds REGISTRY['calibration'], issue 25)
 
 
 def get_suite(name: str) -> Suite:
