@@ -197,3 +197,26 @@ def test_a_checkpoint_written_before_the_mixing_schemes_restores_and_resumes(tmp
   final = loop.train(_fixture_config(**{'train.steps': 3, 'train.eval_every': 3}), str(workdir))
   assert final['step'] == 3
   assert [r['step'] for r in read_metrics(str(workdir), 'train')] == [1, 2, 3]
+
+
+def test_the_mixing_probe_varies_one_knob_at_a_time():
+  """`reproduce --suite=mixing` (experiments/mixing_probe.py): every config validates, all share one model and
+  data shape, uniform routing drops < 1 %, and the SaMoE configs differ only in the pool's mixing knobs."""
+  from samoe_jax.analysis.drop_floor import config_drop_floors  # pylint: disable=g-import-not-at-top
+  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.experiments import suites  # pylint: disable=g-import-not-at-top
+  suite = suites.get_suite('mixing')
+  configs = {s.name: suite.config(s, 0) for s in suite.configs}
+  for c in configs.values():
+    validate_config(c)
+    assert max(config_drop_floors(c).values()) < 0.01
+    assert (c.model.d_model, c.data.batch_size, c.data.seq_len, c.train.steps) == (64, 16, 128, 600)
+  knobs = {name: (c.pool.size, c.pool.mixing, c.pool.init, c.pool.lr_multiplier) for name, c in configs.items()}
+  assert knobs['samoe_lr1'] == (2, 'learned', 'uniform', 1.0)
+  assert knobs['samoe_lr100'] == (2, 'learned', 'uniform', 100.0)
+  assert knobs['samoe_random_lr10'] == (2, 'learned', 'random', 10.0)
+  assert knobs['moe_e4'][:2] == (4, 'fixed') and knobs['tied'][:2] == (1, 'fixed')
+  flat = {n: c.to_dict() for n, c in configs.items()}
+  for name in ('samoe_lr10', 'samoe_lr100', 'samoe_onehot_lr10', 'samoe_random_lr10'):
+    assert {k: v for k, v in flat[name].items() if k != 'pool'} == {k: v for k, v in flat['samoe_lr1'].items()
+                                                                     if k != 'pool'}
