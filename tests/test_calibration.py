@@ -122,7 +122,11 @@ def _fake_runs(out_dir: str, seeds: int, missing: str) -> None:
 
 def test_report_from_a_fake_runs_directory(tmp_path):
   _fake_runs(str(tmp_path), seeds=3, missing='moe_e8_seed2')
-  path = cal.write_report(str(tmp_path), command='calibration --out=X')
+  bench = tmp_path / 'bench.json'
+  bench.write_text(json.dumps([{'config': 'b32:dense', 'tokens_per_step': 4096, 'step_s': 0.25,
+                                'tokens_per_s': 16384.0, 'achieved_flops_per_s': 29e9, 'matmul_flops_per_s': 150e9,
+                                'ratio_to_matmul': 29 / 150}]))
+  path = cal.write_report(str(tmp_path), command='calibration --out=X', bench_json=str(bench))
   out = tmp_path / 'report'
   assert path == str(out / 'calibration.md') and (out / 'calibration_gaps.png').stat().st_size > 0
   analysis = json.loads((out / 'calibration.json').read_text())
@@ -136,6 +140,7 @@ def test_report_from_a_fake_runs_directory(tmp_path):
                                                                 cal.DESIGN.steps // 5)]
   text = (out / 'calibration.md').read_text()
   assert '(a) capacity' in text and '**FAIL**' in text and 'moe_e8_seed2' in text
+  assert '| b32:dense | 4096 | 250 ms | 16384 | 29.0 | 150 | 0.19 |' in text
 
 
 def test_fit_crossing_far_away_is_not_a_number():

@@ -1,8 +1,8 @@
 """Calibration (issue 25): find a 2-core CPU design in which the SaMoE comparison can say anything at all.
 
   python -m samoe_jax.experiments.reproduce --suite=calibration --out=DIR --corpus_dir=CORPUS   # train
-  python -m samoe_jax.experiments.calibration --out=DIR [--corpus_dir=CORPUS]                   # report
-  python -m samoe_jax.experiments.calibration --bench [--steps=20 --repeats=2]                  # throughput
+  python -m samoe_jax.experiments.calibration --out=DIR [--bench_json=FILE]                     # report
+  python -m samoe_jax.experiments.calibration --bench [--bench_json=FILE --steps=10 --repeats=2] # throughput
 
 The committed cpu suite (0.83 tokens per non-embedding parameter) sits where parameters buy nothing. The
 calibration trains, at equal tokens, the base dense model, one wider dense model and the standard top-1 MoE at
@@ -324,6 +324,7 @@ def markdown(analysis: dict[str, Any], command: str, commit: str, machine: str) 
                  f'{c["params_active_per_token"] / 1e6:.3f}M | {c["active_non_embedding"] / 1e6:.3f}M | '
                  f'{c["tokens"] / 1e6:.2f}M | {c["tokens_per_active_non_embedding_param"]:.1f} | {ce} | {mean} | '
                  f'{dropped} | {run_s} | {rate} |')
+  lines += bench_lines(analysis.get('bench', []))
   lines += ['', '## Gaps over tokens (validation curves, mean over seeds)', '']
   for key, cond in analysis['conditions'].items():
     for p in cond['pairs']:
@@ -335,6 +336,20 @@ def markdown(analysis: dict[str, Any], command: str, commit: str, machine: str) 
       lines.append('')
   lines += ['![gaps](calibration_gaps.png)', '']
   return '\n'.join(lines)
+
+
+def bench_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
+  """The same-process throughput table (samoe_jax.bench rows: synthetic batches, best round), if any."""
+  if not rows:
+    return []
+  lines = ['', '## Throughput (samoe_jax.bench, same process, synthetic batches)', '',
+           '| config | tokens / step | step | tokens/s | model GFLOP/s | matmul GFLOP/s | ratio |',
+           '|---|---:|---:|---:|---:|---:|---:|']
+  for r in rows:
+    lines.append(f'| {r["config"]} | {r["tokens_per_step"]} | {1e3 * r["step_s"]:.0f} ms | {r["tokens_per_s"]:.0f} | '
+                 f'{r["achieved_flops_per_s"] / 1e9:.1f} | {r["matmul_flops_per_s"] / 1e9:.0f} | '
+                 f'{r["ratio_to_matmul"]:.2f} |')
+  return lines
 
 
 def plot(analysis: dict[str, Any], path: str) -> None:
@@ -366,11 +381,15 @@ def plot(analysis: dict[str, Any], path: str) -> None:
 
 
 def write_report(out_dir: str, suite: Suite = CALIBRATION, design: Design = DESIGN, corpus_dir: str = '',
-                 command: str = '') -> str:
-  """Writes OUT/report/calibration.md, calibration.json and calibration_gaps.png; returns the .md path."""
+                 command: str = '', bench_json: str = '') -> str:
+  """Writes OUT/report/calibration.md, calibration.json and calibration_gaps.png (with the bench rows of
+  `bench_json` when given); returns the .md path."""
   import json  # pylint: disable=g-import-not-at-top
   from samoe_jax.experiments import report  # pylint: disable=g-import-not-at-top
   analysis = analyze(suite, design, out_dir, corpus_dir)
+  if bench_json:
+    with open(bench_json) as f:
+      analysis['bench'] = json.load(f)
   analysis.update(command=command or f'python -m {__name__} --out={out_dir}', commit=report.commit(),
                   machine=report.machine(), verdict=verdict_lines(analysis))
   out = os.path.join(out_dir, 'report')
@@ -407,7 +426,8 @@ def main(argv: Sequence[str] | None = None) -> None:
   out = flags.DEFINE_string('out', '', 'The suite directory of the calibration runs (reproduce --out).')
   corpus = flags.DEFINE_string('corpus_dir', '', 'The corpus the runs trained on (only named in the configs).')
   do_bench = flags.DEFINE_bool('bench', False, 'Time the configs (samoe_jax.bench) instead of reporting.')
-  bench_json = flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here.')
+  bench_json = flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here; report: add '
+                                   'the throughput table of such a file.')
   steps = flags.DEFINE_integer('steps', 10, '--bench: timed steps per round.')
   repeats = flags.DEFINE_integer('repeats', 2, '--bench: rounds (each config reports its best).')
   prog = 'samoe_jax.experiments.calibration'
@@ -420,7 +440,8 @@ def main(argv: Sequence[str] | None = None) -> None:
       return
     if not out.value:
       sys.exit(f'{prog}: --out is required')
-    print(write_report(out.value, corpus_dir=corpus.value, command=shlex.join([prog] + list(sys.argv[1:]))))
+    print(write_report(out.value, corpus_dir=corpus.value, command=shlex.join([prog] + list(sys.argv[1:])),
+                       bench_json=bench_json.value))
 
   cli.run_app(prog, run, list(argv) if argv is not None else sys.argv)
 
