@@ -26,6 +26,7 @@ from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
 from samoe_jax.config.validate import validate_config
 from samoe_jax.layers.routing_policy import describe_policy
 from samoe_jax.training import distill, init_from
+from samoe_jax.training.optimizer import mixing_reach
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).',
                                           lock_config=True)
@@ -160,7 +161,11 @@ def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = N
     routing = describe_policy(config.moe)   # routing policies (layers/routing_policy.py); None: standard top-k
     if routing:
       report['routing'] = routing
-    if pool_sweep is None and mixing_for(config.pool).learned:
+    scheme = mixing_for(config.pool)
+    if scheme.learned:   # how far AdamW can move the mixing logits in this run (training/optimizer.py)
+      report['mixing_reach'] = mixing_reach(config.train, scheme.lr_multiplier, scheme.temperature,
+                                            int(config.pool.size))
+    if pool_sweep is None and scheme.learned:
       pool_sweep = [1, 2, 3, 4, 6]
     if pool_sweep:
       report['pool_sweep'] = accounting.pool_size_sweep(config, tuple(pool_sweep))
@@ -216,6 +221,11 @@ def format_text(report: dict[str, Any]) -> str:
              f'({human(f["mixing_per_token"])} per token amortized over {s["tokens"]:,} tokens)'
              if f['mixing_per_step'] else '  mixing                  none  (no learned weight-space mixing)'),
             f'  train per step     {human(s["train"]):>9}  (mixing included)']
+  if 'mixing_reach' in report:
+    r = report['mixing_reach']
+    lines.append(f'mixing reach: a logit moves at most about R = {r["reach"]:.3g} over the run (pool.lr_multiplier '
+                 f'x the summed learning rates), so from uniform the largest mixing weight can reach about '
+                 f'{r["max_weight_bound"]:.3f} (docs/model.md, "Mixing that learns")')
   if 'momentum' in report:
     mo = report['momentum']
     lines.append(f'momentum: {mo["setting"]}; no parameters; state {mo["state_floats_per_token"]} floats per token; '

@@ -220,3 +220,17 @@ def test_the_mixing_probe_varies_one_knob_at_a_time():
   for name in ('samoe_lr10', 'samoe_lr100', 'samoe_onehot_lr10', 'samoe_random_lr10'):
     assert {k: v for k, v in flat[name].items() if k != 'pool'} == {k: v for k, v in flat['samoe_lr1'].items()
                                                                      if k != 'pool'}
+
+
+def test_mixing_reach_is_the_summed_learning_rate_and_its_weight_bound():
+  """training/optimizer.py:mixing_reach: R = m * sum_t lr_t over the run's steps (the schedule evaluated step by
+  step here), and the largest weight R allows from uniform mixing: one logit up by R, the others down by R."""
+  from samoe_jax.training.optimizer import mixing_reach  # pylint: disable=g-import-not-at-top
+  cfg = _train_cfg()
+  schedule = make_schedule(cfg)
+  total = sum(float(schedule(t)) for t in range(cfg.steps))
+  out = mixing_reach(cfg, 3.0, 0.5, 4)
+  assert out['reach'] == pytest.approx(3.0 * total, rel=1e-6)
+  logits = np.array([out['reach'], -out['reach'], -out['reach'], -out['reach']]) / 0.5
+  assert out['max_weight_bound'] == pytest.approx(np.exp(logits[0]) / np.exp(logits).sum(), rel=1e-9)
+  assert mixing_reach(cfg, 1.0, 1.0, 1)['max_weight_bound'] == 1.0

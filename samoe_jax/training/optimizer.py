@@ -81,6 +81,20 @@ def make_schedule(train_cfg: ml_collections.ConfigDict) -> Schedule:
   return schedule
 
 
+def mixing_reach(train_cfg: ml_collections.ConfigDict, lr_multiplier: float, temperature: float,
+                 pool_size: int) -> dict[str, float]:
+  """How far AdamW can move SaMoE's mixing logits over the run (docs/model.md, "Mixing that learns").
+
+  Adam's update of a parameter is at most about its learning rate per step, so a logit moves at most about
+  R = lr_multiplier * sum_t lr_t over train.steps steps. One logit up by R and the P - 1 others down by R give the
+  largest reachable weight 1 / (1 + (P - 1) exp(-2 R / tau)) from the uniform init: a bound, not a prediction.
+  """
+  schedule = make_schedule(train_cfg)
+  reach = float(lr_multiplier) * float(jnp.sum(schedule(jnp.arange(int(train_cfg.steps)))))
+  bound = 1.0 / (1.0 + (pool_size - 1) * math.exp(-2.0 * reach / temperature)) if pool_size > 1 else 1.0
+  return {'reach': reach, 'max_weight_bound': bound}
+
+
 def _cast_floats(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
