@@ -42,7 +42,7 @@ import ml_collections
 
 from samoe_jax.config.defaults import get_base_config
 
-SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration', 'mixing')
+SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration', 'mixing', 'h100')
 ROLES = ('dense', 'moe', 'sweep', 'baseline', 'samoe')
 
 
@@ -242,6 +242,7 @@ GPU = Suite(
     budget='about 10 minutes on one H100-class GPU (estimated, not yet timed)')
 REGISTRY = {'smoke': SMOKE, 'cpu': CPU, 'gpu': GPU}
 from samoe_jax.experiments import calibration  # noqa: E402,F401  (adds REGISTRY['calibration'], issue 25)
+from samoe_jax.experiments import h100  # noqa: E402,F401  (adds REGISTRY['h100'], issue 25)
 from samoe_jax.experiments import mixing_probe  # noqa: E402,F401  (adds REGISTRY['mixing'], issue 25)
 
 
