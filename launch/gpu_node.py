@@ -5,6 +5,7 @@
   python launch/gpu_node.py run --config=configs/gpt3_350m_samoe.py --workdir=/data/runs/350m \\
                                 [--expert=8] -- --config.data.tfds_data_dir=/data/tfds
   python launch/gpu_node.py bench --out=bench_gpu [--steps=10 --repeats=3] [--python=python3]
+  python launch/gpu_node.py suite --out=OUT --corpus_dir=CORPUS [--budget_s=420] [--python=python3]
 
 Every subcommand takes --dry-run (print the commands and the environment, run nothing). `run` puts all local GPUs
 in one mesh: `--expert` GPUs split the experts (default 1: pure data parallelism; it must divide the GPU count
@@ -16,6 +17,10 @@ SaMoE models, MFU against the chip's peak) on one GPU, one process per model: th
 about 34 GB, and the bench keeps every model it compares in memory, so three in one process would not fit 80 GB.
 The figures go to OUT/bench_gpu_{dense,moe,samoe}.json. --python runs an interpreter that already has a CUDA
 build of jax instead of the .venv of `setup`.
+
+`suite` is the one-GPU command of docs/experiments.md ("One GPU"): the budgeted h100 suite (python -m
+samoe_jax.experiments.reproduce --suite=h100: timing pass, equal steps planned within --budget_s, training, report)
+into OUT/suite, then `bench` into OUT/bench, about budget_s + 3 minutes of device time. Not yet run on a GPU.
 """
 
 from __future__ import annotations
@@ -59,7 +64,16 @@ def bench(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
       for kind in ('dense', 'moe', 'samoe')]
 
 
-COMMANDS = {'setup': setup, 'run': run, 'bench': bench}
+def suite(args: argparse.Namespace) -> list[tuple[list[str], dict[str, str]]]:
+  py = args.python or f'{args.venv}/bin/python'
+  cmd = [py, '-m', 'samoe_jax.experiments.reproduce', '--suite=h100', f'--out={args.out}/suite',
+         f'--budget_s={args.budget_s:g}', f'--corpus_dir={args.corpus_dir}']
+  env = dict(ENV, XLA_FLAGS=' '.join(XLA_GPU_FLAGS))
+  return [(['mkdir', '-p', args.out], {}), (cmd, env)] + bench(argparse.Namespace(
+      venv=args.venv, python=args.python, out=f'{args.out}/bench', steps=args.steps, repeats=args.repeats))
+
+
+COMMANDS = {'setup': setup, 'run': run, 'bench': bench, 'suite': suite}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -75,11 +89,16 @@ def parser() -> argparse.ArgumentParser:
       s.add_argument('--expert', type=int, default=1,
                      help='GPUs that split the experts (mesh.expert); must divide the GPU count and moe.num_experts')
       s.add_argument('overrides', nargs='*', help='after --: trainer flags such as --config.pool.size=4')
-    if name == 'bench':
-      s.add_argument('--out', default='bench_gpu', help='directory for the JSON figures')
-      s.add_argument('--steps', type=int, default=10, help='timed steps per round')
-      s.add_argument('--repeats', type=int, default=3, help='rounds (each model reports its best)')
+    if name in ('bench', 'suite'):
+      s.add_argument('--out', default='bench_gpu' if name == 'bench' else 'gpu_suite',
+                     help='directory for the JSON figures' if name == 'bench' else
+                     'output folder: OUT/suite (runs, report, plan.json) and OUT/bench (the bench JSON)')
+      s.add_argument('--steps', type=int, default=10, help='bench: timed steps per round')
+      s.add_argument('--repeats', type=int, default=3, help='bench: rounds (each model reports its best)')
       s.add_argument('--python', default='', help='interpreter with a CUDA jax (default: the .venv of setup)')
+    if name == 'suite':
+      s.add_argument('--corpus_dir', required=True, help='the experiment corpus (carried: no network there)')
+      s.add_argument('--budget_s', type=float, default=420.0, help='seconds for the h100 suite (the bench follows)')
   return p
 
 
@@ -90,6 +109,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   for key in ('steps', 'repeats'):
     if getattr(args, key, 1) < 1:
       raise SystemExit(f'--{key}={getattr(args, key)}: must be >= 1')
+  if getattr(args, 'budget_s', 1) <= 0:
+    raise SystemExit(f'--budget_s={args.budget_s:g}: must be > 0')
   for cmd, env in COMMANDS[args.command](args):
     print(' '.join(f'{k}={shlex.quote(v)}' for k, v in env.items()) + (' ' if env else '') + shlex.join(cmd),
           flush=True)

@@ -99,3 +99,20 @@ def test_gpu_node_bench_runs_one_process_per_model():
   bad = subprocess.run([sys.executable, str(GPU_SCRIPT), 'bench', '--dry-run', '--steps=0'], capture_output=True,
                        text=True, timeout=60, check=False)
   assert bad.returncode != 0 and '--steps=0: must be >= 1' in bad.stderr
+
+
+def test_gpu_node_suite_runs_the_budgeted_suite_then_the_bench_into_one_folder():
+  done = subprocess.run([sys.executable, str(GPU_SCRIPT), 'suite', '--dry-run', '--out=/tmp/g', '--corpus_dir=/c',
+                         '--python=python3'], capture_output=True, text=True, timeout=60, check=False)
+  assert done.returncode == 0, done.stderr
+  mkdir, suite, bench_mkdir, *benches = (shlex.split(line) for line in done.stdout.splitlines())
+  assert mkdir == ['mkdir', '-p', '/tmp/g'] and bench_mkdir == ['mkdir', '-p', '/tmp/g/bench'] and len(benches) == 3
+  assert suite[suite.index('-m') - 1] == 'python3' and suite[suite.index('-m') + 1] == 'samoe_jax.experiments.reproduce'
+  assert {'--suite=h100', '--out=/tmp/g/suite', '--budget_s=420', '--corpus_dir=/c',
+          'XLA_FLAGS=--xla_gpu_enable_latency_hiding_scheduler=true'} <= set(suite)
+  for words, kind in zip(benches, ('dense', 'moe', 'samoe')):
+    assert f'--json_out=/tmp/g/bench/bench_gpu_{kind}.json' in words and '--steps=10' in words
+  for bad_args, message in ((['--corpus_dir=/c', '--budget_s=0'], '--budget_s=0: must be > 0'), ([], '--corpus_dir')):
+    bad = subprocess.run([sys.executable, str(GPU_SCRIPT), 'suite', '--dry-run', *bad_args], capture_output=True,
+                         text=True, timeout=60, check=False)
+    assert bad.returncode != 0 and message in bad.stderr
