@@ -146,3 +146,14 @@ def test_report_from_a_fake_runs_directory(tmp_path):
 def test_fit_crossing_far_away_is_not_a_number():
   fit = cal.fit_crossing([1e5, 1e6, 1e7], [0.0, 1e-12, 2e-12], 0.5)
   assert fit['status'] == 'beyond 1e12 tokens' and fit['crossing_tokens'] > cal.FAR_TOKENS
+
+
+def test_dropped_by_quarter(tmp_path):
+  for seed, base in ((0, 0.4), (1, 0.2)):
+    workdir = tmp_path / f'r{seed}'
+    workdir.mkdir()
+    with open(workdir / 'metrics.jsonl', 'w') as f:
+      for step in range(10, 101, 10):
+        f.write(json.dumps({'step': step, 'moe/dropped_fraction': base if step <= 60 else 0.0}) + '\n')
+  quarters = cal.dropped_by_quarter([str(tmp_path / 'r0'), str(tmp_path / 'r1')], steps=100)
+  assert quarters == pytest.approx([0.3, 0.3, 0.15, 0.0])   # quarters: steps 10-20, 30-50, 60-70, 80-100

@@ -220,6 +220,10 @@ def analyze(suite: Suite, design: Design, out_dir: str, corpus_dir: str = '') ->
     first.setdefault(run.spec.name, run.config)
   configs = {name: _config_row(r, accounting.param_counts(first[name]), log.get(name, {}))
              for name, r in collected.items()}
+  for name, r in collected.items():
+    if r.drop_mode == 'capacity':
+      configs[name]['train_dropped_by_quarter'] = dropped_by_quarter(
+          [w for w in r.workdirs if os.path.basename(w) in finished], design.steps)
   conditions = {}
   for key, pairs in condition_pairs(design).items():
     parts = []
@@ -236,6 +240,22 @@ def analyze(suite: Suite, design: Design, out_dir: str, corpus_dir: str = '') ->
   return {'suite': suite.name, 'design': dataclasses.asdict(design), 'pass_stds': PASS_STDS, 'configs': configs,
           'conditions': conditions, 'runs_planned': len(runs), 'runs_finished': len(runs) - len(missing),
           'missing_runs': missing, 'training_wall_seconds': runner.suite_wall_seconds(out_dir)}
+
+
+def dropped_by_quarter(workdirs: Sequence[str], steps: int) -> list[float | None]:
+  """Mean over runs of the training moe/dropped_fraction averaged over each quarter of the steps (None: no
+  record in that quarter)."""
+  from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
+  quarters: list[list[float]] = [[] for _ in range(4)]
+  for workdir in workdirs:
+    per_run: list[list[float]] = [[] for _ in range(4)]
+    for record in read_metrics(workdir, 'train'):
+      if 'moe/dropped_fraction' in record:
+        per_run[min(3, 4 * (record['step'] - 1) // steps)].append(float(record['moe/dropped_fraction']))
+    for q, values in enumerate(per_run):
+      if values:
+        quarters[q].append(float(np.mean(values)))
+  return [float(np.mean(q)) if q else None for q in quarters]
 
 
 def _finished_curves(r: Any, steps: int) -> list[dict[int, float]]:
@@ -295,6 +315,14 @@ def verdict_lines(analysis: dict[str, Any]) -> list[str]:
                f'M tokens per run: this design does not (yet) reach the regime'
                + (f'; {", ".join(f"({k})" for k in passed)} hold{"s" if len(passed) == 1 else ""}.' if passed
                   else '.'))
+  drops = [(n, c['train_dropped_by_quarter']) for n, c in analysis['configs'].items()
+           if c.get('train_dropped_by_quarter') and None not in (c['train_dropped_by_quarter'][0],
+                                                                   c['train_dropped_by_quarter'][-1])]
+  if drops:
+    out.append('Dropped (token, choice) assignments in training, first vs last quarter of the run (mean over '
+               'seeds): ' + ', '.join(f'{n} {100 * q[0]:.1f} % → {100 * q[-1]:.1f} %' for n, q in drops)
+               + ': a token dropped in an MoE layer skips its FFN, so the MoE configs trained part of the run with '
+               'less FFN compute per token than the dense model.')
   if analysis['missing_runs']:
     out.append(f'Partial: {analysis["runs_finished"]} of {analysis["runs_planned"]} runs finished; missing '
                f'{", ".join(analysis["missing_runs"])}.')
@@ -324,6 +352,7 @@ def markdown(analysis: dict[str, Any], command: str, commit: str, machine: str) 
                  f'{c["params_active_per_token"] / 1e6:.3f}M | {c["active_non_embedding"] / 1e6:.3f}M | '
                  f'{c["tokens"] / 1e6:.2f}M | {c["tokens_per_active_non_embedding_param"]:.1f} | {ce} | {mean} | '
                  f'{dropped} | {run_s} | {rate} |')
+  lines += drop_lines(analysis['configs'])
   lines += bench_lines(analysis.get('bench', []))
   lines += ['', '## Gaps over tokens (validation curves, mean over seeds)', '']
   for key, cond in analysis['conditions'].items():
@@ -336,6 +365,21 @@ def markdown(analysis: dict[str, Any], command: str, commit: str, machine: str) 
       lines.append('')
   lines += ['![gaps](calibration_gaps.png)', '']
   return '\n'.join(lines)
+
+
+def drop_lines(configs: dict[str, dict[str, Any]]) -> list[str]:
+  """The MoE configs' dropped share of (token, choice) assignments in training, by quarter of the run."""
+  rows = [(n, c['train_dropped_by_quarter']) for n, c in configs.items()
+          if any(q is not None for q in c.get('train_dropped_by_quarter', []))]
+  if not rows:
+    return []
+  lines = ['', '## Dropped assignments in training (capacity factor 1.25; mean over finished seeds)', '',
+           '| config | 1st quarter | 2nd | 3rd | 4th | uniform-routing floor |', '|---|---:|---:|---:|---:|---:|']
+  for name, quarters in rows:
+    cells = ' | '.join('n/a' if q is None else f'{100 * q:.1f} %' for q in quarters)
+    floor = configs[name]['drop_floor_uniform']
+    lines.append(f'| `{name}` | {cells} | {"n/a" if floor is None else f"{100 * floor:.2f} %"} |')
+  return lines
 
 
 def bench_lines(rows: Sequence[dict[str, Any]]) -> list[str]:
