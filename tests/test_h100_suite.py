@@ -118,3 +118,16 @@ def test_tiny_cpu_run_times_plans_trains_and_reports(tmp_path):
   assert 'suite `h100`' in report and 'samoe_p2' in report
   assert plan['sessions'][-1]['report'] == str(out / 'report' / 'report.md')
   assert os.path.isdir(out / 'jax_cache')
+  again = h100.run(str(out), str(corpus), 5000, design=TINY, timed_steps=1, min_steps=10, max_steps=10)
+  assert again['steps'] == 10 and again['timing'] == plan['timing'] and len(again['sessions']) == 2
+  assert len((out / 'suite_log.jsonl').read_text().splitlines()) == 5   # nothing trained again
+  with pytest.raises(ValueError, match='holds a plan for --budget_s=5000'):
+    h100.run(str(out), str(corpus), 400, design=TINY)
+
+
+def test_a_budget_spent_before_the_plan_stops_at_once(tmp_path):
+  corpus = tmp_path / 'corpus'
+  _fake_corpus(corpus)
+  with pytest.raises(ValueError, match=r'budget_s=0.001 is too small: \d+ s were spent by the data alone'):
+    h100.run(str(tmp_path / 'out'), str(corpus), 0.001, design=TINY)
+  assert not (tmp_path / 'out' / 'plan.json').exists()

@@ -29,7 +29,7 @@ import json
 import math
 import os
 import time
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import ml_collections
 
@@ -232,12 +232,16 @@ def estimate(config: ml_collections.ConfigDict, steps: int, flops_per_s: float =
 # ------------------------------------------------------------------------------------------------ the run
 def run(out_dir: str, corpus_dir: str, budget_s: float = BUDGET_S, *, design: Design = DESIGN,
         margin: float = MARGIN, timed_steps: int = TIMED_STEPS, min_steps: int = MIN_STEPS,
-        max_steps: int | None = None, command: str = '') -> dict[str, Any]:
+        max_steps: int | None = None, command: str = '', run_suite: Callable[..., str] | None = None
+        ) -> dict[str, Any]:
   """Timing pass, plan (OUT/plan.json), training and the suite report, in this process; returns the plan.
-  design: the suite's shape (tests: a tiny model); max_steps: a cap on the planned steps."""
+  design: the suite's shape (tests: a tiny model); max_steps: a cap on the planned steps; run_suite: reproduce's
+  (passed in by reproduce's main, where that module runs as __main__; imported otherwise)."""
   import jax  # pylint: disable=g-import-not-at-top
   from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.experiments import reproduce, runner  # pylint: disable=g-import-not-at-top
+  from samoe_jax.experiments import runner  # pylint: disable=g-import-not-at-top
+  if run_suite is None:
+    from samoe_jax.experiments.reproduce import run_suite  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   out, corpus = os.path.abspath(out_dir), os.path.abspath(corpus_dir)
   if budget_s <= 0:
@@ -252,12 +256,14 @@ def run(out_dir: str, corpus_dir: str, budget_s: float = BUDGET_S, *, design: De
   plan = _read_plan(plan_path, budget_s, list(configs))
   if plan is None:
     plan = {'suite': NAME, 'budget_s': budget_s, 'margin': margin, 'device_kind': jax.devices()[0].device_kind,
-            'devices': len(jax.devices()), 'configs': list(configs), 'design': dataclasses.asdict(design),
-            'data': None}
+            'devices': len(jax.devices()), 'configs': list(configs), 'design': dataclasses.asdict(design)}
     plan['data'], batch = time_data(next(iter(configs.values())))
+    _check_spent(t0, budget_s, margin, 'the data')
+    plan['timing'] = {}
     with runner.compilation_cache(os.path.join(out, 'jax_cache')):
-      plan['timing'] = {name: time_config(c, os.path.join(out, 'timing', name), batch, timed_steps)
-                        for name, c in configs.items()}
+      for name, c in configs.items():
+        plan['timing'][name] = time_config(c, os.path.join(out, 'timing', name), batch, timed_steps)
+        _check_spent(t0, budget_s, margin, f'timing {name}')
     plan['timing_pass_s'] = time.time() - t0
     timing = plan['timing']
     plan['per_run_s'] = plan['data']['again_s'] + RUN_OVERHEAD_S
@@ -275,13 +281,21 @@ def run(out_dir: str, corpus_dir: str, budget_s: float = BUDGET_S, *, design: De
     _write_json(plan_path, plan)
   steps = plan['steps']
   start = time.time()
-  report = reproduce.run_suite(suite, out, steps=steps, corpus_dir=corpus,
-                               command=command or f'{reproduce.PROG} --suite={NAME} --out={out_dir} '
-                               f'--budget_s={budget_s:g} --corpus_dir={corpus_dir}')
+  report = run_suite(suite, out, steps=steps, corpus_dir=corpus,
+                      command=command or f'samoe_jax.experiments.reproduce --suite={NAME} --out={out_dir} '
+                      f'--budget_s={budget_s:g} --corpus_dir={corpus_dir}')
   plan.setdefault('sessions', []).append({'train_and_report_s': time.time() - start,
                                           'suite_s': time.time() - t0, 'report': report})
   _write_json(plan_path, plan)
   return plan
+
+
+def _check_spent(t0: float, budget_s: float, margin: float, what: str) -> None:
+  """ValueError as soon as the time spent (up to and including `what`) exceeds the usable budget."""
+  spent = time.time() - t0
+  if spent > budget_s * (1 - margin):
+    raise ValueError(f'budget_s={budget_s:g} is too small: {spent:.0f} s were spent by {what} alone, more than the '
+                     f'{budget_s * (1 - margin):.0f} s the margin of {margin:.0%} leaves; raise --budget_s')
 
 
 def _read_plan(path: str, budget_s: float, names: list[str]) -> dict[str, Any] | None:

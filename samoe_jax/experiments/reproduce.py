@@ -104,7 +104,7 @@ def _main(argv: Sequence[str]) -> None:
       if not _CORPUS_DIR.value:
         raise ValueError('--corpus_dir is required for --suite=h100 (the GPU machine builds no corpus)')
       plan = h100.run(_OUT.value, _CORPUS_DIR.value, _BUDGET_S.value or h100.BUDGET_S,
-                      command=shlex.join([PROG] + sys.argv[1:]))
+                      command=shlex.join([PROG] + sys.argv[1:]), run_suite=run_suite)
       print(plan['sessions'][-1]['report'])
       return
     path = run_suite(_SUITE.value, _OUT.value, seeds=_SEEDS.value, steps=_STEPS.value, only=_ONLY.value,
