@@ -171,3 +171,14 @@ def test_run_report_says_what_the_pool_saves():
   assert f'stores {summary["materialized"]:,}, {summary["materialized"] / summary["total"]:.2f}x as many' in text
   assert text.count('\n| ') == 1 + 4   # header + P = 1..4
   assert report.sharing_lines({'num_moe_layers': 0}, {}) == []
+
+
+def test_corpus_tokens_follow_the_runs_vocabulary(tmp_path):
+  """The report's tokens-per-run line: the vocabulary's own counts (spNk.json, data/corpus_vocab.py), else the
+  manifest's sp4k counts (splits.train.tokens), else nothing."""
+  from samoe_jax.experiments.report import corpus_train_tokens  # pylint: disable=g-import-not-at-top
+  (tmp_path / 'manifest.json').write_text(json.dumps({'splits': {'train': {'tokens': 22_386_918}}}))
+  (tmp_path / 'sp1k.json').write_text(json.dumps({'tokens': {'train': 33_907_964, 'validation': 880_494}}))
+  assert corpus_train_tokens(str(tmp_path), str(tmp_path / 'sp1k.model')) == 33_907_964
+  assert corpus_train_tokens(str(tmp_path), str(tmp_path / 'sp4k.model')) == 22_386_918
+  assert corpus_train_tokens(str(tmp_path), str(tmp_path / 'sp2k.model')) is None

@@ -56,15 +56,25 @@ def machine() -> str:
           f'{devices[0].platform} device(s); Python {platform.python_version()}')
 
 
-def _corpus_line(corpus_dir: str, tokens_per_run: int) -> str:
-  path = os.path.join(corpus_dir, 'manifest.json') if corpus_dir else ''
-  if not path or not os.path.isfile(path):
-    return f'- tokens per run: {tokens_per_run / 1e6:.2f}M'
+def corpus_train_tokens(corpus_dir: str, vocabulary: str) -> int | None:
+  """Training tokens of the experiment corpus under the runs' vocabulary: the vocabulary's own counts file
+  (spNk.json beside spNk.model, data/corpus_vocab.py) or, for the corpus's own sp4k.model, manifest.json's
+  splits.train.tokens; None when neither is there."""
+  counts = os.path.splitext(vocabulary)[0] + '.json' if vocabulary.endswith('.model') else ''
+  if counts and os.path.isfile(counts):
+    with open(counts) as f:
+      return json.load(f).get('tokens', {}).get('train')
+  path = os.path.join(corpus_dir, 'manifest.json')
+  if not os.path.isfile(path) or os.path.basename(vocabulary) != 'sp4k.model':
+    return None
   with open(path) as f:
-    manifest = json.load(f)
-  train = manifest.get('tokens', {}).get('train')
+    return json.load(f).get('splits', {}).get('train', {}).get('tokens')
+
+
+def _corpus_line(corpus_dir: str, tokens_per_run: int, vocabulary: str) -> str:
+  train = corpus_train_tokens(corpus_dir, vocabulary) if corpus_dir else None
   if not train:
-    return f'- tokens per run: {tokens_per_run / 1e6:.2f}M (corpus manifest: {path})'
+    return f'- tokens per run: {tokens_per_run / 1e6:.2f}M'
   once = ('so no sequence is seen twice (one pass, part of an epoch)' if tokens_per_run <= train else
           f'so the corpus is seen {tokens_per_run / train:.1f} times')
   return (f'- tokens per run: {tokens_per_run / 1e6:.2f}M of the experiment corpus\'s {train / 1e6:.1f}M training '
@@ -147,7 +157,8 @@ def write_report(suite: Suite, runs: Sequence[Run], out_dir: str, command: str, 
            _seeds_line(suite, runs),
            f'- training wall time: {format_duration(wall)} over {finished} of {len(runs)} runs finished '
            f'(sum of the training sessions in suite_log.jsonl; sized for {suite.budget})',
-           _corpus_line(corpus_dir, tokens), _groups_line(runs, rows), '', '## Results', '']
+           _corpus_line(corpus_dir, tokens, str(runs[0].config.data.vocabulary) if runs else ''),
+           _groups_line(runs, rows), '', '## Results', '']
   lines += results_lib.table(rows, moe.params['total'] if moe else None)
   lines += ['', 'Perplexity: exp of the validation cross-entropy at the last step, mean and sample std over seeds. '
             '"stored": parameters a checkpoint holds (the pool once); "materialized": a standard MoE of the same '
