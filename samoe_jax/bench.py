@@ -93,8 +93,9 @@ class CompiledStep:
     model = LanguageModel(config)
     self.partitioner = Partitioner(make_mesh(config.mesh))
     axes = model.param_logical_axes()
+    multipliers = optimizer_lib.resolved_lr_multipliers(model.spec.mixing, config.train, model.spec.pool.size)
     optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes,
-                                                       lr_multipliers=model.spec.mixing.lr_multipliers)
+                                                       lr_multipliers=multipliers)
     abstract = state_lib.abstract_state(model, optimizer)
     shardings = state_lib.state_shardings(self.partitioner, optimizer, abstract, axes)
     step_fn = make_train_step(model, optimizer, schedule, self.partitioner, shardings,

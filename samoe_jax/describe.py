@@ -26,7 +26,7 @@ from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
 from samoe_jax.config.validate import validate_config
 from samoe_jax.layers.routing_policy import describe_policy
 from samoe_jax.training import distill, init_from
-from samoe_jax.training.optimizer import mixing_reach
+from samoe_jax.training.optimizer import mixing_reach, resolved_lr_multipliers
 
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).',
                                           lock_config=True)
@@ -163,8 +163,9 @@ def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = N
       report['routing'] = routing
     scheme = mixing_for(config.pool)
     if scheme.learned:   # how far AdamW can move the mixing logits in this run (training/optimizer.py)
-      report['mixing_reach'] = mixing_reach(config.train, scheme.lr_multiplier, scheme.temperature,
-                                            int(config.pool.size))
+      multiplier = resolved_lr_multipliers(scheme, config.train, int(config.pool.size)).get('mixing', 1.0)
+      report['mixing_reach'] = dict(mixing_reach(config.train, multiplier, scheme.temperature, int(config.pool.size)),
+                                    lr_multiplier=multiplier)
     if pool_sweep is None and scheme.learned:
       pool_sweep = [1, 2, 3, 4, 6]
     if pool_sweep:
@@ -223,8 +224,8 @@ def format_text(report: dict[str, Any]) -> str:
             f'  train per step     {human(s["train"]):>9}  (mixing included)']
   if 'mixing_reach' in report:
     r = report['mixing_reach']
-    lines.append(f'mixing reach: a logit moves at most about R = {r["reach"]:.3g} over the run (pool.lr_multiplier '
-                 f'x the summed learning rates), so from uniform the largest mixing weight can reach about '
+    lines.append(f'mixing reach: a logit moves at most about R = {r["reach"]:.3g} over the run (logits lr '
+                 f'x{r["lr_multiplier"]:.3g} x the summed learning rates), so from uniform the largest mixing weight can reach about '
                  f'{r["max_weight_bound"]:.3f} (docs/model.md, "Mixing that learns")')
   if 'momentum' in report:
     mo = report['momentum']

@@ -139,6 +139,7 @@ ERROR_CASES: list[tuple[dict, tuple[str, ...]]] = [
     (dict(pool__init='orthogonal'), ("pool.init='orthogonal'", "'uniform', 'one_hot', 'random'")),
     (dict(pool__lr_multiplier=0.0), ('pool.lr_multiplier=0.0', 'a finite number > 0')),
     (dict(pool__random_init_std=-1.0), ('pool.random_init_std=-1.0',)),
+    (dict(pool__target_reach=5.0, pool__lr_multiplier=2.0), ('pool.target_reach=5.0', 'set one of them')),
     (dict(pool__assignment='random'), ("pool.assignment='random'", "'modulo', 'block'")),
     (dict(moe__dispatch='scatter'), ("moe.dispatch='scatter'", "'gather', 'einsum'")),
     (dict(moe__slot_priority='lottery'), ("moe.slot_priority='lottery'", "'position', 'choice', 'bpr', 'random'")),

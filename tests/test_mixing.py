@@ -31,7 +31,7 @@ FIXTURE = pathlib.Path(__file__).resolve().parent / 'fixtures' / 'checkpoint_pre
 
 def _pool(**kw) -> ml_collections.ConfigDict:
   base = dict(mixing='learned', granularity='layer', space='weight', temperature=1.0, init='uniform',
-              one_hot_scale=3.0, random_init_std=1.0, lr_multiplier=1.0)
+              one_hot_scale=3.0, random_init_std=1.0, lr_multiplier=1.0, target_reach=0.0)
   return ml_collections.ConfigDict({**base, **kw})
 
 
@@ -234,3 +234,14 @@ def test_mixing_reach_is_the_summed_learning_rate_and_its_weight_bound():
   logits = np.array([out['reach'], -out['reach'], -out['reach'], -out['reach']]) / 0.5
   assert out['max_weight_bound'] == pytest.approx(np.exp(logits[0]) / np.exp(logits).sum(), rel=1e-9)
   assert mixing_reach(cfg, 1.0, 1.0, 1)['max_weight_bound'] == 1.0
+
+
+def test_target_reach_sets_the_multiplier_that_gives_that_reach():
+  """pool.target_reach = R: the optimizer's mixing multiplier is R / (the reach at 1x), so the run's reach is R."""
+  from samoe_jax.training.optimizer import mixing_reach, resolved_lr_multipliers  # pylint: disable=g-import-not-at-top
+  cfg = _train_cfg()
+  scheme = mixing_for(_pool(target_reach=10.0))
+  m = resolved_lr_multipliers(scheme, cfg, 2)['mixing']
+  assert mixing_reach(cfg, m, 1.0, 2)['reach'] == pytest.approx(10.0, rel=1e-6)
+  assert resolved_lr_multipliers(mixing_for(_pool(lr_multiplier=4.0)), cfg, 2) == {'mixing': 4.0}
+  assert resolved_lr_multipliers(mixing_for(_pool(mixing='fixed', target_reach=10.0)), cfg, 2) == {}

@@ -63,7 +63,11 @@ def plot_trajectories(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str
   panels = [(label, t) for label, t in panels if t is not None and t['pool_size'] > 1]
   if not panels:
     return None
-  fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(11, 4))
+  lines = sum(len(t['layers']) for _, t in panels)
+  ncol = 1 if lines <= 4 else 3
+  legend_rows = math.ceil(lines / ncol) if ncol > 1 else 0
+  height = 4 + 0.17 * legend_rows
+  fig, (ax_h, ax_m) = plt.subplots(1, 2, figsize=(12, height))
   styles = ['-', '--', ':', '-.']
   for c, (label, t) in enumerate(panels):
     color, p = f'C{c % 10}', t['pool_size']
@@ -78,8 +82,12 @@ def plot_trajectories(panels: Sequence[tuple[str, Mapping[str, Any]]], path: str
            title='mixing entropy per MoE layer (1 = uniform)')
   ax_m.set(xlabel='step', ylabel='largest mixing weight', ylim=(0.0, 1.02),
            title='largest weight per MoE layer (thin line: 1/P)')
-  ax_h.legend(fontsize=7, ncol=1 + len(panels) // 4)
-  fig.tight_layout()
+  if ncol == 1:   # a few lines: inside the entropy axes; many: one legend below both axes
+    ax_h.legend(fontsize=7)
+    fig.tight_layout()
+  else:
+    fig.legend(*ax_h.get_legend_handles_labels(), loc='lower center', ncol=ncol, fontsize=7, frameon=False)
+    fig.tight_layout(rect=(0, (0.17 * legend_rows + 0.1) / height, 1, 1))
   fig.savefig(path, dpi=120)
   plt.close(fig)
   return path

@@ -140,6 +140,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   # The mixing logits' learning rate relative to train.learning_rate's schedule (layers/mixing.py; AdamW moves a
   # logit by about lr per step, so at 1.0 a short run cannot move the mixture far from its init: docs/model.md).
   c.pool.lr_multiplier = 1.0
+  c.pool.target_reach = 0.0          # > 0: lr_multiplier chosen so that the logits' reach over the run is this
   c.pool.assignment = 'modulo'       # MoE layer l -> pool entry: 'modulo' (l mod P) or 'block' (l*P // L_moe)
   # WideNet / SaMoE sharing ablations (docs/model.md; samoe_jax/layers/shared.py, docs/methods/sharing.md):
   # share_router: one router W_r [D, E] for every MoE layer (each block's own LayerNorm still makes it route

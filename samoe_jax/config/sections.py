@@ -148,6 +148,7 @@ class PoolSection(Section):
   share_router: bool
   size: int
   space: str
+  target_reach: float
   temperature: float
 
 

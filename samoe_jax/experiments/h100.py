@@ -5,7 +5,7 @@
 Five configs of one shape (6 blocks, d_model 256, 4 heads of 64, FFN 1024, SentencePiece 4k, seq 256 x 128 =
 32768 tokens per step, bfloat16, model.attention='auto': cuDNN flash attention on an NVIDIA GPU, dropout 0):
 the dense model of the MoE's shape, a wider dense model (d_model 384), the standard top-1 MoE with E = 16 experts
-on every block, and SaMoE P = 1 and P = 2 with learned mixing (pool.lr_multiplier as in config/defaults.py).
+on every block, and SaMoE P = 1 and P = 2 with learned mixing (pool.target_reach = suites.MIXING_REACH).
 Routing groups of suites.GROUP_SIZE tokens (uniform routing drops < 1 %), 2 cheap validations of 64k tokens, no
 gradient-flow statistics (their step would be a second compile per config), one seed.
 

@@ -44,6 +44,9 @@ from samoe_jax.config.defaults import get_base_config
 
 SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration', 'mixing', 'h100')
 ROLES = ('dense', 'moe', 'sweep', 'baseline', 'samoe')
+# The SaMoE configs' mixing-logit reach (pool.target_reach): short runs at 1x cannot move the mixture (the
+# mixing probe: R = 1 left it uniform, R = 10 moved it without collapsing; docs/model.md, "Mixing that learns").
+MIXING_REACH = 10.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,7 +132,8 @@ def sharing_configs(num_moe: int, num_experts: int, d_ff: int, pool_sizes: tuple
   ]
   for p in pool_sizes:
     label = f'SaMoE P={p}' + (' (tied experts)' if p == 1 else '')
-    out.append(ConfigSpec(f'samoe_p{p}', label, 'samoe', {'pool.size': p, 'pool.mixing': 'learned'}))
+    out.append(ConfigSpec(f'samoe_p{p}', label, 'samoe', {'pool.size': p, 'pool.mixing': 'learned',
+                                                          'pool.target_reach': MIXING_REACH}))
   return out
 
 

@@ -186,11 +186,12 @@ class LearnedMixing(Mixing):
   one_hot_scale: float = 3.0
   random_std: float = 1.0
   lr_multiplier: float = 1.0
+  target_reach: float = 0.0   # > 0: the multiplier that gives the logits this reach (training/optimizer.py)
 
   @classmethod
   def from_pool(cls, pool: Any) -> 'LearnedMixing':
     return cls(pool.granularity, pool.space, float(pool.temperature), pool.init, float(pool.one_hot_scale),
-               float(pool.random_init_std), float(pool.lr_multiplier))
+               float(pool.random_init_std), float(pool.lr_multiplier), float(pool.target_reach))
 
   @property
   def lr_multipliers(self) -> dict[str, float]:
@@ -204,6 +205,7 @@ class LearnedMixing(Mixing):
     knobs = [f'init {self.init!r}'] if self.init != 'uniform' else []
     knobs += [f'tau {self.temperature:g}'] if self.temperature != 1.0 else []
     knobs += [f'logits lr x{self.lr_multiplier:g}'] if self.lr_multiplier != 1.0 else []
+    knobs += [f'logits reach {self.target_reach:g}'] if self.target_reach else []
     line = f'SaMoE: learned {self.granularity}-level {self.space}-space mixing of a pool of {pool_size}'
     return line + (f' ({", ".join(knobs)})' if knobs else '')
 
@@ -217,6 +219,12 @@ class LearnedMixing(Mixing):
     if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr) or lr <= 0:
       errors.add('pool.lr_multiplier', lr, 'a finite number > 0: the mixing logits\' learning rate relative to '
                  'the schedule (1.0: the same as every other parameter)')
+    reach = pool.target_reach
+    if isinstance(reach, bool) or not isinstance(reach, (int, float)) or not math.isfinite(reach) or reach < 0:
+      errors.add('pool.target_reach', reach, 'a finite number >= 0 (0: off; R > 0: the logits\' learning-rate '
+                 'multiplier is set so that their summed learning rates over the run are R)')
+    elif reach and lr != 1.0:
+      errors.add('pool.target_reach', reach, f'0 when pool.lr_multiplier is set (got {lr!r}): set one of them')
 
 
 MIXING_SCHEMES: dict[str, type[Mixing]] = {'learned': LearnedMixing, 'fixed': FixedMixing}

@@ -38,7 +38,7 @@ from samoe_jax.training import state as state_lib
 from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.preflight import check_before_writing
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
-from samoe_jax.training.optimizer import make_optimizer
+from samoe_jax.training.optimizer import make_optimizer, resolved_lr_multipliers
 from samoe_jax.training import sparse_pruning
 from samoe_jax.training.step import make_eval_step, make_train_step
 from samoe_jax.training.task_eval import PeriodicTaskEval
@@ -114,8 +114,8 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   logging.info('mesh: %s%s', describe_mesh(mesh), ', FSDP over data x expert' if partitioner.fsdp else '')
   logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
-  optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes,
-                                       lr_multipliers=model.spec.mixing.lr_multipliers)   # pool.lr_multiplier
+  multipliers = resolved_lr_multipliers(model.spec.mixing, config.train, model.spec.pool.size)   # SaMoE's logits
+  optimizer, schedule = make_optimizer(config.train, abstract_params, param_axes, lr_multipliers=multipliers)
   optimizer = sparse_pruning.with_pruning(optimizer, config)   # low_rank_sparse.sparsity > 0 (MC-SMoE / LoSparse)
   abstract = state_lib.abstract_state(model, optimizer)
   shardings = state_lib.state_shardings(partitioner, optimizer, abstract, param_axes)

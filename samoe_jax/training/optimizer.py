@@ -95,6 +95,15 @@ def mixing_reach(train_cfg: ml_collections.ConfigDict, lr_multiplier: float, tem
   return {'reach': reach, 'max_weight_bound': bound}
 
 
+def resolved_lr_multipliers(mixing: Any, train_cfg: ml_collections.ConfigDict, pool_size: int) -> dict[str, float]:
+  """The optimizer's {logical axis: multiplier} for a mixing scheme (layers/mixing.py): its own, or with
+  pool.target_reach = R > 0 the multiplier R / (the reach at 1x) that gives the logits reach R in this run."""
+  if not mixing.learned or not mixing.target_reach:
+    return dict(mixing.lr_multipliers)
+  base = mixing_reach(train_cfg, 1.0, mixing.temperature, pool_size)['reach']
+  return {'mixing': mixing.target_reach / base} if base > 0 else {}
+
+
 def _cast_floats(tree: Any, dtype: Any) -> Any:
   return jax.tree.map(lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x, tree)
 
