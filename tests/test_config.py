@@ -311,3 +311,10 @@ def test_pool_assignment_errors():
     pool_assignment(4, 2, 'nearest')
   with pytest.raises(ValueError, match='pool.size=0'):
     pool_assignment(4, 0, 'modulo')
+
+
+def test_mixing_keys_are_checked_under_fixed_mixing_too():
+  """A bad value of a learned-mixing key is a typo whichever scheme pool.mixing chooses (layers/mixing.py)."""
+  c = base(pool__mixing='fixed', pool__size=2, pool__init='orthogonal')
+  with pytest.raises(ValueError, match=r"pool.init='orthogonal'"):
+    validate_config(c)

@@ -196,6 +196,8 @@ def _check_pool(pool: ml_collections.ConfigDict, num_moe: int, e: _Errors) -> No
   e.one_of('pool.granularity', pool.granularity, GRANULARITY)
   e.one_of('pool.space', pool.space, SPACE)
   e.one_of('pool.assignment', pool.assignment, ASSIGNMENTS)
+  for scheme in MIXING_SCHEMES.values():
+    scheme.check_keys(pool, e)
   if mixing_ok:
     MIXING_SCHEMES[pool.mixing].check(pool, num_moe, e)
 

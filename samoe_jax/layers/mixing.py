@@ -143,8 +143,13 @@ class Mixing(abc.ABC):
     return cls(pool.granularity, pool.space)
 
   @classmethod
+  def check_keys(cls, pool: Any, errors: Any) -> None:
+    """The values of the scheme's own keys, checked whichever scheme is chosen (a bad value is a typo either
+    way; validate's collector: add / one_of / positive ...)."""
+
+  @classmethod
   def check(cls, pool: Any, num_moe: int, errors: Any) -> None:
-    """The scheme's own rules on the pool section (validate's collector: add / one_of / positive ...)."""
+    """The scheme's rules on the pool section when pool.mixing chooses it."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -210,7 +215,7 @@ class LearnedMixing(Mixing):
     return line + (f' ({", ".join(knobs)})' if knobs else '')
 
   @classmethod
-  def check(cls, pool: Any, num_moe: int, errors: Any) -> None:
+  def check_keys(cls, pool: Any, errors: Any) -> None:
     errors.positive('pool.temperature', pool.temperature)
     errors.one_of('pool.init', pool.init, MIXING_INITS)
     errors.non_negative('pool.one_hot_scale', pool.one_hot_scale)
