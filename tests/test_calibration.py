@@ -12,6 +12,7 @@ import pytest
 
 from samoe_jax import accounting
 from samoe_jax.analysis.drop_floor import config_drop_floors
+from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments import calibration as cal
 from samoe_jax.experiments import suites
 
@@ -67,8 +68,7 @@ def test_gap_curve_uses_steps_every_seed_reached():
 
 
 # -------------------------------------------------------------------------------------------- the configs
-def _configs():
-  suite = cal.CALIBRATION
+def _configs(suite=cal.CALIBRATION):
   return {spec.name: suite.config(spec, 0, '/corpus', '') for spec in suite.configs}
 
 
@@ -91,6 +91,24 @@ def test_moe_active_params_equal_the_base_dense_model_but_the_router():
     assert moe['num_moe_layers'] == cal.DESIGN.num_layers
     assert moe['active_per_token'] - moe['routers'] == dense['active_per_token']
     assert moe['total'] > dense['total']
+
+
+def test_every_other_design_differs_only_in_moe_placement():
+  """calibration_every_other: the same dense runs; each MoE on blocks 1 and 3 (one pool entry per MoE layer),
+  active parameters per token those of the base dense model but the routers."""
+  assert suites.get_suite('calibration_every_other') is cal.CALIBRATION_EVERY_OTHER
+  assert 'calibration_every_other' in suites.SUITES
+  base, every_other = _configs(), _configs(cal.CALIBRATION_EVERY_OTHER)
+  assert set(base) == set(every_other)
+  for name in ('dense', 'dense_d128'):
+    assert accounting.param_counts(every_other[name]) == accounting.param_counts(base[name])
+  dense = accounting.param_counts(base['dense'])
+  for name in ('moe_e4', 'moe_e8', 'moe_e16'):
+    c = every_other[name]
+    assert moe_layer_indices(c.model) == [1, 3] and c.pool.size == 2 and c.pool.mixing == 'fixed'
+    moe = accounting.param_counts(c)
+    assert moe['num_moe_layers'] == 2 and moe['active_per_token'] - moe['routers'] == dense['active_per_token']
+    assert c.moe.num_experts == int(name[len('moe_e'):])
 
 
 def test_drop_floor_below_one_percent():

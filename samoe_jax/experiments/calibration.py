@@ -1,7 +1,7 @@
 """Calibration (issue 25): find a 2-core CPU design in which the SaMoE comparison can say anything at all.
 
   python -m samoe_jax.experiments.reproduce --suite=calibration --out=DIR --corpus_dir=CORPUS   # train
-  python -m samoe_jax.experiments.calibration --out=DIR [--bench_json=FILE]                     # report
+  python -m samoe_jax.experiments.calibration --out=DIR [--suite=calibration_every_other] [--bench_json=FILE]
   python -m samoe_jax.experiments.calibration --bench [--bench_json=FILE --steps=10 --repeats=2] # throughput
 
 The committed cpu suite (0.83 tokens per non-embedding parameter) sits where parameters buy nothing. The
@@ -32,6 +32,7 @@ import numpy as np
 
 from samoe_jax import accounting
 from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments import suites
 from samoe_jax.experiments.suites import ConfigSpec, Suite
 
@@ -43,7 +44,8 @@ VOCABS = {1024: 'sp1k.model', 2048: 'sp2k.model'}
 @dataclasses.dataclass(frozen=True)
 class Design:
   """One calibration design: a 4-block GPT of width d_model (FFN 4 d_model, heads of 32), SentencePiece vocab,
-  seq 128 x batch, `steps` steps at `lr`, the MoE on every block; `wide` the wider dense model's d_model."""
+  seq 128 x batch, `steps` steps at `lr`, the MoE on the blocks of `layer_plan` (model.layer_plan: 'all', or
+  'every_other' as in GShard and Switch); `wide` the wider dense model's d_model."""
   d_model: int = 64
   wide: int = 128
   vocab: int = 1024
@@ -55,6 +57,13 @@ class Design:
   experts: tuple[int, ...] = (4, 8, 16)
   evals: int = 6
   eval_tokens: int = 65536     # per validation (>= 64k: eval noise well below seed noise)
+  layer_plan: str = 'all'
+
+  @property
+  def num_moe(self) -> int:
+    """MoE blocks under layer_plan."""
+    return len(moe_layer_indices(ml_collections.ConfigDict({'num_layers': self.num_layers,
+                                                            'layer_plan': self.layer_plan})))
 
   @property
   def tokens(self) -> int:
@@ -75,7 +84,7 @@ def make_base(design: Design):
     c.model.vocab_size, c.model.d_model, c.model.num_layers = design.vocab, d, design.num_layers
     c.model.num_heads, c.model.d_ff, c.model.max_len = heads(d), 4 * d, design.seq_len
     c.moe.num_experts = max(design.experts)
-    c.pool.size, c.pool.mixing = design.num_layers, 'fixed'
+    c.pool.size, c.pool.mixing = design.num_moe, 'fixed'
     suites._corpus_data(c, corpus_dir, cache_dir)   # pylint: disable=protected-access
     c.data.vocabulary = os.path.join(corpus_dir, VOCABS[design.vocab])
     c.data.seq_len, c.data.batch_size = design.seq_len, design.batch
@@ -83,6 +92,7 @@ def make_base(design: Design):
     c.train.learning_rate = design.lr
     c.train.eval_batches = max(1, -(-design.eval_tokens // (design.batch * design.seq_len)))
     suites._common(c)   # pylint: disable=protected-access
+    c.model.layer_plan = design.layer_plan
     return c
   return base
 
@@ -92,21 +102,31 @@ def specs(design: Design) -> tuple[ConfigSpec, ...]:
   out = [suites.dense(design.d_model, heads(design.d_model), name='dense'),
          suites.dense(design.wide, heads(design.wide))]
   top = max(design.experts)
-  out += [suites.standard_moe(e, design.num_layers, role='moe' if e == top else 'sweep') for e in design.experts]
+  out += [suites.standard_moe(e, design.num_moe, role='moe' if e == top else 'sweep') for e in design.experts]
   return tuple(out)
 
 
 def make_suite(name: str, design: Design, seeds: int = 3, budget: str = '') -> Suite:
   """The calibration Suite of `design` (grad_stats: one record, the gradient-flow analysis is not its point)."""
   return Suite(name, f'Calibration: d_model {design.d_model} vs {design.wide}, MoE E = '
-               f'{"/".join(map(str, design.experts))} top-1 on every block, vocab {design.vocab}, '
+               f'{"/".join(map(str, design.experts))} top-1 on {PLACEMENT.get(design.layer_plan, design.layer_plan)}, '
+               f'vocab {design.vocab}, '
                f'{design.tokens / 1e6:.1f}M tokens per run.', make_base(design), specs(design), seeds=seeds,
                steps=design.steps, evals=design.evals, grad_stats=1, needs_corpus=True, budget=budget)
 
 
+PLACEMENT = {'all': 'every block', 'every_other': 'every other block'}
 DESIGN = Design(batch=32, steps=400, evals=5)
 CALIBRATION = make_suite('calibration', DESIGN, seeds=3, budget='about 45 minutes on 2 idle CPU cores')
-suites.REGISTRY[CALIBRATION.name] = CALIBRATION   # suites.py imports this module at its end: either order works
+# The second design: the MoE on every other block (GShard, Lepikhin et al. 2020; Switch, Fedus et al. 2022), after
+# a probe found the all-blocks top-1 MoE behind dense with or without drops (docs/results/calibration_every_other).
+DESIGN_EVERY_OTHER = dataclasses.replace(DESIGN, layer_plan='every_other')
+CALIBRATION_EVERY_OTHER = make_suite('calibration_every_other', DESIGN_EVERY_OTHER, seeds=3,
+                                     budget='about 45 minutes on 2 idle CPU cores')
+DESIGNS = {CALIBRATION.name: (CALIBRATION, DESIGN), CALIBRATION_EVERY_OTHER.name: (CALIBRATION_EVERY_OTHER,
+                                                                                   DESIGN_EVERY_OTHER)}
+for _suite, _ in DESIGNS.values():
+  suites.REGISTRY[_suite.name] = _suite   # suites.py imports this module at its end: either order works
 
 
 # ------------------------------------------------------------------------------------------- the conditions
@@ -468,6 +488,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from samoe_jax import cli  # pylint: disable=g-import-not-at-top
   out = flags.DEFINE_string('out', '', 'The suite directory of the calibration runs (reproduce --out).')
+  suite_name = flags.DEFINE_enum('suite', CALIBRATION.name, list(DESIGNS), 'Which calibration design.')
   corpus = flags.DEFINE_string('corpus_dir', '', 'The corpus the runs trained on (only named in the configs).')
   do_bench = flags.DEFINE_bool('bench', False, 'Time the configs (samoe_jax.bench) instead of reporting.')
   bench_json = flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here; report: add '
@@ -479,13 +500,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   def run(args: Sequence[str]) -> None:
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
+    suite, design = DESIGNS[suite_name.value]
     if do_bench.value:
-      bench(bench_json.value, steps.value, repeats.value)
+      bench(bench_json.value, steps.value, repeats.value, suite)
       return
     if not out.value:
       sys.exit(f'{prog}: --out is required')
-    print(write_report(out.value, corpus_dir=corpus.value, command=shlex.join([prog] + list(sys.argv[1:])),
-                       bench_json=bench_json.value))
+    print(write_report(out.value, suite, design, corpus_dir=corpus.value,
+                       command=shlex.join([prog] + list(sys.argv[1:])), bench_json=bench_json.value))
 
   cli.run_app(prog, run, list(argv) if argv is not None else sys.argv)
 

@@ -42,7 +42,7 @@ import ml_collections
 
 from samoe_jax.config.defaults import get_base_config
 
-SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration', 'mixing', 'h100')
+SUITES = ('smoke', 'cpu', 'gpu', 'paper', 'calibration', 'calibration_every_other', 'mixing', 'h100')
 ROLES = ('dense', 'moe', 'sweep', 'baseline', 'samoe')
 # The SaMoE configs' mixing-logit reach (pool.target_reach): short runs at 1x cannot move the mixture (the
 # mixing probe: R = 1 left it uniform, R = 10 moved it without collapsing; docs/model.md, "Mixing that learns").
