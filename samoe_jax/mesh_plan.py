@@ -3,6 +3,10 @@
   python -m samoe_jax.mesh_plan --config=configs/gpt3_1p3b_moe128.py --hardware=tpu-v5p --devices=64
   python -m samoe_jax.mesh_plan --readme        # the README table: paper-scale configs x TPU v4/v5e/v5p, 8xH100
 
+--hardware: tpu-v4, tpu-v5e, tpu-v5p, tpu-v6e (Trillium), a100, h100, h200 (HARDWARE: the vendors' published peak
+dense bfloat16 FLOP/s, HBM capacity and bandwidth per device). A --config prints the table's header, the config's row
+(labelled with the file's name) and the device's figures with their source.
+
 How a mesh (data, expert, model) is chosen, in order:
   expert  = gcd(num_experts, devices / model): every expert lives on one expert shard, so expert weights, their gradients
             and Adam moments are never replicated (no gradient all-reduce over expert weights, only the dispatch
@@ -40,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import sys
 from typing import Sequence
 
@@ -57,19 +62,46 @@ ASSUMED_MFU = 0.4
 
 @dataclasses.dataclass(frozen=True)
 class Hardware:
+  """One device kind, per device: the vendor's published figures (`source`)."""
   name: str
-  hbm_bytes: float      # per device
-  peak_flops: float     # dense bfloat16 per device
+  hbm_bytes: float      # HBM capacity, bytes
+  peak_flops: float     # dense bfloat16 FLOP/s (NVIDIA's "with sparsity" figures halved)
+  hbm_bandwidth: float  # bytes/s; listed, not used by the plan (which is a memory-capacity and FLOP model)
   device_word: str
-  backend: str = 'tpu'  # jax's backend name there: which attention kernel model.attention resolves to
+  backend: str          # jax's backend name there: which attention kernel model.attention resolves to
+  source: str
+
+  def describe(self) -> str:
+    """One line: the device's figures and their source."""
+    return (f'{self.name}: {self.peak_flops / 1e12:.0f} TFLOP/s bf16 dense, {self.hbm_bytes / 1e9:.0f} GB = '
+            f'{self.hbm_bytes / GIB:.1f} GiB HBM at {self.hbm_bandwidth / 1e12:.2f} TB/s per device ({self.source})')
 
 
+# Figures as the vendors publish them (GB and TB/s decimal; Google writes GiB for v4). TPU v5e and v5p: the
+# Cloud TPU pages now say 16 GB and 95 GB; the planner has used 16 and 95 GiB since it was written (the README table).
 HARDWARE = {
-    'tpu-v4': Hardware('TPU v4', 32 * GIB, 275e12, 'chips'),
-    'tpu-v5e': Hardware('TPU v5e', 16 * GIB, 197e12, 'chips'),
-    'tpu-v5p': Hardware('TPU v5p', 95 * GIB, 459e12, 'chips'),
-    'h100': Hardware('H100 SXM 80GB', 80e9, 989e12, 'GPUs', 'gpu'),
+    'tpu-v4': Hardware('TPU v4', 32 * GIB, 275e12, 1200e9, 'chips', 'tpu',
+                       'Google Cloud TPU v4 documentation'),
+    'tpu-v5e': Hardware('TPU v5e', 16 * GIB, 197e12, 819e9, 'chips', 'tpu',
+                        'Google Cloud TPU v5e documentation'),
+    'tpu-v5p': Hardware('TPU v5p', 95 * GIB, 459e12, 2765e9, 'chips', 'tpu',
+                        'Google Cloud TPU v5p documentation'),
+    'tpu-v6e': Hardware('TPU v6e', 32e9, 918e12, 1638e9, 'chips', 'tpu',             # Trillium
+                        'Google Cloud TPU v6e documentation'),
+    'a100': Hardware('A100 SXM 80GB', 80e9, 312e12, 2039e9, 'GPUs', 'gpu',         # 624 with sparsity
+                     'NVIDIA A100 datasheet, 80GB SXM'),
+    'h100': Hardware('H100 SXM 80GB', 80e9, 989e12, 3350e9, 'GPUs', 'gpu',         # 1,979 with sparsity
+                     'NVIDIA H100 datasheet, SXM'),
+    'h200': Hardware('H200 SXM 141GB', 141e9, 989e12, 4800e9, 'GPUs', 'gpu',       # 1,979 with sparsity
+                     'NVIDIA H200 datasheet, SXM'),
 }
+
+
+def get_hardware(key: str) -> Hardware:
+  """HARDWARE[key]; a ValueError naming the value and the known kinds otherwise."""
+  if key not in HARDWARE:
+    raise ValueError(f'--hardware={key!r}: not a known device kind; allowed: {", ".join(sorted(HARDWARE))}')
+  return HARDWARE[key]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -205,8 +237,15 @@ def recommend(config: ml_collections.ConfigDict, hardware: Hardware, devices: in
   return min(tried, key=lambda p: p.total_bytes)
 
 
+TABLE_HEADER = ('| config | slice | mesh data x expert x model | mesh.fsdp | train.moment_dtype | sequences per device | '
+                'model.remat | train.microbatches | GiB/device: state + mixed + gathered + activations | GiB total | '
+                'step s at 40 % MFU |\n'
+                '|---|---|---|---|---|---:|---|---:|---|---:|---:|')
+
+
 def plan_row(label: str, config: ml_collections.ConfigDict, hw_key: str, devices: int) -> str:
-  hw = HARDWARE[hw_key]
+  """One table row (TABLE_HEADER's columns): the recommended plan of `config` on `devices` of `hw_key`."""
+  hw = get_hardware(hw_key)
   p = recommend(config, hw, devices)
   memory = f'{p.total_bytes / GIB:.1f}' + ('' if p.fits else ' **does not fit**')
   return (f'| {label} | {devices} {hw.name} {hw.device_word} | {p.data} x {p.expert} x {p.model} | '
@@ -223,10 +262,7 @@ README_SLICES = (('tpu-v4', 64), ('tpu-v5e', 64), ('tpu-v5p', 64), ('h100', 8))
 def readme_table() -> str:
   """The README's table: every paper-scale config on 64-chip TPU v4/v5e/v5p slices and one 8xH100 node."""
   from samoe_jax.config.presets import gpt3  # pylint: disable=g-import-not-at-top
-  lines = ['| config | slice | mesh data x expert x model | mesh.fsdp | train.moment_dtype | sequences per device | '
-           'model.remat | train.microbatches | GiB/device: state + mixed + gathered + activations | GiB total | '
-           'step s at 40 % MFU |',
-           '|---|---|---|---|---|---:|---|---:|---|---:|---:|']
+  lines = [TABLE_HEADER]
   for label, base, kind in README_CONFIGS:
     config = gpt3(base, kind)
     for hw_key, devices in README_SLICES:
@@ -234,29 +270,35 @@ def readme_table() -> str:
   return '\n'.join(lines)
 
 
+def config_table(config: ml_collections.ConfigDict, label: str, hw_key: str, devices: int) -> str:
+  """The table of one config (header and its row), then the device's figures and their source."""
+  if devices < 1:
+    raise ValueError(f'--devices={devices}: must be >= 1')
+  row = plan_row(label, config, hw_key, devices)
+  return f'{TABLE_HEADER}\n{row}\n\n{get_hardware(hw_key).describe()}'
+
+
 def main(argv: Sequence[str]) -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
+  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    sys.exit(f'unexpected arguments: {argv[1:]}')
+    raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
+  get_hardware(f.hardware)   # checked also with --readme, which does not use it
   if f.readme:
     print(readme_table())
   elif f.config is None:
-    sys.exit('give --config=FILE (with --hardware and --devices), or --readme')
-  elif f.devices < 1:
-    sys.exit(f'--devices={f.devices} must be >= 1')
+    raise ValueError('give --config=FILE (with --hardware and --devices), or --readme')
   else:
-    try:
-      print(plan_row('config', f.config, f.hardware, f.devices))
-    except ValueError as err:
-      sys.exit(str(err))
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(f['config'])))[0]
+    print(config_table(f.config, name, f.hardware, f.devices))
 
 
 def run() -> None:
   from absl import flags  # pylint: disable=g-import-not-at-top
   from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
   config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).')
-  flags.DEFINE_enum('hardware', 'tpu-v5p', sorted(HARDWARE), 'Device kind.')
+  flags.DEFINE_string('hardware', 'tpu-v5p', f'Device kind: one of {", ".join(sorted(HARDWARE))}.')
   flags.DEFINE_integer('devices', 64, 'Devices in the slice or node (chips / GPUs).')
   flags.DEFINE_bool('readme', False, 'Print the README table of recommended settings and exit.')
   cli.run_app('samoe_jax.mesh_plan', main, sys.argv)

@@ -113,6 +113,40 @@ def test_cli_prints_the_readme_table():
   assert len(rows) == len(mesh_plan.README_CONFIGS) * len(mesh_plan.README_SLICES)
 
 
+def _mesh_plan(*args: str) -> subprocess.CompletedProcess:
+  return subprocess.run([sys.executable, '-m', 'samoe_jax.mesh_plan', *args], capture_output=True, text=True,
+                        check=False, timeout=300)
+
+
+def test_cli_prints_a_header_and_the_config_row_and_refuses_unknown_hardware():
+  done = _mesh_plan('--config=configs/tiny_samoe.py', '--hardware=tpu-v6e', '--devices=8')
+  assert done.returncode == 0, done.stderr[-3000:]
+  lines = done.stdout.splitlines()
+  assert lines[0] == mesh_plan.TABLE_HEADER.splitlines()[0] and lines[1].startswith('|---|')
+  assert lines[2].split('|')[1].strip() == 'tiny_samoe' and '8 TPU v6e chips' in lines[2]
+  assert 'TPU v6e: 918 TFLOP/s bf16 dense, 32 GB' in done.stdout and '1.64 TB/s' in done.stdout
+  done = _mesh_plan('--config=configs/tiny_samoe.py', '--hardware=tpu-v9', '--devices=8')
+  assert done.returncode == 1 and 'FATAL' not in done.stderr and 'Traceback' not in done.stderr
+  assert done.stderr.strip().splitlines() == [
+      "samoe_jax.mesh_plan: error: --hardware='tpu-v9': not a known device kind; allowed: a100, h100, h200, tpu-v4, "
+      'tpu-v5e, tpu-v5p, tpu-v6e']
+
+
+@pytest.mark.parametrize('key, flops, hbm, bandwidth', [
+    ('a100', 312e12, 80e9, 2.039e12), ('h200', 989e12, 141e9, 4.8e12), ('tpu-v6e', 918e12, 32e9, 1.638e12)])
+def test_added_devices_plan_with_their_published_figures(key, flops, hbm, bandwidth):
+  hw = mesh_plan.get_hardware(key)
+  assert (hw.peak_flops, hw.hbm_bytes, hw.hbm_bandwidth) == pytest.approx((flops, hbm, bandwidth))
+  config = gpt3('1p3b', 'samoe')
+  devices = 64 if key.startswith('tpu') else 8
+  plan = mesh_plan.recommend(config, hw, devices)
+  assert plan.total_bytes <= mesh_plan.HEADROOM * hbm or not plan.fits
+  h100 = mesh_plan.recommend(config, mesh_plan.get_hardware('h100'), 8)
+  if key == 'h200':   # the same compute as H100, more memory: never more model parallelism
+    assert plan.fits and plan.model <= h100.model
+  assert mesh_plan.plan_row('1.3B', config, key, devices).startswith(f'| 1.3B | {devices} {hw.name} ')
+
+
 def test_flash_attention_on_gpus_stores_no_scores():
   """model.attention='auto' resolves to cuDNN flash attention for a bfloat16 model without dropout on the GPUs
   (layers/attention_kernel.py): the planner drops the 5*a*s^2 bytes of stored scores per layer there only."""
