@@ -15,7 +15,9 @@ run's WORKDIR/config.json with these keys set (every flag is one of them):
   distill.teacher_workdir=INIT_FROM with --distill              (the uncompressed model as teacher)
 
 The validation loss (train.eval_batches) is the gold continuations' loss on the task's evaluated split. Rerun the
-same command to resume. `--set=KEY=VALUE` sets any other config key (a Python literal or a plain string).
+same command to resume. `--set=KEY=VALUE` sets any other config key (a Python literal or a plain string). Bad input
+(a task with fewer training documents than one batch, a --set that changes the model's parameter shapes, every
+check of an ordinary run) is refused with one line before anything is written: a new workdir is not created.
 """
 
 from __future__ import annotations

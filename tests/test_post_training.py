@@ -120,6 +120,24 @@ def test_finetune_is_an_ordinary_run_that_evaluates_the_task_and_resumes(trained
   assert sweep.score(source, workdir, settings) == results['scores']['piqa']   # the finished run's final scores
 
 
+def test_a_refused_finetune_writes_nothing(trained, tmp_path):
+  """The task too small for one batch, and a --set that changes the model's shapes, are refused before the new
+  workdir exists (README: nothing is written on bad input)."""
+  source = str(trained / 'source')
+  workdir = tmp_path / 'ft'
+  result = _python('-m', 'samoe_jax.finetune', f'--workdir={workdir}', f'--init_from={source}', '--task=piqa',
+                   f'--eval_data_dir={FIXTURES}', '--steps=1', '--batch_size=8')   # 4 training documents
+  assert result.returncode == 1 and 'Traceback' not in result.stderr, result.stderr[-3000:]
+  assert ("data.finetune_task='piqa' has 4 training documents, fewer than one global batch (data.batch_size=8)"
+          in result.stderr)
+  assert not workdir.exists()
+  config = finetune_config(runs.run_config_checked(source), task='piqa', eval_data_dir=str(FIXTURES),
+                           init_from=source, steps=1, batch_size=2, overrides=['model.d_ff=96'])
+  with pytest.raises(ValueError, match=r"init.mode='same': parameter .* has shape \(.*\) in the source but"):
+    loop.train(config, str(workdir))
+  assert not workdir.exists()
+
+
 def test_bad_tasks_factors_and_workdirs_are_refused_before_any_work(trained, tmp_path):
   from samoe_jax.config.validate import validate_config
   source = str(trained / 'source')

@@ -86,10 +86,7 @@ class TrainIterator:
     self._epoch_iter: Iterator[Batch] | None = None
     self._finetune = None
     if data_cfg.task == task_finetune.TASK:   # an evaluation task's training split (task_finetune.py)
-      self._finetune = task_finetune.SplitExamples.load(data_cfg, task_finetune.TRAIN_SPLIT)
-      if len(self._finetune.rows) < data_cfg.batch_size:
-        raise ValueError(f'data.finetune_task={data_cfg.finetune_task!r} has {len(self._finetune.rows)} training '
-                         f'documents, fewer than one global batch (data.batch_size={data_cfg.batch_size}).')
+      self._finetune = task_finetune.training_examples(data_cfg)
       return
     self._seq = _sequences()
     self._task = self._seq.get_task(data_cfg, 'train_split')

@@ -118,6 +118,16 @@ class SplitExamples:
     return cls._CACHE[key]
 
 
+def training_examples(data_cfg: Any) -> SplitExamples:
+  """The training split, checked to hold at least one global batch (data.batch_size documents); a shorter one is
+  refused here, before a run writes anything (data/tasks.check_data_source)."""
+  examples = SplitExamples.load(data_cfg, TRAIN_SPLIT)
+  if len(examples.rows) < data_cfg.batch_size:
+    raise ValueError(f'data.finetune_task={data_cfg.finetune_task!r} has {len(examples.rows)} training documents, '
+                     f'fewer than one global batch (data.batch_size={data_cfg.batch_size}).')
+  return examples
+
+
 def epoch_batches(examples: SplitExamples, global_batch: int, seed: int, epoch: int, start: int,
                   shard_index: int, num_shards: int) -> Any:
   """Batches of `epoch` from batch `start` on: a permutation seeded by (seed, epoch), this shard's rows of each."""

@@ -160,13 +160,14 @@ def _register(name: str, source: seqio.DataSource, text_key: str, vocab: seqio.V
 
 
 def check_data_source(data_cfg: Any) -> None:
-  """The checks that need no tokenization, run before a run writes anything: the task name, the vocabulary
-  (loaded: a file that is not a SentencePiece model is named) and, for 'tfds_lm', the prepared dataset."""
+  """The data checks run before a run writes anything (no corpus is tokenized): the task name, the vocabulary
+  (loaded: a file that is not a SentencePiece model is named), for 'task_finetune' both splits (tokenized, cached)
+  and one global batch of training documents, and for 'tfds_lm' the prepared dataset."""
   if data_cfg.task not in TASKS:
     raise ValueError(f'data.task={data_cfg.task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
   vocabularies.get_vocabulary(data_cfg.vocabulary)
   if data_cfg.task == task_finetune.TASK:   # the task, its files read and tokenized (cached for the run)
-    task_finetune.SplitExamples.load(data_cfg, task_finetune.TRAIN_SPLIT)
+    task_finetune.training_examples(data_cfg)      # at least one global batch of training documents
     task_finetune.SplitExamples.load(data_cfg, None)
   if data_cfg.task == 'tfds_lm':
     check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)

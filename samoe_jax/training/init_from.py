@@ -71,15 +71,29 @@ def _name(path: tuple[str, ...]) -> str:
   return '/'.join(path)
 
 
-def _copy(path: tuple[str, ...], src: Flat, want_shape: tuple[int, ...], mode: str) -> np.ndarray:
+def _check_shape(path: tuple[str, ...], src: Flat, want_shape: tuple[int, ...], mode: str) -> None:
+  """The source has `path` with `want_shape` (arrays, or ShapeDtypeStructs in check_source)."""
   if path not in src:
     raise ValueError(f'init.mode={mode!r}: the source checkpoint has no parameter {_name(path)} (shape '
                      f'{want_shape} in this model)')
-  value = np.asarray(src[path])
-  if value.shape != tuple(want_shape):
-    raise ValueError(f'init.mode={mode!r}: parameter {_name(path)} has shape {value.shape} in the source but '
-                     f'{tuple(want_shape)} in this model')
-  return value
+  if np.shape(src[path]) != tuple(want_shape):
+    raise ValueError(f'init.mode={mode!r}: parameter {_name(path)} has shape {np.shape(src[path])} in the source '
+                     f'but {tuple(want_shape)} in this model')
+
+
+def _copy(path: tuple[str, ...], src: Flat, want_shape: tuple[int, ...], mode: str) -> np.ndarray:
+  _check_shape(path, src, want_shape, mode)
+  return np.asarray(src[path])
+
+
+def _check_same(fresh: Flat, src: Flat) -> None:
+  """init.mode='same': the source has exactly this model's parameter paths, each of the same shape."""
+  extra = sorted(set(src) - set(fresh))
+  if extra:
+    raise ValueError(f"init.mode='same': the source has parameters this model lacks: "
+                     f'{", ".join(map(_name, extra[:5]))}')
+  for path, leaf in fresh.items():
+    _check_shape(path, src, tuple(leaf.shape), 'same')
 
 
 def _axes(model: Any) -> Flat:
@@ -154,10 +168,7 @@ def build_params(mode: str, model: Any, src_model: Any, fresh: Any, src_params: 
       raise ValueError(f"init.mode='bottom_layers': pool.mixing={spec.pool.mixing!r} but the source's is "
                        f'{src_spec.pool.mixing!r}')
   if mode == 'same':
-    extra = sorted(set(src) - set(fresh_flat))
-    if extra:
-      raise ValueError(f"init.mode='same': the source has parameters this model lacks: "
-                       f'{", ".join(map(_name, extra[:5]))}')
+    _check_same(fresh_flat, src)
   out = {}
   for path, leaf in fresh_flat.items():
     shape, names = tuple(leaf.shape), axes[path]
@@ -178,12 +189,27 @@ def build_params(mode: str, model: Any, src_model: Any, fresh: Any, src_params: 
   return traverse_util.unflatten_dict(out)
 
 
-def load_source(config: ml_collections.ConfigDict, partitioner: Any) -> tuple[Any, Any, int]:
-  """(source model, its params on the mesh, step) of init.from_workdir."""
-  from samoe_jax.models.model import LanguageModel
+def _source_model(config: ml_collections.ConfigDict) -> Any:
+  """The LanguageModel of init.from_workdir's config (at this run's data.seq_len)."""
+  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   src_config = ml_collections.ConfigDict(source_config(config).to_dict())
   src_config.data.seq_len = config.data.seq_len
-  src_model = LanguageModel(src_config)
+  return LanguageModel(src_config)
+
+
+def check_source(config: ml_collections.ConfigDict) -> None:
+  """The checks a fresh run makes before it writes anything: source_config, and for init.mode='same' the two
+  models' parameter paths and shapes (abstract: no checkpoint is read, nothing is allocated)."""
+  source_config(config)
+  if config.init.mode == 'same':
+    from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
+    fresh = traverse_util.flatten_dict(LanguageModel(config).abstract_params())
+    _check_same(fresh, traverse_util.flatten_dict(_source_model(config).abstract_params()))
+
+
+def load_source(config: ml_collections.ConfigDict, partitioner: Any) -> tuple[Any, Any, int]:
+  """(source model, its params on the mesh, step) of init.from_workdir."""
+  src_model = _source_model(config)
   step = config.init.step or available_steps(config.init.from_workdir)[-1]
   return src_model, restore_params(src_model, partitioner, config.init.from_workdir, step), step
 

@@ -53,4 +53,4 @@ def check_before_writing(config: ml_collections.ConfigDict, workdir: str) -> Non
   if distill.enabled(config):     # missing teacher / vocabulary mismatch
     distill.teacher_config(config)
   if init_from.enabled(config) and not Checkpointer.steps_on_disk(workdir):   # a fresh run starts from it
-    init_from.source_config(config)
+    init_from.check_source(config)   # its checkpoint, vocabulary and (init.mode='same') parameter shapes
