@@ -41,8 +41,9 @@ def available_steps(workdir: str) -> list[int]:
                 if name.isdigit() and os.path.isdir(os.path.join(directory, name, 'state')))
 
 
-def select_steps(workdir: str, which: str) -> list[int]:
-  """'latest' -> [last step]; 'all' -> every step; '500' or '500,1000' -> those steps (each must exist)."""
+def select_steps(workdir: str, which: str, flag: str = '--checkpoint') -> list[int]:
+  """'latest' -> [last step]; 'all' -> every step; '500' or '500,1000' -> those steps (each must exist). Errors
+  about `which` name it as the command-line flag `flag`."""
   steps = available_steps(workdir)
   if not steps:
     raise ValueError(f'{checkpoint_dir(workdir)} holds no checkpoint: train first (python -m samoe_jax.train '
@@ -68,14 +69,14 @@ def select_steps(workdir: str, which: str) -> list[int]:
   except ValueError:
     wanted = []
   if not wanted:
-    raise ValueError(f'--checkpoint={which!r}: use latest, all, or step numbers such as 1000 or 500,1000')
+    raise ValueError(f'{flag}={which!r}: use latest, all, or step numbers such as 1000 or 500,1000')
   missing = [s for s in wanted if s not in steps]
   if missing:
-    raise ValueError(f'--checkpoint={which!r}: no checkpoint of step(s) {missing} in {checkpoint_dir(workdir)}; '
+    raise ValueError(f'{flag}={which!r}: no checkpoint of step(s) {missing} in {checkpoint_dir(workdir)}; '
                      f'available: {steps}')
   bad = [s for s in wanted if not intact(s)]
   if bad:
-    raise ValueError(f'--checkpoint={which!r}: damaged checkpoint(s) in {checkpoint_dir(workdir)}: '
+    raise ValueError(f'{flag}={which!r}: damaged checkpoint(s) in {checkpoint_dir(workdir)}: '
                      + '; '.join(f'step {s}: {", ".join(damage[s])}' for s in bad)
                      + f'; the other steps: {[s for s in steps if s not in bad]}')
   return wanted
