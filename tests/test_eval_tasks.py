@@ -29,13 +29,6 @@ os.environ['HF_HUB_OFFLINE'] = '1'
 os.environ['DISABLE_MULTIPROC'] = '1'
 
 FIXTURES = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'fixtures', 'eval')
-HARNESS_YAML = {
-    'lambada_openai': 'lambada/lambada_openai.yaml', 'piqa': 'piqa/piqa.yaml', 'boolq': 'super_glue/boolq/default.yaml',
-    'race': 'race/race.yaml', 'triviaqa': 'triviaqa/default.yaml', 'webqs': 'webqs/webqs.yaml',
-    'hellaswag': 'hellaswag/hellaswag.yaml', 'winogrande': 'winogrande/default.yaml', 'arc_easy': 'arc/arc_easy.yaml',
-    'arc_challenge': 'arc/arc_challenge.yaml', 'storycloze': 'storycloze/storycloze_2016.yaml',
-    'openbookqa': 'openbookqa/openbookqa.yaml', 'copa': 'super_glue/copa/default.yaml',
-}
 # Tasks whose harness sampler leaves the evaluated document out; their "self" variants draw shots from the
 # evaluated split itself (train.jsonl = the evaluated file), so that the leaving out really happens.
 SELF_POOL = ('piqa', 'hellaswag', 'winogrande', 'triviaqa')
@@ -84,22 +77,18 @@ class StubBackend:
 @pytest.fixture(scope='module')
 def harness(tmp_path_factory):
   """(TaskManager, {our name: harness task}, {name: harness self-pool task}) over the fixtures, offline."""
-  import lm_eval  # pylint: disable=g-import-not-at-top
-  import yaml  # pylint: disable=g-import-not-at-top
   from lm_eval.tasks import TaskManager  # pylint: disable=g-import-not-at-top
+  from samoe_jax.evaluation import lm_eval_offline  # pylint: disable=g-import-not-at-top
   root = tmp_path_factory.mktemp('harness')
   yamls, cache = root / 'yamls', str(root / 'hf_cache')
   yamls.mkdir()
-  tasks_dir = os.path.join(os.path.dirname(lm_eval.__file__), 'tasks')
 
-  def write(task_name, name, files):
-    config = {'include': os.path.join(tasks_dir, HARNESS_YAML[name]), 'task': task_name, 'dataset_path': 'json',
-              'dataset_name': None, 'dataset_kwargs': {'data_files': files, 'cache_dir': cache}}
-    (yamls / f'{task_name}.yaml').write_text(yaml.safe_dump(config))
+  def write(task_name, name, files):   # the shipped recipe (evaluation/lm_eval_offline.py), renamed
+    config = lm_eval_offline.task_config(name, files, task_name=task_name, cache_dir=cache)
+    lm_eval_offline.write_yaml(config, str(yamls / f'{task_name}.yaml'))
 
   for name in TASK_NAMES:
-    directory = os.path.join(FIXTURES, name)
-    write(f'fx_{name}', name, {f[:-len('.jsonl')]: os.path.join(directory, f) for f in os.listdir(directory)})
+    write(f'fx_{name}', name, lm_eval_offline.local_files(FIXTURES, name))
   for name in SELF_POOL:
     task = get_task(name, FIXTURES)
     write(f'fxself_{name}', name, {task.eval_split: task.path(task.eval_split), 'train': task.path(task.eval_split)})

@@ -97,18 +97,11 @@ def test_validation_perplexity_equals_the_trainers(run, evaluated):
 
 
 def _harness_task_dir(root: pathlib.Path) -> pathlib.Path:
-  """Harness task files: the harness's own YAML for each task, its dataset swapped for our fixture files."""
-  import lm_eval  # pylint: disable=g-import-not-at-top
-  import yaml  # pylint: disable=g-import-not-at-top
-  from test_eval_tasks import HARNESS_YAML  # pylint: disable=g-import-not-at-top
-  tasks_dir = pathlib.Path(lm_eval.__file__).parent / 'tasks'
+  """Harness task files written by the shipped recipe (evaluation/lm_eval_offline.py): the harness's own YAML for
+  each task under its own name, its dataset swapped for our fixture files."""
+  from samoe_jax.evaluation import lm_eval_offline  # pylint: disable=g-import-not-at-top
   out = root / 'yamls'
-  out.mkdir()
-  for name in TASKS:
-    files = {p.stem: str(p) for p in (FIXTURES / name).glob('*.jsonl')}
-    config = {'include': str(tasks_dir / HARNESS_YAML[name]), 'task': f'fx_{name}', 'dataset_path': 'json',
-              'dataset_name': None, 'dataset_kwargs': {'data_files': files, 'cache_dir': str(root / 'hf_cache')}}
-    (out / f'fx_{name}.yaml').write_text(yaml.safe_dump(config))
+  lm_eval_offline.write_task_files(str(FIXTURES), str(out), TASKS, cache_dir=str(root / 'hf_cache'))
   return out
 
 
@@ -119,11 +112,11 @@ def test_harness_and_evaluate_give_identical_numbers(run, evaluated, tmp_path):
   import samoe_jax.evaluation.harness  # pylint: disable=g-import-not-at-top,unused-import  # registers 'samoe'
   manager = TaskManager(include_path=str(_harness_task_dir(tmp_path)), include_defaults=False)
   out = lm_eval.simple_evaluate(model='samoe', model_args=f'workdir={run},checkpoint={STEPS},batch_size=4',
-                                tasks=[f'fx_{n}' for n in TASKS], task_manager=manager, bootstrap_iters=0)
+                                tasks=list(TASKS), task_manager=manager, bootstrap_iters=0)
   ours = _results(run, STEPS)['scores']
   compared = 0
   for name in TASKS:
-    theirs = {k.split(',')[0]: v for k, v in out['results'][f'fx_{name}'].items() if ',' in k and 'stderr' not in k}
+    theirs = {k.split(',')[0]: v for k, v in out['results'][name].items() if ',' in k and 'stderr' not in k}
     for metric, value in theirs.items():
       assert ours[name][metric] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, metric)
       compared += 1
@@ -148,13 +141,16 @@ def test_cli_errors_are_messages_not_tracebacks(run, tmp_path):
 
 
 def test_harness_command_line_with_the_samoe_model(run, evaluated, tmp_path):
-  """The harness's own CLI (python -m samoe_jax.evaluation.harness run ...) with its --batch_size default."""
+  """The harness's own CLI (python -m samoe_jax.evaluation.harness run ...) with its --batch_size default; the
+  shipped task files replace the built-in piqa (--include_path), as docs/evaluation.md documents."""
   yamls = _harness_task_dir(tmp_path)
   result = _python('-m', 'samoe_jax.evaluation.harness', 'run', '--model', 'samoe', '--model_args',
-                   f'workdir={run},checkpoint={STEPS},batch_size=4', '--tasks', 'fx_piqa', '--include_path',
+                   f'workdir={run},checkpoint={STEPS},batch_size=4', '--tasks', 'piqa', '--include_path',
                    str(yamls), '--output_path', str(tmp_path / 'out'))
   assert result.returncode == 0, result.stderr[-4000:]
   [path] = list((tmp_path / 'out').rglob('results_*.json'))
-  theirs = json.loads(path.read_text())['results']['fx_piqa']
+  written = json.loads(path.read_text())
+  assert written['n-samples']['piqa']['effective'] == 3     # the fixture's documents, not the hub's piqa
+  theirs = written['results']['piqa']
   ours = _results(run, STEPS)['scores']['piqa']
   assert theirs['acc,none'] == pytest.approx(ours['acc']) and theirs['acc_norm,none'] == pytest.approx(ours['acc_norm'])
