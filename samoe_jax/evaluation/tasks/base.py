@@ -69,7 +69,8 @@ class Task(abc.ABC):
 
   def how_to_get(self, split: str) -> str:
     config = f', config {self.hf_config!r}' if self.hf_config else ''
-    return (f'Export split {split!r} of the Hugging Face dataset {self.hf_dataset!r}{config} there as JSON lines '
+    return (f'Download it with `python -m samoe_jax.evaluation.fetch_data --out={self.data_dir} --tasks={self.name}`, '
+            f'or export split {split!r} of the Hugging Face dataset {self.hf_dataset!r}{config} there as JSON lines '
             f'(see samoe_jax/evaluation/tasks/registry.py).')
 
   def raw_docs(self, split: str) -> list[Doc]:

@@ -191,6 +191,11 @@ class StoryCloze(MultipleChoiceTask):
   schema = {**{f'input_sentence_{i}': STR for i in range(1, 5)},
             'sentence_quiz1': STR, 'sentence_quiz2': STR, 'answer_right_ending': INT}
 
+  def how_to_get(self, split: str) -> str:
+    return ('StoryCloze 2016 is not downloadable: request it from the authors '
+            f'(https://cs.rochester.edu/nlp/rocstories/) and write its {split!r} CSV file there as JSON lines '
+            '(see samoe_jax/evaluation/tasks/registry.py).')
+
   def doc_to_text(self, doc: Doc) -> str:
     return ' '.join(doc[f'input_sentence_{i}'] for i in range(1, 5))
 

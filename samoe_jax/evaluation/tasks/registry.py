@@ -2,9 +2,11 @@
 
 Evaluation data (README paragraph)
 ----------------------------------
-No evaluation set ships with samoe-jax and nothing is downloaded at run time. Each task reads JSON-lines files
-with the Hugging Face hub dataset's own field names from `<data_dir>/<task>/<split>.jsonl`, so a split exported
-unchanged from the hub drops in. On a machine with internet access, for each row of the table run
+Nothing is downloaded at run time; tests/fixtures/eval ships a few documents of every task in this layout. Each
+task reads JSON-lines files with the Hugging Face hub dataset's own field names from
+`<data_dir>/<task>/<split>.jsonl`, so a split exported unchanged from the hub drops in. On a machine with internet
+access, `python -m samoe_jax.evaluation.fetch_data --out=DATA_DIR` downloads every downloadable task from pinned
+revisions (evaluation/data_sources.py) into this layout; or, with the `datasets` library, for each row run
 
     datasets.load_dataset(DATASET, CONFIG, split=SPLIT).to_json(f'{data_dir}/{TASK}/{SPLIT}.jsonl')
 
