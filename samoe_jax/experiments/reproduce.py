@@ -1,6 +1,7 @@
 """One command that reproduces the SaMoE comparison (docs/experiments.md).
 
-  python -m samoe_jax.experiments.reproduce --suite=smoke|cpu|gpu --out=DIR [--seeds=N] [--steps=N]
+  python -m samoe_jax.experiments.reproduce --suite=smoke|cpu|gpu|calibration|calibration_every_other|mixing \\
+      --out=DIR [--seeds=N] [--steps=N]
       [--only=moe_e16,samoe_p2] [--corpus_dir=DIR/corpus] [--download_dir=DIR/downloads] [--report_only]
   python -m samoe_jax.experiments.reproduce --suite=h100 --out=DIR --budget_s=420 --corpus_dir=CORPUS
   python -m samoe_jax.experiments.reproduce --suite=paper --tpu_prefix=samoe --zone=us-central2-b \\
@@ -35,7 +36,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 PROG = 'samoe_jax.experiments.reproduce'
 
 _SUITE = flags.DEFINE_string('suite', None, "'smoke' (CI), 'cpu' (~90 min on 2 cores), 'gpu' (~10 min on one "
-                             "H100) or 'paper' (TPU commands).")
+                             "H100), 'h100' (--budget_s), 'calibration' and 'calibration_every_other' (the regime "
+                             "search), 'mixing' (the mixing probe) or 'paper' (TPU commands); "
+                             "docs/experiments.md.")
 _OUT = flags.DEFINE_string('out', None, 'Suite directory: runs/, report/, the corpus and caches.')
 _SEEDS = flags.DEFINE_integer('seeds', 0, 'Seeds per config (0: the suite default).')
 _STEPS = flags.DEFINE_integer('steps', 0, "Training steps per run (0: the suite's); for quick trials.")
