@@ -152,6 +152,32 @@ def test_top_k_and_top_p_sample_from_the_renormalised_kept_set(models):
     assert _tv(freq, expected) < TV_BOUND, (settings, _tv(freq, expected))
 
 
+def test_text_ids_keep_padding_and_the_embeddings_padding_rows_out(models):
+  """text_ids=n (a vocabulary of n ids in an embedding padded to V): only ids in [1, n) are produced, greedy is
+  the argmax over those, and samples follow softmax(logits / T) renormalised over them."""
+  model, params, logits_fn = models['dense']
+  n, prompt, t = 40, [7], 3.0
+  mask = (np.arange(V) >= 1) & (np.arange(V) < n)
+  logits = _next_logits(logits_fn, params, prompt_inputs(prompt, L, 1))
+  free = _empirical(model, params, prompt, SamplingSettings(temperature=t), seed=2)
+  assert free[~mask].sum() > 0.05   # unrestricted, this prompt draws ids outside [1, n)
+  draws = generate(model, params, [prompt] * N_DRAWS, max_new_tokens=1, sampling=SamplingSettings(temperature=t),
+                   rng=2, batch_size=N_DRAWS, text_ids=n)
+  freq = np.bincount([d[0] for d in draws], minlength=V) / N_DRAWS
+  assert freq[~mask].sum() == 0
+  expected = np.where(mask, _softmax(np.where(mask, logits / t, -np.inf)), 0.0)
+  assert _tv(freq, expected) < TV_BOUND, _tv(freq, expected)
+  inputs, want = list(prompt_inputs(PROMPTS[2], L, NEW)), []
+  for _ in range(NEW):
+    want.append(int(np.argmax(np.where(mask, _next_logits(logits_fn, params, inputs), -np.inf))))
+    inputs.append(want[-1])
+  assert generate(model, params, [PROMPTS[2]], max_new_tokens=NEW, sampling=GREEDY, text_ids=n) == [want]
+  for bad in (1, V + 1, True, 2.5):
+    with pytest.raises(ValueError, match=rf'generate: text_ids={bad!r} must be 0 \(every id\) or an int in '
+                                         rf'\[2, model.vocab_size=64\]'):
+      generate(model, params, [[1]], max_new_tokens=1, text_ids=bad)
+
+
 def test_filter_logits_keeps_the_top_k_and_the_nucleus():
   logits = jnp.log(jnp.asarray([[0.1, 0.5, 0.15, 0.25]]))
   def kept(**kw):

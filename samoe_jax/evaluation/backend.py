@@ -97,10 +97,12 @@ def generate_texts(model: LanguageModel, params: Any, tokenizer: EvalTokenizer, 
                    rng: Any = 0, batch_size: int = 16) -> list[Continuation]:
   """The decoded continuation of every prompt (token ids), cut at the first stop string of `until`; the EOS
   token always stops. Stop strings are also given to the decoder as token sequences so that it can stop early;
-  the text is then cut at the first stop string, which is exact whatever the tokenization of the stop string."""
+  the text is then cut at the first stop string, which is exact whatever the tokenization of the stop string.
+  Only ids the vocabulary decodes to text are produced (not padding, nor the embedding's padding rows)."""
   stops = [[tokenizer.eos_id]] + [tokenizer.encode(s) for s in until if s]
   generated = generate(model, params, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rng=rng,
-                       stop_sequences=[s for s in stops if s], batch_size=batch_size)
+                       stop_sequences=[s for s in stops if s], batch_size=batch_size,
+                       text_ids=min(tokenizer.vocab_size, model.spec.model.vocab_size))
   out = []
   for ids in generated:
     ids = [t for t in ids if t != tokenizer.eos_id]

@@ -73,17 +73,28 @@ def _split_rows(keys_B: jax.Array) -> tuple[jax.Array, jax.Array]:
   return pairs_B2[:, 0], pairs_B2[:, 1]
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _generate_batch(model: LanguageModel, max_new_tokens: int, greedy: bool, params: Params, experts: Any,
+def _only_text_ids(logits_BV: jax.Array, text_ids: int) -> jax.Array:
+  """-inf at id 0 (padding) and at ids >= text_ids (the model's vocabulary padding, which decodes to nothing);
+  text_ids 0 leaves the logits as they are."""
+  if not text_ids:
+    return logits_BV
+  ids_V = jnp.arange(logits_BV.shape[-1])
+  return jnp.where((ids_V >= 1) & (ids_V < text_ids), logits_BV, -jnp.inf)
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _generate_batch(model: LanguageModel, max_new_tokens: int, greedy: bool, text_ids: int, params: Params,
+                    experts: Any,
                     tokens_BL: jax.Array, lengths_B: jax.Array, active_B: jax.Array, stops_SW: jax.Array,
                     mask_SW: jax.Array, knobs: tuple[jax.Array, ...], keys_B: jax.Array) -> jax.Array:
   """Generated tokens int32 [B, W + max_new_tokens]: W fillers (-1), then each row's tokens up to and including
   its first stop sequence, then -1. Rows with active_B False are not decoded. Unless greedy, each row draws with
-  its own key (keys_B), split once per step in the loop state, under the sampling knobs (sampling.as_knobs)."""
+  its own key (keys_B), split once per step in the loop state, under the sampling knobs (sampling.as_knobs).
+  text_ids > 0: only ids in [1, text_ids) can be produced (`_only_text_ids`)."""
   b, width = tokens_BL.shape[0], stops_SW.shape[1]
 
   def next_token(h_BD, keys_B):
-    return next_tokens(model.project(params, h_BD), greedy, knobs, keys_B)
+    return next_tokens(_only_text_ids(model.project(params, h_BD), text_ids), greedy, knobs, keys_B)
 
   h_BLD, cache = model.prefill(params, tokens_BL, lengths_B, experts=experts)
   keys_B, draw_B = _split_rows(keys_B)
@@ -135,9 +146,12 @@ def greedy_generate(model: LanguageModel, params: Params, prompts: Sequence[Sequ
 
 def generate(model: LanguageModel, params: Params, prompts: Sequence[Sequence[int]], *, max_new_tokens: int,
              sampling: SamplingSettings = SamplingSettings(), rng: jax.Array | int = 0,
-             stop_sequences: Sequence[Sequence[int]] = (), batch_size: int = 8) -> list[list[int]]:
+             stop_sequences: Sequence[Sequence[int]] = (), batch_size: int = 8, text_ids: int = 0
+             ) -> list[list[int]]:
   """The continuation of every prompt (token ids) picked by `sampling` (models/sampling.py), cut before the
-  earliest stop sequence.
+  earliest stop sequence. text_ids > 0 (the vocabulary's real size, below model.vocab_size when the embedding is
+  padded): only ids in [1, text_ids) are produced, never padding (0) or the embedding's padding rows, which
+  decode to nothing; 0 (greedy_generate, the scorer's view) lets every id through.
 
   Each prompt is left-truncated to leave room for max_new_tokens within model.max_len (see `prompt_inputs`);
   generation stops when every row has produced a stop sequence or max_new_tokens tokens. Prompts are sorted by
@@ -146,14 +160,18 @@ def generate(model: LanguageModel, params: Params, prompts: Sequence[Sequence[in
   size or the other prompts; the same prompt given twice draws two independent samples.
   """
   return _generate('generate', model, params, prompts, max_new_tokens=max_new_tokens, sampling=sampling, rng=rng,
-                   stop_sequences=stop_sequences, batch_size=batch_size)
+                   stop_sequences=stop_sequences, batch_size=batch_size, text_ids=text_ids)
 
 
 def _generate(name: str, model: LanguageModel, params: Params, prompts: Sequence[Sequence[int]], *,
               max_new_tokens: int, sampling: SamplingSettings, rng: jax.Array | int,
-              stop_sequences: Sequence[Sequence[int]], batch_size: int) -> list[list[int]]:
+              stop_sequences: Sequence[Sequence[int]], batch_size: int, text_ids: int = 0) -> list[list[int]]:
   """`generate`, its errors naming the public function `name`."""
   spec = model.spec
+  if isinstance(text_ids, bool) or not isinstance(text_ids, int) or not (
+      text_ids == 0 or 2 <= text_ids <= spec.model.vocab_size):
+    raise ValueError(f'{name}: text_ids={text_ids!r} must be 0 (every id) or an int in [2, model.vocab_size='
+                     f'{spec.model.vocab_size}]')
   if not isinstance(max_new_tokens, int) or not 0 <= max_new_tokens <= spec.model.max_len:
     raise ValueError(f'{name}: max_new_tokens={max_new_tokens!r} must be an int in [0, model.max_len='
                      f'{spec.model.max_len}]')
@@ -196,8 +214,8 @@ def _generate(name: str, model: LanguageModel, params: Params, prompts: Sequence
     for b, i in enumerate(index):
       tokens[b, :len(rows[i])], lengths[b], active[b] = rows[i], len(rows[i]), True
     keys_B = keys[np.asarray(index + [index[0]] * (batch_size - len(index)))]   # padding rows: any key
-    buf = np.asarray(_generate_batch(model, max_new_tokens, sampling.greedy, params, experts, tokens, lengths,
-                                     active, stops_SW, mask_SW, as_knobs(sampling), keys_B))
+    buf = np.asarray(_generate_batch(model, max_new_tokens, sampling.greedy, text_ids, params, experts, tokens,
+                                     lengths, active, stops_SW, mask_SW, as_knobs(sampling), keys_B))
     for b, i in enumerate(index):
       generated = buf[b, width:]
       generated = generated[:np.argmax(generated < 0)] if (generated < 0).any() else generated
