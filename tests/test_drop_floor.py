@@ -62,20 +62,22 @@ def test_floor_edge_cases():
 
 
 def test_config_floors_dense_dropless_and_pyramid():
-  base = suites.CPU.config(suites.CPU.spec('prmoe'), 0)
+  base = suites.GPU.config(suites.GPU.spec('prmoe'), 0)
   floors = drop_floor.config_drop_floors(base)
   assert sorted(floors) == [8, 16]
   assert floors[16] == pytest.approx(drop_floor.uniform_drop_fraction(1024, 16, 1, 80))
   ragged = base.copy_and_resolve_references()
   ragged.moe.dispatch = 'ragged'
   assert drop_floor.config_drop_floors(ragged) == {8: 0.0, 16: 0.0}
-  assert drop_floor.config_drop_floors(suites.CPU.config(suites.CPU.spec('dense'), 0)) == {}
+  assert drop_floor.config_drop_floors(suites.GPU.config(suites.GPU.spec('dense'), 0)) == {}
 
 
 # -------------------------------------------------------------------------------------- the suites' groups
-@pytest.mark.parametrize('suite', [suites.CPU, suites.GPU], ids=lambda s: s.name)
-def test_every_suite_config_has_a_floor_below_one_percent(suite):
-  """Every MoE config, at its own E, top-k, capacity factors, formula and group size, training and validation."""
+@pytest.mark.parametrize('name', ['cpu', 'gpu'])
+def test_every_suite_config_has_a_floor_below_one_percent(name):
+  """Every MoE config, at its own E, top-k, capacity factors, formula and group size, training and validation;
+  for the gpu suite (E up to 32) 1024 tokens is also the smallest group that keeps every floor below 1 %."""
+  suite = suites.get_suite(name)
   from samoe_jax.config.validate import config_errors  # pylint: disable=g-import-not-at-top
   configs = [suite.config(spec, 0) for spec in suite.configs]
   moe = [c for c in configs if drop_floor.config_drop_floors(c)]
@@ -83,8 +85,12 @@ def test_every_suite_config_has_a_floor_below_one_percent(suite):
   for spec, config in zip(suite.configs, configs):
     assert config_errors(config) == [], spec.name
     assert drop_floor.max_floor(config) < 0.01, spec.name
-  assert max(max(drop_floor.config_drop_floors(c).values()) for c in moe) > 0.005   # E = 32 is near the bound
   assert {c.moe.group_size for c in configs} == {suites.GROUP_SIZE}
+  if name == 'cpu':   # E <= 16 on blocks 1 and 3: the calibration's groups, 0.11 % at E = 16
+    assert max(max(drop_floor.config_drop_floors(c).values()) for c in moe) == pytest.approx(
+        drop_floor.uniform_drop_fraction(1024, 16, 1, 80))
+    return
+  assert max(max(drop_floor.config_drop_floors(c).values()) for c in moe) > 0.005   # E = 32 is near the bound
   assert drop_floor.smallest_group_size(moe) == suites.GROUP_SIZE   # and no smaller group would do
   smaller = drop_floor.whole_sequence_group_sizes(configs[0].data.seq_len, configs[0].data.batch_size)
   smaller = [g for g in smaller if g < suites.GROUP_SIZE]

@@ -16,7 +16,8 @@ equal active parameters per token and equal tokens, for several seeds (train.see
                 mixture of it; P = 1 is fully tied experts with per-layer routers
 
 Suites: 'smoke' (CI: tiny byte-level models on the embedded Shakespeare slice, one seed, a few dozen steps),
-'cpu' (about 90 minutes on 2 CPU cores, on the experiment corpus, samoe_jax/data/experiment_corpus.py), 'gpu'
+'cpu' (samoe_jax/experiments/cpu_comparison.py: the comparison in the calibration's every-other-block design, about
+75 minutes on 2 CPU cores, on the experiment corpus, samoe_jax/data/experiment_corpus.py), 'gpu'
 (the same comparison sized for one H100-class GPU, about 10 minutes; not yet timed) and 'paper' (the GPT-3
 350M / 1.3B + MoE-128 recipes on a TPU slice: commands only).
 
@@ -26,8 +27,9 @@ share of assignments that grows with E and shrinks with T (samoe_jax.analysis.dr
 tokens (cpu) 1.9 / 4.9 / 9.9 % at E = 8 / 16 / 32, of 256 tokens (gpu) 0.5 / 2.1 / 5.1 %, so drops would rise with E
 just as the loss is measured over E and confound the sweep. 1024 is the smallest group of whole sequences the
 batch allows (a multiple of data.seq_len dividing data.batch_size * data.seq_len; shorter groups only avoid drops
-through moe.min_capacity's padded buffers) at which every MoE config of the suite, at every E of the sweep, has a
-uniform-routing floor below 1 % in training and validation (0.68 % at E = 32; 2.2 % at 512).
+through moe.min_capacity's padded buffers) at which every MoE config of the gpu suite, at every E of its sweep, has
+a uniform-routing floor below 1 % in training and validation (0.68 % at E = 32; 2.2 % at 512); the cpu suite
+(E <= 16) keeps the same groups (0.11 % at E = 16).
 tests/test_drop_floor.py checks both. The smoke suite keeps one sequence per group (a pipeline check, not a
 measurement).
 """
@@ -184,23 +186,6 @@ def _corpus_data(c: ml_collections.ConfigDict, corpus_dir: str, cache_dir: str) 
 GROUP_SIZE = 1024   # tokens per routing group of the cpu and gpu suites (module docstring: the drop floor < 1 %)
 
 
-def cpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
-  """4 blocks, d_model 128, 4 heads, FFN 512, 16 experts top-1 on every block, SentencePiece 4k, seq 128 x 16,
-  routing groups of GROUP_SIZE tokens (8 sequences)."""
-  c = get_base_config()
-  c.model.vocab_size, c.model.d_model, c.model.num_layers, c.model.num_heads = 4096, 128, 4, 4
-  c.model.d_ff, c.model.max_len = 512, 128
-  c.moe.num_experts = 16
-  c.pool.size, c.pool.mixing = 4, 'fixed'
-  _corpus_data(c, corpus_dir, cache_dir)
-  c.data.seq_len, c.data.batch_size = 128, 16
-  c.moe.group_size = GROUP_SIZE
-  c.train.learning_rate = 3e-3
-  c.train.eval_batches = 8
-  _common(c)
-  return c
-
-
 def gpu_base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
   """6 blocks, d_model 256, 4 heads, FFN 1024, 16 experts top-1 on every block, bfloat16, seq 256 x 32, routing
   groups of GROUP_SIZE tokens (4 sequences)."""
@@ -233,19 +218,15 @@ SMOKE = Suite(
     (dense(32, 2, name='dense'), dense(16, 2), dense(48, 2), standard_moe(4, 2, role='moe'), standard_moe(8, 2),
      ConfigSpec('samoe_p1', 'SaMoE P=1 (tied experts)', 'samoe', {'pool.size': 1, 'pool.mixing': 'learned'})),
     seeds=1, steps=24, evals=3, grad_stats=3, needs_corpus=False, budget='under 3 minutes on 2 CPU cores')
-CPU = Suite(
-    'cpu', 'The SaMoE comparison at CPU scale: 4 MoE blocks of 16 experts (top-1), 655k tokens per run.',
-    cpu_base, _comparison(4, 128, 4, 16, 512, dense_widths=(64, 192, 256), sweep=(4, 8, 16, 32),
-                          pool_sizes=(1, 2, 3)),
-    seeds=3, steps=320, evals=5, grad_stats=20, needs_corpus=True, budget='about 90 minutes on 2 CPU cores')
 GPU = Suite(
     'gpu', 'The same comparison on one GPU: 6 MoE blocks of 16 experts (top-1), d_model 256, 4.9M tokens per run.',
     gpu_base, _comparison(6, 256, 4, 16, 1024, dense_widths=(128, 384, 512), sweep=(4, 8, 16, 32),
                           pool_sizes=(1, 2, 3)),
     seeds=3, steps=600, evals=6, grad_stats=20, needs_corpus=True,
     budget='about 10 minutes on one H100-class GPU (estimated, not yet timed)')
-REGISTRY = {'smoke': SMOKE, 'cpu': CPU, 'gpu': GPU}
+REGISTRY = {'smoke': SMOKE, 'gpu': GPU}
 from samoe_jax.experiments import calibration  # noqa: E402,F401  (adds REGISTRY['calibration'], issue 25)
+from samoe_jax.experiments import cpu_comparison  # noqa: E402,F401  (adds REGISTRY['cpu'], issue 25)
 from samoe_jax.experiments import h100  # noqa: E402,F401  (adds REGISTRY['h100'], issue 25)
 from samoe_jax.experiments import mixing_probe  # noqa: E402,F401  (adds REGISTRY['mixing'], issue 25)
 
