@@ -127,8 +127,9 @@ def test_run_files_metrics_and_tensorboard(runs):
   assert len(events) == 1
   import tensorflow as tf  # pylint: disable=g-import-not-at-top  (already imported by the data pipeline)
   tags = {v.tag for e in tf.compat.v1.train.summary_iterator(events[0]) for v in e.summary.value}
-  assert {'loss', 'cross_entropy', 'learning_rate', 'eval/perplexity', 'moe/layer1/expert_load/3',
+  assert {'train/loss', 'train/cross_entropy', 'train/learning_rate', 'eval/perplexity', 'moe/layer1/expert_load/3',
           'pool/mixing_weights/0/1'} <= tags
+  assert not {'loss', 'cross_entropy', 'learning_rate'} & tags   # train scalars only under train/ there
   assert sorted(int(d) for d in os.listdir(os.path.join(workdir, 'checkpoints')) if d.isdigit()) == [4, 6]
 
 

@@ -9,8 +9,11 @@ MoE model eval/moe/dropped_fraction, training/validation.py); 'grad_stats' recor
 (train.grad_stats_every) the gradient-flow statistics 'grad/...' of one step (training/grad_stats.py). A resumed run
 appends; readers take the last record of a (kind, step) pair (see `read_metrics`).
 
-TensorBoard gets every scalar under its name and every array element as a scalar with its index appended
-('moe/layer1/expert_load/3', 'pool/mixing_weights/0/1'). Only process 0 writes.
+TensorBoard gets every scalar and every array element as a scalar with its index appended
+('moe/layer1/expert_load/3', 'pool/mixing_weights/0/1'). A train record's top-level names go under 'train/'
+there ('train/loss', 'train/learning_rate'; see `tensorboard_name`), so that TensorBoard puts them in one section
+beside 'eval/'; names that already carry a section ('moe/', 'pool/', 'perf/', 'grad/', 'tasks/') and every
+metrics.jsonl key stay as they are. Only process 0 writes.
 """
 
 from __future__ import annotations
@@ -36,6 +39,12 @@ def flatten_arrays(metrics: Mapping[str, Any]) -> dict[str, float]:
     for index in np.ndindex(arr.shape):
       out[name + '/' + '/'.join(map(str, index))] = float(arr[index])
   return out
+
+
+def tensorboard_name(kind: str, name: str) -> str:
+  """The TensorBoard tag of metric `name` of a `kind` record: 'train/<name>' for a train metric without a section
+  ('loss' -> 'train/loss'); every other name unchanged ('eval/loss', 'moe/layer1/expert_load/3')."""
+  return f'train/{name}' if kind == 'train' and '/' not in name else name
 
 
 def to_json_value(value: Any) -> float | list:
@@ -128,7 +137,7 @@ class MetricsWriter:
     record.update({k: to_json_value(v) for k, v in sorted(metrics.items())})
     self._jsonl.write(json.dumps(record) + '\n')
     self._jsonl.flush()
-    self._tb.scalars(flatten_arrays(metrics), step)
+    self._tb.scalars(flatten_arrays({tensorboard_name(kind, k): v for k, v in metrics.items()}), step)
 
   def write_train(self, step: int, metrics: Mapping[str, Any], eta_s: float | None = None) -> None:
     """metrics: host values (floats / numpy arrays) of train step `step` (1-based, after the update)."""
