@@ -1,7 +1,8 @@
 """A run's report from its workdir: loss curves, SaMoE mixing weights and a markdown summary.
 
 Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe_jax.training.loop) and writes
-  loss_curves.png     train loss and cross-entropy, validation loss and cross-entropy, against step;
+  loss_curves.png     train and validation cross-entropy against step, validation perplexity on the right axis,
+                      loss - cross-entropy in a panel of its own when not ~0 (samoe_jax/analysis/loss_curves.py);
   mixing_weights.png  every MoE layer's mixing weights over the pool (layer-level: one row per layer;
                       expert-level: one heatmap of experts x pool entries per layer);
   mixing_trajectories.png  per MoE layer, the mixture's entropy / log P and largest weight against step
@@ -31,7 +32,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from samoe_jax import cli
-from samoe_jax.analysis import mixing_trajectories  # pylint: disable=wrong-import-position
+from samoe_jax.analysis import loss_curves, mixing_trajectories  # pylint: disable=wrong-import-position
 from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
 
 
@@ -41,27 +42,6 @@ def _read_json(workdir: str, name: str) -> dict[str, Any]:
     return {}
   with open(path) as f:
     return json.load(f)
-
-
-def plot_loss_curves(train: Sequence[dict], evals: Sequence[dict], path: str) -> None:
-  """Train loss / cross-entropy and validation loss / cross-entropy against step."""
-  fig, ax = plt.subplots(figsize=(7, 4.5))
-  for records, key, label, style in ((train, 'loss', 'train loss', '-'),
-                                     (train, 'cross_entropy', 'train cross-entropy', '--'),
-                                     (evals, 'eval/loss', 'validation loss', 'o-'),
-                                     (evals, 'eval/cross_entropy', 'validation cross-entropy', 's--')):
-    points = [(r['step'], r[key]) for r in records if key in r]
-    if points:
-      steps, values = zip(*points)
-      ax.plot(steps, values, style, label=label, markersize=4)
-  ax.set_xlabel('step')
-  ax.set_ylabel('nats per token')
-  ax.set_title('Loss')
-  ax.grid(alpha=0.3)
-  ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def plot_mixing_weights(weights: np.ndarray, layer_names: Sequence[str], path: str) -> None:
@@ -176,9 +156,11 @@ def write_report(workdir: str) -> str:
   train, evals = read_metrics(workdir, 'train'), read_metrics(workdir, 'eval')
   summary = _read_json(workdir, 'param_summary.json')
   final = _read_json(workdir, 'final_metrics.json')
+  config = _read_json(workdir, 'config.json')
   figures = []
-  if train or evals:
-    plot_loss_curves(train, evals, os.path.join(workdir, 'loss_curves.png'))
+  losses = loss_curves.loss_plot_data(train, evals, int(config.get('train', {}).get('warmup_steps') or 0))
+  if losses is not None:
+    loss_curves.plot_loss_curves(losses, os.path.join(workdir, 'loss_curves.png'))
     figures.append('loss_curves.png')
   mixing = final.get('pool/mixing_weights', train[-1].get('pool/mixing_weights') if train else None)
   if mixing is not None:
@@ -191,7 +173,7 @@ def write_report(workdir: str) -> str:
     figures.append('mixing_trajectories.png')
   path = os.path.join(workdir, 'report.md')
   with open(path, 'w') as f:
-    f.write(_markdown(summary, final, train[-1] if train else {}, figures, _read_json(workdir, 'config.json')))
+    f.write(_markdown(summary, final, train[-1] if train else {}, figures, config))
   return path
 
 
