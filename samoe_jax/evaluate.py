@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shlex
 import sys
 from typing import Any, Sequence
 
@@ -40,8 +41,10 @@ def settings_from_flags(config: Any) -> Any:
   return settings
 
 
-def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batch_size: int) -> dict[int, Any]:
-  """Evaluates the selected checkpoints of `workdir`; returns {step: scores}; writes the files and TensorBoard."""
+def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batch_size: int,
+                 command: str | None = None) -> dict[int, Any]:
+  """Evaluates the selected checkpoints of `workdir`; returns {step: scores}; writes the files (results.json
+  records `command` per task) and TensorBoard."""
   import jax  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import checkpoints, outputs  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
@@ -68,7 +71,7 @@ def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batc
       by_step[step] = scores
       if primary:
         setting = settings.setting()
-        out = outputs.write_step_results(workdir, step, scores, details, setting)
+        out = outputs.write_step_results(workdir, step, scores, details, setting, command)
         key = outputs.setting_key(setting)
         named = {f'{t}@{key}' if key else t: v for t, v in scores.items()}
         events.scalars(outputs.tensorboard_scalars(named), step)
@@ -96,7 +99,8 @@ def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
     checkpoints.select_steps(f.workdir, f.checkpoint)   # fail before compiling anything
     if f.batch_size < 1:
       raise ValueError(f'--batch_size={f.batch_size} must be >= 1')
-    evaluate_run(config, f.workdir, settings, f.checkpoint, f.batch_size)
+    command = ' '.join(['python -m samoe_jax.evaluate'] + [shlex.quote(a) for a in sys.argv[1:]])
+    evaluate_run(config, f.workdir, settings, f.checkpoint, f.batch_size, command)
   except (ValueError, FileNotFoundError) as err:   # the user's input: the message, no traceback
     sys.exit(f'samoe_jax.evaluate: {err}')
 

@@ -1,6 +1,7 @@
 """A run's report from its workdir: loss curves, SaMoE mixing weights and a markdown summary.
 
-Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe_jax.training.loop) and writes
+Reads metrics.jsonl, param_summary.json, final_metrics.json (written by samoe_jax.training.loop) and any
+eval/step_*/results.json (samoe_jax.evaluate or the trainer's task evaluation), and writes
   loss_curves.png     train and validation cross-entropy against step, validation perplexity on the right axis,
                       loss - cross-entropy in a panel of its own when not ~0 (samoe_jax/analysis/loss_curves.py);
   mixing_weights.png  every MoE layer's mixing weights over the pool (layer-level: one row per layer;
@@ -8,8 +9,9 @@ Reads metrics.jsonl, param_summary.json and final_metrics.json (written by samoe
   mixing_trajectories.png  per MoE layer, the mixture's entropy / log P and largest weight against step
                       (samoe_jax/analysis/mixing_trajectories.py);
   report.md           parameter summary table, final validation loss / perplexity, the dropped share of MoE
-                      assignments (last train record and final validation, with uniform routing's floor), links
-                      to the figures.
+                      assignments (last train record and final validation, with uniform routing's floor),
+                      the evaluation results of WORKDIR/eval/step_*/results.json (value +- standard error,
+                      documents, the command; samoe_jax/evaluation/report_table.py), links to the figures.
 No model or checkpoint is loaded, so it is instant and can be rerun any time:
 
   python -m samoe_jax.report --workdir=DIR
@@ -33,6 +35,7 @@ import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 from samoe_jax import cli
 from samoe_jax.analysis import loss_curves, mixing_trajectories  # pylint: disable=wrong-import-position
+from samoe_jax.evaluation import report_table  # pylint: disable=wrong-import-position
 from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=wrong-import-position
 
 
@@ -128,7 +131,8 @@ def drop_lines(final: dict, last_train: dict, config: dict) -> list[str]:
   return lines
 
 
-def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], config: dict | None = None) -> str:
+def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], config: dict | None = None,
+              evaluation: Sequence[str] = ()) -> str:
   lines = ['# Training report', '']
   if final:
     lines += [f'- steps: {final.get("step")} (resumed from step {final.get("resumed_from_step", 0)})']
@@ -145,6 +149,7 @@ def _markdown(summary: dict, final: dict, last_train: dict, figures: list[str], 
     lines += ['', '## Parameters', '', '| part | count |', '|---|---:|']
     lines += [f'| {k} | {v:,} |' for k, v in summary.items()]
   lines += sharing_lines(summary, config or {})
+  lines += list(evaluation)
   lines += ['', '## Figures', '']
   lines += [f'![{name}]({name})' for name in figures] or ['(no metrics yet)']
   return '\n'.join(lines) + '\n'
@@ -173,7 +178,8 @@ def write_report(workdir: str) -> str:
     figures.append('mixing_trajectories.png')
   path = os.path.join(workdir, 'report.md')
   with open(path, 'w') as f:
-    f.write(_markdown(summary, final, train[-1] if train else {}, figures, config))
+    f.write(_markdown(summary, final, train[-1] if train else {}, figures, config,
+                      report_table.evaluation_lines(workdir)))
   return path
 
 

@@ -57,6 +57,7 @@ def test_trainer_scores_configured_tasks_periodically(run):
   for step, record in tasks.items():
     assert 0.0 <= record['tasks/piqa/acc'] <= 1.0
     assert _results(run, step)['scores']['piqa']['acc'] == pytest.approx(record['tasks/piqa/acc'])
+    assert _results(run, step)['commands'] == {'piqa': "samoe_jax.train periodic evaluation (eval.tasks='piqa')"}
 
 
 @pytest.fixture(scope='module')
@@ -81,6 +82,9 @@ def test_cli_writes_tables_json_plots_and_tensorboard(run, evaluated):
     validation = scores['ppl:shakespeare_tiny/validation']
     assert validation['perplexity'] == pytest.approx(2.718281828 ** validation['cross_entropy'], rel=1e-6)
     assert (run / 'eval' / f'step_{step}' / 'results.png').stat().st_size > 1000
+    command = _results(run, step)['commands']['piqa']   # report.md names it (evaluation/report_table.py)
+    assert command.startswith(f'python -m samoe_jax.evaluate --workdir={run} --eval_data_dir={FIXTURES} '
+                              f'--tasks={",".join(TASKS)} --checkpoint=all') and '--bootstrap_iters=0' in command
   assert (run / 'eval' / 'metrics_vs_step.png').stat().st_size > 1000
   summary = json.loads((run / 'eval' / 'summary.json').read_text())
   assert set(summary) == {'4', str(STEPS)}

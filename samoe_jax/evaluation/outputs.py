@@ -3,8 +3,9 @@
 `scores` everywhere is {task: {metric: float}} (accuracy-like metrics in [0, 1], perplexity as is). Per
 checkpoint step and evaluation setting (shots, few-shot seeds, document limit), `write_step_results` writes
 WORKDIR/eval/step_<N>[_<setting>]/{results.json, results.md, results.png} (no suffix for zero-shot on every
-document); evaluating the same step with other settings adds a directory and never replaces one, and the same
-step and setting again merges its tasks in. `write_summary` writes WORKDIR/eval/{summary.json, summary.md,
+document; results.png: bars with standard errors and document counts, evaluation/bar_chart.py); evaluating the
+same step with other settings adds a directory and never replaces one, and the same step and setting again merges
+its tasks in. `write_summary` writes WORKDIR/eval/{summary.json, summary.md,
 metrics_vs_step.png} over everything evaluated so far: summary.json is {step: {task: {metric: value}}} with a
 non-default setting's tasks named `<task>@<setting>` (for example `piqa@5shot_seeds1234-1235`).
 """
@@ -22,19 +23,25 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from samoe_jax.evaluation.bar_chart import PLOTTED, plot_bars  # pylint: disable=wrong-import-position
+
 Scores = Mapping[str, Mapping[str, float]]
-# Metrics drawn in the bar charts and step plots (fractions); perplexities only appear in tables and JSON.
-PLOTTED = ('acc', 'acc_norm', 'exact_match')
 
 
 def eval_dir(workdir: str) -> str:
   return os.path.join(workdir, 'eval')
 
 
-def _fmt(metric: str, value: float) -> str:
+def unit(metric: str) -> str:
+  """' (%)' for accuracy-like metrics (shown in percent), '' for the rest."""
+  return ' (%)' if metric in PLOTTED or metric.startswith('acc') else ''
+
+
+def fmt(metric: str, value: float) -> str:
+  """A value as the tables show it: accuracy-like metrics in percent (2 decimals), others to 4 digits."""
   if value is None or (isinstance(value, float) and math.isnan(value)):
     return 'n/a'
-  if metric in PLOTTED or metric.startswith('acc'):
+  if unit(metric):
     return f'{100 * value:.2f}'
   return f'{value:.4g}'
 
@@ -45,34 +52,8 @@ def markdown_table(scores: Scores, title: str = '') -> str:
   lines += ['| task | metric | value |', '|---|---|---:|']
   for task in sorted(scores):
     for metric in sorted(scores[task]):
-      unit = ' (%)' if metric in PLOTTED or metric.startswith('acc') else ''
-      lines.append(f'| {task} | {metric}{unit} | {_fmt(metric, scores[task][metric])} |')
+      lines.append(f'| {task} | {metric}{unit(metric)} | {fmt(metric, scores[task][metric])} |')
   return '\n'.join(lines) + '\n'
-
-
-def plot_bars(scores: Scores, path: str, title: str) -> bool:
-  """Grouped bars of the PLOTTED metrics per task; returns False (and writes nothing) when there are none."""
-  tasks = sorted(t for t in scores if any(m in scores[t] for m in PLOTTED))
-  metrics = [m for m in PLOTTED if any(m in scores[t] for t in tasks)]
-  if not tasks:
-    return False
-  width = 0.8 / len(metrics)
-  fig, ax = plt.subplots(figsize=(max(5.0, 1.0 + 0.9 * len(tasks)), 4.0))
-  for i, metric in enumerate(metrics):
-    xs = [j + (i - (len(metrics) - 1) / 2) * width for j in range(len(tasks))]
-    values = [100 * scores[t].get(metric, float('nan')) for t in tasks]
-    bars = ax.bar(xs, values, width, label=metric)
-    ax.bar_label(bars, fmt='%.1f', fontsize=7)
-  ax.set_xticks(range(len(tasks)), tasks, rotation=30, ha='right')
-  ax.set_ylabel('%')
-  ax.set_ylim(0, 100)
-  ax.set_title(title)
-  ax.legend(fontsize=8)
-  ax.grid(axis='y', alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
-  return True
 
 
 def plot_over_steps(by_step: Mapping[int, Scores], path: str) -> bool:
@@ -127,28 +108,34 @@ def setting_label(setting: Mapping[str, Any] | None) -> str:
 
 
 def write_step_results(workdir: str, step: int, scores: Scores, details: Mapping[str, Any],
-                       setting: Mapping[str, Any] | None = None) -> str:
+                       setting: Mapping[str, Any] | None = None, command: str | None = None) -> str:
   """WORKDIR/eval/step_<step>[_<setting>]/{results.json, results.md, results.png}; returns the directory.
 
   setting: {'num_fewshot', 'fewshot_seeds', 'limit'} of this evaluation (None: zero-shot, every document). Tasks
-  already recorded for the same step and setting by an earlier call are kept beside the new ones."""
+  already recorded for the same step and setting by an earlier call are kept beside the new ones. command: what
+  produced these scores, recorded per task under 'commands' (the run's report.md names it)."""
   key = setting_key(setting)
   out = os.path.join(eval_dir(workdir), f'step_{step}' + (f'_{key}' if key else ''))
   os.makedirs(out, exist_ok=True)
   path = os.path.join(out, 'results.json')
-  merged_scores, merged_details = {}, {}
+  merged_scores, merged_details, commands = {}, {}, {}
   if os.path.isfile(path):
     with open(path) as f:
       earlier = json.load(f)
     merged_scores, merged_details = dict(earlier.get('scores', {})), dict(earlier.get('details', {}))
+    commands = dict(earlier.get('commands', {}))
   merged_scores.update(scores)
   merged_details.update(details)
+  for task in scores:
+    commands.pop(task, None)
+    if command:
+      commands[task] = command
   label = setting_label(setting)
   _write_json(path, {'step': step, 'setting': dict(setting or {'num_fewshot': 0}), 'setting_label': label,
-                     'scores': merged_scores, 'details': merged_details})
+                     'scores': merged_scores, 'details': merged_details, 'commands': commands})
   with open(os.path.join(out, 'results.md'), 'w') as f:
     f.write(markdown_table(merged_scores, f'Evaluation of step {step} ({label})'))
-  plot_bars(merged_scores, os.path.join(out, 'results.png'), f'step {step} ({label})')
+  plot_bars(merged_scores, os.path.join(out, 'results.png'), f'step {step} ({label})', merged_details)
   return out
 
 
@@ -159,19 +146,26 @@ def read_all_results(workdir: str) -> dict[int, dict[str, dict[str, float]]]:
       workdir).items()}
 
 
-def _by_step_and_setting(workdir: str) -> dict[int, dict[tuple[str, str], dict[str, float]]]:
-  """{step: {(setting label, task name in the summary): scores}}."""
+def read_step_records(workdir: str) -> list[tuple[str, dict[str, Any]]]:
+  """[(path, record)] of every WORKDIR/eval/step_*/results.json, by step then path."""
   root = eval_dir(workdir)
-  out: dict[int, dict[tuple[str, str], dict[str, float]]] = {}
+  found = []
   if os.path.isdir(root):
     for name in sorted(os.listdir(root)):
       path = os.path.join(root, name, 'results.json')
       if name.startswith('step_') and os.path.isfile(path):
         with open(path) as f:
-          record = json.load(f)
-        key, label = setting_key(record.get('setting')), setting_label(record.get('setting'))
-        for task, scores in record['scores'].items():
-          out.setdefault(int(record['step']), {})[(label, f'{task}@{key}' if key else task)] = scores
+          found.append((path, json.load(f)))
+  return sorted(found, key=lambda item: (int(item[1]['step']), item[0]))
+
+
+def _by_step_and_setting(workdir: str) -> dict[int, dict[tuple[str, str], dict[str, float]]]:
+  """{step: {(setting label, task name in the summary): scores}}."""
+  out: dict[int, dict[tuple[str, str], dict[str, float]]] = {}
+  for _, record in read_step_records(workdir):
+    key, label = setting_key(record.get('setting')), setting_label(record.get('setting'))
+    for task, scores in record['scores'].items():
+      out.setdefault(int(record['step']), {})[(label, f'{task}@{key}' if key else task)] = scores
   return out
 
 

@@ -65,7 +65,8 @@ class PeriodicTaskEval:
       self._backend.set_params(params)
     scores, details = run_evaluation(self._backend, self.settings)
     if jax.process_index() == 0:
-      outputs.write_step_results(self.workdir, step, scores, details, self.settings.setting())
+      outputs.write_step_results(self.workdir, step, scores, details, self.settings.setting(),
+                                 f'samoe_jax.train periodic evaluation (eval.tasks={self.config.eval.tasks!r})')
       writer.write_tasks(step, outputs.tensorboard_scalars(scores))
     logging.info('task evaluation at step %d took %.1fs', step, time.time() - start)
     return scores
