@@ -18,6 +18,7 @@ import pytest
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.data import documents
 from samoe_jax.data import pipeline
+from samoe_jax.data import seqio_vocabularies
 from samoe_jax.data import sequences
 from samoe_jax.data import tasks
 from samoe_jax.data import train_tokenizer
@@ -98,9 +99,11 @@ def test_shipped_sentencepiece_layout_and_round_trip():
   ids = vocab.encode(text)
   assert ids.count(3) == text.count('\n') and 0 not in ids and 1 not in ids
   assert vocab.decode(ids) == text
-  tf_ids = vocab.encode_tf(text).numpy().tolist()
+  seqio_vocab = seqio_vocabularies.get_seqio_vocabulary('sentencepiece')   # the seqio tasks' form: same ids
+  assert seqio_vocab.encode(text) == ids and seqio_vocab.decode(ids) == text
+  tf_ids = seqio_vocab.encode_tf(text).numpy().tolist()
   assert tf_ids == ids
-  assert vocab.decode_tf(np.array(ids, np.int32)).numpy().decode() == text
+  assert seqio_vocab.decode_tf(np.array(ids, np.int32)).numpy().decode() == text
 
 
 def test_byte_vocabulary_and_model_path():
@@ -211,7 +214,7 @@ def test_numpy_decoder_features_equal_seqio_feature_converter():
   rows = np.array([[5, 6, 7, 1], [8, 1, 0, 0], [9, 10, 11, 12]], np.int32)
   ds = tf.data.Dataset.from_tensor_slices({'targets': rows})
   expected = list(seqio.DecoderFeatureConverter(pack=False)(ds, {'targets': 4}).batch(3).as_numpy_iterator())[0]
-  got = sequences.decoder_features(rows)
+  got = pipeline.decoder_features(rows)
   for key, value in got.items():
     np.testing.assert_array_equal(value, expected[key])
     assert value.dtype == {'decoder_loss_weights': np.float32}.get(key, np.int32)

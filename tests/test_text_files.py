@@ -1,6 +1,7 @@
-"""Tests of data.task='text_files': documents, the seqio pipeline, the hash split, the disk cache, errors, training.
+"""Tests of data.task='text_files': documents, the rows (in_memory.py, checked against the seqio task), the hash
+split, the disk cache, errors, training.
 
-Real seqio code paths on tiny files written into a temporary directory; the byte vocabulary unless a test needs
+Real code paths on tiny files written into a temporary directory; the byte vocabulary unless a test needs
 SentencePiece. One module-scoped corpus is shared by most tests.
 """
 
@@ -19,9 +20,12 @@ import pytest
 
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.validate import validate_config
+from samoe_jax.data import in_memory
 from samoe_jax.data import pipeline
 from samoe_jax.data import preprocessors
+from samoe_jax.data import seqio_vocabularies
 from samoe_jax.data import sequences
+from samoe_jax.data import sources
 from samoe_jax.data import tasks
 from samoe_jax.data import text_files
 from samoe_jax.data import vocabularies
@@ -91,18 +95,12 @@ def decoded_documents(rows, vocab):
   return [vocab.decode(tokens[start + 1:end].tolist()) for start, end in zip(np.r_[-1, ends[:-1]], ends)]
 
 
-def forget(task_name):
-  """Drops the in-process rows of a task (the disk cache is then the only source without tokenizing)."""
-  for key in [k for k in sequences._SEQUENCE_CACHE if k[0] == task_name]:  # pylint: disable=protected-access
-    del sequences._SEQUENCE_CACHE[key]  # pylint: disable=protected-access
-
-
 # ---------------------------------------------------------------------------------------------- documents and batches
 
 
 def test_task_is_registered_and_in_memory():
-  assert 'text_files' in tasks.TASKS and sequences.is_in_memory('text_files')
-  assert not sequences.is_in_memory('tfds_lm') and sequences.is_in_memory('shakespeare')
+  assert 'text_files' in sources.TASKS and in_memory.is_in_memory('text_files')
+  assert not in_memory.is_in_memory('tfds_lm') and in_memory.is_in_memory('shakespeare')
 
 
 def test_batches_and_tokens_decode_back_to_the_documents(corpus):
@@ -111,10 +109,11 @@ def test_batches_and_tokens_decode_back_to_the_documents(corpus):
   assert list(checked.documents['train']) == TRAIN_DOCS and list(checked.documents['validation']) == V_DOCS
   vocab = vocabularies.get_vocabulary('byte')
   task = tasks.get_task(c)
-  assert task.name.startswith('text_files_byte_')
+  assert task.name.startswith('text_files_byte_') and in_memory.task_name(c) == task.name
   for split, docs in (('train', TRAIN_DOCS), ('validation', V_DOCS)):
-    rows = sequences.in_memory_rows(c, task, split)
+    rows = in_memory.rows(c, split)
     assert rows.dtype == np.int32 and rows.shape[1] == 16 and not rows.flags.writeable
+    np.testing.assert_array_equal(rows, sequences.tokenized_rows(task, split, 16))   # the seqio task's rows
     assert decoded_documents(rows, vocab) == docs   # EOS after every document, in file order
     assert np.count_nonzero(rows) == sum(len(d.encode()) + 1 for d in docs)
   for batch in take(pipeline.make_train_iterator(c), 3) + pipeline.make_eval_batches(c, 2):
@@ -124,7 +123,7 @@ def test_batches_and_tokens_decode_back_to_the_documents(corpus):
     np.testing.assert_array_equal(batch['decoder_input_tokens'][:, 1:], batch['decoder_target_tokens'][:, :-1])
     np.testing.assert_array_equal(batch['decoder_loss_weights'], batch['decoder_target_tokens'] != 0)
   first = pipeline.make_eval_batches(c, 1)[0]['decoder_target_tokens']
-  np.testing.assert_array_equal(first, sequences.in_memory_rows(c, task, 'validation')[:4])
+  np.testing.assert_array_equal(first, in_memory.rows(c, 'validation')[:4])
 
 
 def test_txt_document_modes(corpus, tmp_path):
@@ -141,7 +140,7 @@ def test_txt_document_modes(corpus, tmp_path):
     c = cfg(train_files=f'{tmp_path}/*.txt*', validation_files=f'{corpus}/validation/v.txt', txt_documents=mode,
             seq_len=4, batch_size=1)
     assert list(text_files.check_text_files(c).documents['train']) == expected
-    assert decoded_documents(sequences.in_memory_rows(c, tasks.get_task(c), 'train'), vocab) == expected
+    assert decoded_documents(in_memory.rows(c, 'train'), vocab) == expected
 
 
 def test_concatenate_and_split_equals_token_by_token_batching():
@@ -174,8 +173,10 @@ def test_concatenate_and_split_equals_token_by_token_batching():
 def test_sentencepiece_tokens_equal_python_sentencepiece(corpus):
   c = cfg(corpus, vocabulary='sentencepiece', seq_len=32, batch_size=2)
   vocab = vocabularies.get_vocabulary('sentencepiece')
-  assert tasks.encodes_batches(vocab) and not tasks.encodes_batches(vocabularies.get_vocabulary('byte'))
-  rows = sequences.in_memory_rows(c, tasks.get_task(c), 'train')
+  seqio_sp = seqio_vocabularies.get_seqio_vocabulary('sentencepiece')
+  assert tasks.encodes_batches(seqio_sp) and not tasks.encodes_batches(seqio_vocabularies.get_seqio_vocabulary('byte'))
+  rows = in_memory.rows(c, 'train')
+  np.testing.assert_array_equal(rows, sequences.tokenized_rows(tasks.get_task(c), 'train', 32))   # chunked seqio
   expected = np.concatenate([np.r_[ids, 1] for ids in vocab.tokenizer.encode(TRAIN_DOCS)]).astype(np.int32)
   assert rows.shape == (math.ceil(len(expected) / 32), 32)
   np.testing.assert_array_equal(rows.reshape(-1)[:len(expected)], expected)
@@ -194,7 +195,7 @@ def test_determinism_and_reshuffling(corpus):
 
 def test_resume_is_exact_across_epoch_boundary(corpus):
   c = cfg(corpus)
-  per_epoch = len(sequences.in_memory_rows(c, tasks.get_task(c), 'train')) // 4
+  per_epoch = len(in_memory.rows(c, 'train')) // 4
   assert per_epoch >= 6
   it = pipeline.make_train_iterator(c)
   take(it, per_epoch - 2)
@@ -235,7 +236,7 @@ def test_hash_split_is_disjoint_stable_and_follows_the_formula(tmp_path):
   assert 50 <= len(validation) <= 110
   # Both splits tokenize: the validation batches come from the held-out lines only.
   c = cfg(files=f'{tmp_path}/one/*', txt_documents='line', validation_fraction=0.2, seq_len=8, batch_size=2)
-  rows = sequences.in_memory_rows(c, tasks.get_task(c), 'validation')
+  rows = in_memory.rows(c, 'validation')
   assert set(decoded_documents(rows, vocabularies.get_vocabulary('byte'))) == validation
   assert pipeline.make_eval_batches(c, 1)[0]['decoder_target_tokens'].shape == (2, 8)
 
@@ -247,9 +248,9 @@ def test_disk_cache_hit_equals_fresh_tokenization(corpus, tmp_path, monkeypatch)
   cache = tmp_path / 'cache'
   c = cfg(corpus, vocabulary='sentencepiece', cache_dir=str(cache))
   task = tasks.get_task(c)
-  fresh = sequences.tokenized_rows(task, 'train', 16)
-  forget(task.name)
-  first = sequences.in_memory_rows(c, task, 'train')
+  fresh = sequences.tokenized_rows(task, 'train', 16)   # through seqio
+  in_memory.forget(task.name)
+  first = in_memory.rows(c, 'train')
   key = text_files.cache_key(text_files.load_corpus(c), c, 'train')
   path = text_files.cache_path(str(cache), key)
   assert os.path.isfile(path) and sorted(os.listdir(cache)) == [f'text_files_{key}.json', f'text_files_{key}.npy']
@@ -257,9 +258,10 @@ def test_disk_cache_hit_equals_fresh_tokenization(corpus, tmp_path, monkeypatch)
     manifest = json.load(f)
   assert manifest['tokens'] == np.count_nonzero(fresh) and manifest['seq_len'] == 16
   assert manifest['vocabulary'].startswith('sha256:') and len(manifest['files']) == 5   # every corpus file
-  forget(task.name)
-  monkeypatch.setattr(sequences, 'tokenized_rows', lambda *a: pytest.fail('a cache hit must not tokenize'))
-  hit = sequences.in_memory_rows(c, task, 'train')
+  assert manifest['format_version'] == text_files.FORMAT_VERSION == 2
+  in_memory.forget(task.name)
+  monkeypatch.setattr(in_memory, 'tokenize', lambda *a: pytest.fail('a cache hit must not tokenize'))
+  hit = in_memory.rows(c, 'train')
   assert hit.dtype == fresh.dtype == first.dtype == np.int32
   np.testing.assert_array_equal(hit, fresh)
   np.testing.assert_array_equal(first, fresh)
@@ -278,14 +280,14 @@ def test_disk_cache_key_follows_file_contents(tmp_path):
   cache = tmp_path / 'cache'
   write(tmp_path / 'data' / 'doc.txt', '\n\n'.join(B_DOCS))
   c = cfg(train_files=f'{tmp_path}/data/*.txt', cache_dir=str(cache), batch_size=2)
-  old = sequences.in_memory_rows(c, tasks.get_task(c), 'train')
+  old = in_memory.rows(c, 'train')
   old_key = text_files.cache_key(text_files.load_corpus(c), c, 'train')
   with open(text_files.cache_path(str(cache), old_key), 'rb') as f:
     old_bytes = f.read()
   write(tmp_path / 'data' / 'doc.txt', '\n\n'.join(B_DOCS[::-1]))   # same bytes, other order
   new_key = text_files.cache_key(text_files.load_corpus(c), c, 'train')
   assert new_key != old_key
-  new = sequences.in_memory_rows(c, tasks.get_task(c), 'train')
+  new = in_memory.rows(c, 'train')
   assert decoded_documents(new, vocabularies.get_vocabulary('byte')) == B_DOCS[::-1]
   assert not np.array_equal(new, old)
   with open(text_files.cache_path(str(cache), old_key), 'rb') as f:

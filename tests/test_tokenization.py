@@ -21,6 +21,7 @@ from samoe_jax.config.validate import validate_config
 from samoe_jax.data import documents
 from samoe_jax.data import gpt2_vocabulary
 from samoe_jax.data import pipeline
+from samoe_jax.data import seqio_vocabularies
 from samoe_jax.data import vocabularies
 from samoe_jax.evaluation import tokenization
 from samoe_jax.evaluation.tokenization import EvalTokenizer
@@ -91,11 +92,15 @@ def test_gpt2_special_ids_sizes_and_round_trip():
   assert 0 not in ids and max(ids) < vocab.eos_id and vocab.decode(ids) == text
   # decode stops at EOS and drops padding and the model's padding rows (50258 .. 50303)
   assert vocab.decode([0] + ids + [50300, vocab.eos_id] + ids) == text
-  assert vocab.decode_tf(np.array(ids + [vocab.eos_id, 5], np.int32)).numpy().decode() == text
-  assert vocab.encode_tf(text).numpy().tolist() == ids
-  assert vocab.encode_tf(np.array(['Hello world', '!'])).to_list() == [[15497, 996], [1]]
-  copy = pickle.loads(pickle.dumps(vocab))  # seqio/gin deep-copy vocabularies; the file is re-read and re-checked
-  assert copy == vocab and copy.encode(text) == ids
+  seqio_vocab = seqio_vocabularies.get_seqio_vocabulary('gpt2')   # the seqio tasks' form: same ids
+  assert (seqio_vocab.vocab_size, seqio_vocab.eos_id, seqio_vocab.encode(text)) == (50258, 50257, ids)
+  assert seqio_vocab.decode([0] + ids + [50300, vocab.eos_id] + ids) == text
+  assert seqio_vocab.decode_tf(np.array(ids + [vocab.eos_id, 5], np.int32)).numpy().decode() == text
+  assert seqio_vocab.encode_tf(text).numpy().tolist() == ids
+  assert seqio_vocab.encode_tf(np.array(['Hello world', '!'])).to_list() == [[15497, 996], [1]]
+  for v in (vocab, seqio_vocab):  # seqio/gin deep-copy vocabularies; the file is re-read and re-checked
+    copy = pickle.loads(pickle.dumps(v))
+    assert copy == v and copy.encode(text) == ids
 
 
 def test_gpt2_wrong_file_is_refused(tmp_path, monkeypatch):
@@ -253,7 +258,7 @@ def test_split_and_tokenizer_bad_input():
     tok.split_context_continuation('a', None)
   with pytest.raises(ValueError, match='text=3 must be a string'):
     tok.encode(3)
-  with pytest.raises(ValueError, match='must be a seqio.Vocabulary'):
+  with pytest.raises(ValueError, match='must be a vocabulary with encode, decode, eos_id, vocab_size'):
     EvalTokenizer('byte')
   with pytest.raises(ValueError, match='max_len=0 must be an integer >= 1'):
     tok.rolling_windows([5, 6], 0)

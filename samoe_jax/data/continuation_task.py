@@ -61,7 +61,7 @@ def build_rows(passages: list[str], n: int, min_words: int, rnd: random.Random) 
 def write_task(out: str, corpus: str = 'shakespeare', train: int = 2000, validation: int = 500,
                min_words: int = 5, train_fraction: float = 0.7, seed: int = 0) -> dict[str, int]:
   """Writes OUT/piqa/{train,validation}.jsonl; returns the row counts. Existing files are never overwritten."""
-  from samoe_jax.data.tasks import corpus_path  # pylint: disable=g-import-not-at-top
+  from samoe_jax.data.in_memory import corpus_path  # pylint: disable=g-import-not-at-top
   target = os.path.join(out, 'piqa')
   for split in ('train', 'validation'):
     if os.path.exists(os.path.join(target, f'{split}.jsonl')):

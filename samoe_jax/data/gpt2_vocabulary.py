@@ -1,4 +1,4 @@
-"""GPT-2 byte-level BPE as a seqio vocabulary: tiktoken over a local .tiktoken file, every id shifted by one.
+"""GPT-2 byte-level BPE in plain Python: tiktoken over a local .tiktoken file, every id shifted by one.
 
 seqio reserves id 0 for padding (its feature converters weight the loss by `targets != 0`) and GPT-2's id 0 is the
 real token "!", so every tiktoken id is shifted by +1:
@@ -14,7 +14,8 @@ line, ranks 0 .. N-1) is read with GPT-2's pre-tokenization pattern and <|endoft
 
 Text is encoded as ordinary text: a literal '<|endoftext|>' inside a document is spelled out in BPE tokens, never
 turned into EOS. The file is read here rather than with tiktoken.load.load_tiktoken_bpe, which keeps a copy keyed
-by the path in a temp-dir cache and would serve that stale copy if the file at the path changed.
+by the path in a temp-dir cache and would serve that stale copy if the file at the path changed. No TensorFlow or
+seqio here: data/seqio_vocabularies.py wraps this vocabulary for the seqio tasks.
 """
 
 from __future__ import annotations
@@ -23,14 +24,12 @@ import base64
 import binascii
 import hashlib
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
-from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before seqio: quiet TF, no GPU
+import numpy as np
+import tiktoken
 
-import numpy as np  # pylint: disable=g-import-not-at-top,wrong-import-order
-import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
-import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
-import tiktoken  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import text_vocabularies
 
 GPT2_FILE = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab', 'gpt2.tiktoken')
 GPT2_SHA256 = '306cd27f03c1a714eca7108e03d66b7dc042abe8c258b44c199a7ed9838dd930'
@@ -86,8 +85,8 @@ def load_encoding(path: str, sha256: str | None = None) -> tiktoken.Encoding:
                            explicit_n_vocab=n + 1)
 
 
-class Gpt2Vocabulary(seqio.Vocabulary):
-  """seqio vocabulary over a .tiktoken BPE file with ids shifted by +1 (0 = padding, EOS = <|endoftext|> + 1).
+class Gpt2Vocabulary(text_vocabularies.Vocabulary):
+  """A .tiktoken BPE file with ids shifted by +1 (0 = padding, EOS = <|endoftext|> + 1), seqio's decode rules.
 
   Args:
     path: the .tiktoken file (default: the shipped GPT-2 file).
@@ -95,7 +94,6 @@ class Gpt2Vocabulary(seqio.Vocabulary):
   """
 
   def __init__(self, path: str = GPT2_FILE, sha256: str | None = GPT2_SHA256):
-    super().__init__(extra_ids=0)
     self._path = os.path.abspath(path)
     self._sha256 = sha256
     self._encoding = load_encoding(self._path, sha256)
@@ -125,12 +123,12 @@ class Gpt2Vocabulary(seqio.Vocabulary):
     return None
 
   @property
-  def _base_vocab_size(self) -> int:
+  def vocab_size(self) -> int:
     return self._num_bpe + 2
 
   # ----------------------------------------------------------------------------------------- python
 
-  def _encode(self, s: str) -> list[int]:
+  def encode(self, s: str) -> list[int]:
     """Text -> shifted ids [T] (no EOS); '<|endoftext|>' in the text is ordinary text."""
     if isinstance(s, bytes):
       s = s.decode('utf-8', errors='replace')
@@ -138,49 +136,13 @@ class Gpt2Vocabulary(seqio.Vocabulary):
       raise ValueError(f'Gpt2Vocabulary encodes text (str); got {type(s).__name__} {s!r}.')
     return [i + SHIFT for i in self._encoding.encode_ordinary(s)]
 
+  def encode_batch(self, texts: Sequence[str]) -> list[np.ndarray]:
+    return [np.asarray(ids, np.int32) + SHIFT for ids in self._encoding.encode_ordinary_batch(list(texts))]
+
   def _decode(self, ids: Iterable[int]) -> str:
     """Shifted ids -> text; padding, EOS and ids outside the vocabulary are dropped; broken UTF-8 becomes U+FFFD."""
     tokens = [int(i) - SHIFT for i in ids if SHIFT <= int(i) <= self._num_bpe]
     return self._encoding.decode(tokens, errors='replace')
-
-  # ----------------------------------------------------------------------------------------- tensorflow
-
-  def _encode_numpy(self, s: bytes | np.ndarray) -> np.ndarray:
-    s = s.item() if isinstance(s, np.ndarray) else s  # a 0-d array eagerly, bytes inside tf.data
-    return np.asarray(self._encode(s.decode('utf-8', errors='replace')), np.int32)
-
-  def _encode_batch_numpy(self, s: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rows = [self._encode(x.decode('utf-8', errors='replace')) for x in s.tolist()]
-    values = np.asarray([i for row in rows for i in row], np.int32)
-    return values, np.asarray([len(row) for row in rows], np.int64)
-
-  def _encode_tf(self, s: tf.Tensor) -> tf.Tensor | tf.RaggedTensor:
-    """tf.string scalar -> int32 [T]; tf.string [B] -> int32 ragged [B, None] (via tf.numpy_function)."""
-    s = tf.convert_to_tensor(s, tf.string)
-    if s.shape.rank == 0:
-      ids = tf.numpy_function(self._encode_numpy, [s], tf.int32, stateful=False)
-      ids.set_shape([None])
-      return ids
-    if s.shape.rank == 1:
-      values, lengths = tf.numpy_function(self._encode_batch_numpy, [s], [tf.int32, tf.int64], stateful=False)
-      values.set_shape([None])
-      lengths.set_shape([None])
-      return tf.RaggedTensor.from_row_lengths(values, lengths)
-    raise ValueError(f'Gpt2Vocabulary.encode_tf takes a scalar or 1-D tf.string tensor; got shape {s.shape}.')
-
-  def _decode_numpy(self, ids: np.ndarray) -> np.ndarray:
-    if ids.ndim == 1:
-      return np.asarray(self._decode(ids.tolist()).encode('utf-8'), dtype=object)
-    return np.asarray([self._decode(row).encode('utf-8') for row in ids.tolist()], dtype=object)
-
-  def _decode_tf(self, ids: tf.Tensor) -> tf.Tensor:
-    """int ids [T] -> tf.string scalar; [B, T] -> tf.string [B]."""
-    ids = tf.convert_to_tensor(ids)
-    if ids.shape.rank not in (1, 2):
-      raise ValueError(f'Gpt2Vocabulary.decode_tf takes 1-D or 2-D ids; got shape {ids.shape}.')
-    text = tf.numpy_function(self._decode_numpy, [ids], tf.string, stateful=False)
-    text.set_shape(ids.shape[:-1])
-    return text
 
   # ----------------------------------------------------------------------------------------- identity
 

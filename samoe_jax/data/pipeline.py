@@ -4,11 +4,13 @@ Each batch is {'decoder_input_tokens': int32 [b, L] (targets shifted right, 0 fi
 int32 [b, L], 'decoder_loss_weights': float32 [b, L] (1 where target != 0)} with b = data.batch_size // num_shards
 and L = data.seq_len, made by seqio's DecoderFeatureConverter (pack=False).
 
-In-memory tasks (data.task 'shakespeare', 'shakespeare_tiny', 'text_files') are tokenized once per process and kept
-in memory as an int32 [N, L] array ('text_files' rows also on disk with data.cache_dir); an epoch is a permutation
+In-memory tasks (data.task 'shakespeare', 'shakespeare_tiny', 'text_files') are tokenized once per process in plain
+Python (in_memory.py: no TensorFlow or seqio) and kept in memory as an int32 [N, L] array ('text_files' rows also
+on disk with data.cache_dir); an epoch is a permutation
 of its rows seeded by (data.shuffle_seed, epoch), and global batch j of an epoch is rows [j*B, (j+1)*B) of that
 permutation, of which shard s takes rows [s*b, (s+1)*b). TFDS corpora
-('tfds_lm') stream through seqio with a data.shuffle_buffer shuffle seeded per epoch, sharded at the source.
+('tfds_lm') stream through seqio and tf.data (sequences.py) with a data.shuffle_buffer shuffle seeded per epoch,
+sharded at the source.
 `TrainIterator.get_state()` / `set_state()` give exact resume: the same batches as an uninterrupted run.
 """
 
@@ -20,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from samoe_jax.data import in_memory
+from samoe_jax.data import sources
 from samoe_jax.data import task_finetune
 
 Batch = dict[str, np.ndarray]
@@ -28,8 +32,11 @@ _STATE_KEYS = ('epoch', 'batch_in_epoch', 'batches_served')
 _CHECKED_STATE_KEYS = ('task', 'seq_len', 'batch_size', 'shuffle_seed')
 
 
-def _sequences():
-  """The TensorFlow half of the pipeline, imported on first use (importing this module stays cheap)."""
+def _sequences(task: str):
+  """The TensorFlow half of the pipeline for the streamed data.task `task`, imported on first use (importing this
+  module stays cheap); an unknown task or missing TensorFlow / TFDS / seqio is refused in one line."""
+  sources.check_task(task)
+  sources.require_streaming(task)
   from samoe_jax.data import sequences  # pylint: disable=g-import-not-at-top
   return sequences
 
@@ -67,6 +74,28 @@ def epoch_seed(shuffle_seed: int, epoch: int) -> int:
   return int.from_bytes(digest[:4], 'little') & 0x7FFFFFFF
 
 
+def decoder_features(targets_BL: np.ndarray) -> Batch:
+  """Decoder features of unpacked target rows, as seqio.DecoderFeatureConverter(pack=False) makes them:
+  inputs are the targets shifted right with 0 first, loss weights are 1 where the target is not padding."""
+  targets_BL = np.asarray(targets_BL, np.int32)
+  inputs_BL = np.zeros_like(targets_BL)
+  inputs_BL[:, 1:] = targets_BL[:, :-1]
+  return {'decoder_input_tokens': inputs_BL, 'decoder_target_tokens': targets_BL,
+          'decoder_loss_weights': (targets_BL != 0).astype(np.float32)}
+
+
+def row_batches(rows: np.ndarray, seq_len: int, batch_size: int) -> Iterator[Batch]:
+  """Numpy batches of `batch_size` consecutive rows of `rows` (int32 [N, seq_len]); a partial last batch is dropped.
+
+  Pure numpy (the rows are in memory already): no tf.data iterator whose finalisation could run inside an
+  unrelated garbage collection at the end of a run.
+  """
+  del seq_len
+  for start in range(0, len(rows) - batch_size + 1, batch_size):
+    yield decoder_features(rows[start:start + batch_size])
+
+
+
 def count_tokens(batch: Batch) -> int:
   """The number of non-padding target tokens (positions with loss weight > 0) in `batch`."""
   return int(np.count_nonzero(batch['decoder_loss_weights']))
@@ -88,21 +117,24 @@ class TrainIterator:
     if data_cfg.task == task_finetune.TASK:   # an evaluation task's training split (task_finetune.py)
       self._finetune = task_finetune.training_examples(data_cfg)
       return
-    self._seq = _sequences()
-    self._task = self._seq.get_task(data_cfg, 'train_split')
-    self._in_memory = self._seq.is_in_memory(data_cfg.task)
-    if self._in_memory:
-      rows = self._seq.in_memory_rows(data_cfg, self._task, data_cfg.train_split)
-      tokens = int(np.count_nonzero(rows))
-      if tokens < data_cfg.seq_len:
-        raise ValueError(
-            f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {tokens} tokens, fewer than one '
-            f'sequence of data.seq_len={data_cfg.seq_len}.')
-      if len(rows) < data_cfg.batch_size:
-        raise ValueError(
-            f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {len(rows)} sequences of '
-            f'data.seq_len={data_cfg.seq_len} tokens, fewer than one global batch (data.batch_size='
-            f'{data_cfg.batch_size}).')
+    self._in_memory = in_memory.is_in_memory(data_cfg.task)
+    if not self._in_memory:
+      self._seq = _sequences(data_cfg.task)
+      self._task = self._seq.get_task(data_cfg, 'train_split')
+      return
+    in_memory.check_split(data_cfg, 'train_split')
+    self._name = in_memory.task_name(data_cfg)   # for 'text_files' the corpus fingerprint: files read once here
+    rows = self._rows = in_memory.rows(data_cfg, data_cfg.train_split, self._name)
+    tokens = int(np.count_nonzero(rows))
+    if tokens < data_cfg.seq_len:
+      raise ValueError(
+          f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {tokens} tokens, fewer than one '
+          f'sequence of data.seq_len={data_cfg.seq_len}.')
+    if len(rows) < data_cfg.batch_size:
+      raise ValueError(
+          f'data.task={data_cfg.task!r} split {data_cfg.train_split!r} has {len(rows)} sequences of '
+          f'data.seq_len={data_cfg.seq_len} tokens, fewer than one global batch (data.batch_size='
+          f'{data_cfg.batch_size}).')
 
   def __iter__(self) -> TrainIterator:
     return self
@@ -114,12 +146,12 @@ class TrainIterator:
       return task_finetune.epoch_batches(self._finetune, cfg.batch_size, cfg.shuffle_seed, epoch, start,
                                          self._shard_index, self._num_shards)
     if self._in_memory:
-      rows = self._seq.in_memory_rows(cfg, self._task, cfg.train_split)
+      rows = self._rows
       num_batches = len(rows) // cfg.batch_size
       order = np.random.default_rng([int(cfg.shuffle_seed), epoch]).permutation(len(rows))
       order = _shard_rows(order[:num_batches * cfg.batch_size], cfg.batch_size, self._shard_index,
                           self._num_shards)
-      return self._seq.row_batches(rows[order[start * self._batch:]], cfg.seq_len, self._batch)
+      return row_batches(rows[order[start * self._batch:]], cfg.seq_len, self._batch)
     return self._seq.stream_batches(
         self._task, cfg.train_split, cfg.seq_len, self._batch, seed=epoch_seed(cfg.shuffle_seed, epoch),
         shuffle_buffer=cfg.shuffle_buffer, start=start, shard_index=self._shard_index, num_shards=self._num_shards)
@@ -153,8 +185,8 @@ class TrainIterator:
     state = {'epoch': self._epoch, 'batch_in_epoch': self._batch_in_epoch, 'batches_served': self._served,
              'task': cfg.task, 'seq_len': cfg.seq_len, 'batch_size': cfg.batch_size,
              'shuffle_seed': cfg.shuffle_seed}
-    if cfg.task == 'text_files':   # the seqio task name carries the corpus fingerprint (files, contents, settings)
-      state['corpus'] = self._task.name
+    if cfg.task == 'text_files':   # the task name carries the corpus fingerprint (files, contents, settings)
+      state['corpus'] = self._name
     if self._finetune is not None:   # task, split and file contents
       state['corpus'] = self._finetune.fingerprint
     return state
@@ -198,19 +230,20 @@ def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, 
   batch = _check_sharding(data_cfg, shard_index, num_shards)
   if data_cfg.task == task_finetune.TASK:   # the task's evaluated split, gold continuations (task_finetune.py)
     return task_finetune.eval_batches(data_cfg, num_batches, shard_index, num_shards)
-  seq = _sequences()
-  task = seq.get_task(data_cfg, 'eval_split')
   global_batch, seq_len = data_cfg.batch_size, data_cfg.seq_len
   wanted = num_batches * global_batch
-  if seq.is_in_memory(data_cfg.task):
-    rows = seq.in_memory_rows(data_cfg, task, data_cfg.eval_split)[:wanted]
+  if in_memory.is_in_memory(data_cfg.task):
+    in_memory.check_split(data_cfg, 'eval_split')
+    rows = in_memory.rows(data_cfg, data_cfg.eval_split)[:wanted]
     if not len(rows):
       raise ValueError(f'data.eval_split={data_cfg.eval_split!r} of data.task={data_cfg.task!r} has no tokens: '
                        'nothing to evaluate on (text_files: set data.validation_files, or data.files with '
                        'data.validation_fraction).')
   else:
+    seq = _sequences(data_cfg.task)
+    task = seq.get_task(data_cfg, 'eval_split')
     rows = seq.cached_rows(task, data_cfg.eval_split, seq_len, wanted)[:wanted]
   if len(rows) < global_batch:
     rows = np.concatenate([rows, np.zeros((global_batch - len(rows), seq_len), np.int32)])
   rows = rows[:len(rows) // global_batch * global_batch]
-  return list(seq.row_batches(_shard_rows(rows, global_batch, shard_index, num_shards), seq_len, batch))
+  return list(row_batches(_shard_rows(rows, global_batch, shard_index, num_shards), seq_len, batch))

@@ -11,13 +11,15 @@ Tasks are registered on first use, one per (task, vocabulary[, TFDS dataset]):
 <vocab> is `vocabularies.vocabulary_key(data.vocabulary)`. Every task yields {'targets': int32 [<= seq_len]}:
 documents are tokenized, end with EOS (id 1), are concatenated and cut into data.seq_len pieces.
 Nothing is ever downloaded: a missing TFDS directory or dataset is an error naming both.
+
+Training reads only 'tfds_lm' through seqio (data/sequences.py): the in-memory tasks make the same rows in plain
+Python (data/in_memory.py, no TensorFlow); their seqio tasks remain for comparison and for seqio users.
 """
 
 from __future__ import annotations
 
 import functools
 import hashlib
-import os
 from typing import Any
 
 from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before seqio: quiet TF, no GPU
@@ -25,18 +27,14 @@ from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before s
 import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
 import tensorflow as tf  # pylint: disable=g-import-not-at-top,wrong-import-order
 
-from samoe_jax.data import documents  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import in_memory  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import preprocessors  # pylint: disable=g-import-not-at-top,wrong-import-order
-from samoe_jax.data import task_finetune  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import seqio_vocabularies  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import sources  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import text_files  # pylint: disable=g-import-not-at-top,wrong-import-order
 from samoe_jax.data import vocabularies  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data.in_memory import EMBEDDED, EMBEDDED_SPLITS  # pylint: disable=g-import-not-at-top,wrong-import-order
 
-# Embedded corpora: task -> (directory under samoe_jax/data/corpus, file suffix).
-EMBEDDED = {'shakespeare': ('shakespeare', '.txt.gz'), 'shakespeare_tiny': ('shakespeare_tiny', '.txt')}
-EMBEDDED_SPLITS = ('train', 'validation')
-TASKS = (*EMBEDDED, 'tfds_lm', text_files.TASK, task_finetune.TASK)
-# Tasks tokenized once per process and held in memory as int32 [N, seq_len] rows (the others stream).
-IN_MEMORY = (*EMBEDDED, text_files.TASK)
 # text_files examples are chunks of this many documents when the vocabulary encodes a batch of strings at once
 # (SentencePiece, BPE): one tf.data element per chunk, not per (often tiny) document. Same tokens either way.
 TEXT_FILES_CHUNK = 256
@@ -45,23 +43,13 @@ TEXT_FILES_CHUNK = 256
 # ---------------------------------------------------------------------------------------------- embedded corpora
 
 
-def corpus_path(corpus: str, split: str) -> str:
-  """The file holding `split` of the embedded corpus `corpus`."""
-  directory, suffix = EMBEDDED[corpus]
-  return os.path.join(documents.CORPUS_DIR, directory, split + suffix)
-
-
-@functools.lru_cache(maxsize=None)
-def _documents(path: str) -> tuple[str, ...]:
-  return tuple(documents.read_documents(path))
-
-
 def embedded_dataset(split: str, shuffle_files: bool, seed: int | None = None, *, corpus: str) -> tf.data.Dataset:
   """seqio dataset_fn: the documents of one split as {'text': string}, in corpus order (one file per split)."""
   del shuffle_files, seed  # one file per split; the pipeline shuffles sequences
   if split not in EMBEDDED_SPLITS:
     raise ValueError(f'split {split!r} of corpus {corpus!r} does not exist: use one of {EMBEDDED_SPLITS}.')
-  return tf.data.Dataset.from_tensor_slices({'text': tf.constant(_documents(corpus_path(corpus, split)))})
+  docs = in_memory.embedded_documents(in_memory.corpus_path(corpus, split))
+  return tf.data.Dataset.from_tensor_slices({'text': tf.constant(docs)})
 
 
 def _embedded_source(corpus: str) -> seqio.DataSource:
@@ -159,40 +147,22 @@ def _register(name: str, source: seqio.DataSource, text_key: str, vocab: seqio.V
   )
 
 
-def check_data_source(data_cfg: Any) -> None:
-  """The data checks run before a run writes anything (no corpus is tokenized): the task name, the vocabulary
-  (loaded: a file that is not a SentencePiece model is named), for 'task_finetune' both splits (tokenized, cached)
-  and one global batch of training documents, and for 'tfds_lm' the prepared dataset."""
-  if data_cfg.task not in TASKS:
-    raise ValueError(f'data.task={data_cfg.task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
-  vocabularies.get_vocabulary(data_cfg.vocabulary)
-  if data_cfg.task == task_finetune.TASK:   # the task, its files read and tokenized (cached for the run)
-    task_finetune.training_examples(data_cfg)      # at least one global batch of training documents
-    task_finetune.SplitExamples.load(data_cfg, None)
-  if data_cfg.task == 'tfds_lm':
-    check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)
-
-
 def get_task_name(data_cfg: Any) -> str:
   """Registers (once) and returns the seqio task for data_cfg.task / .vocabulary (/ .tfds_* for 'tfds_lm', the
   files for 'text_files', which are read and hashed on every call)."""
   task = data_cfg.task
-  if task not in TASKS:
-    raise ValueError(f'data.task={task!r} is not a known task: use one of {", ".join(map(repr, TASKS))}.')
-  vocab_key = vocabularies.vocabulary_key(data_cfg.vocabulary)
-  corpus = None
-  if task in EMBEDDED:
-    name = f'{task}_{vocab_key}'
-  elif task == text_files.TASK:
-    corpus = text_files.load_corpus(data_cfg)
-    name = f'text_files_{vocab_key}_{corpus.fingerprint[:16]}'
+  sources.check_task(task)
+  corpus = text_files.load_corpus(data_cfg) if task == text_files.TASK else None
+  if in_memory.is_in_memory(task):
+    name = in_memory.task_name(data_cfg)
   else:
+    vocab_key = vocabularies.vocabulary_key(data_cfg.vocabulary)
     tfds_name, data_dir, text_key = data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key
     check_tfds_dataset(tfds_name, data_dir, text_key)
     digest = hashlib.sha256(f'{tfds_name}\n{data_dir}\n{text_key}'.encode()).hexdigest()[:12]
     name = f'tfds_lm_{vocab_key}_{digest}'
   if name not in seqio.TaskRegistry.names():
-    vocab = vocabularies.get_vocabulary(data_cfg.vocabulary)
+    vocab = seqio_vocabularies.get_seqio_vocabulary(data_cfg.vocabulary)
     if task in EMBEDDED:
       _register(name, _embedded_source(task), 'text', vocab)
     elif corpus is not None:

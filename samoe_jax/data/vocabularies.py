@@ -1,4 +1,8 @@
-"""The vocabularies `data.vocabulary` may name: the shipped SentencePiece model, bytes, GPT-2 BPE, or a file."""
+"""The vocabularies `data.vocabulary` may name: the shipped SentencePiece model, bytes, GPT-2 BPE, or a file.
+
+Plain Python (sentencepiece, tiktoken; no TensorFlow or seqio): `get_vocabulary` gives a
+text_vocabularies.Vocabulary with seqio's ids; the seqio tasks wrap it (data/seqio_vocabularies.py).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +10,8 @@ import functools
 import hashlib
 import os
 
-from samoe_jax.data import tf_setup  # pylint: disable=unused-import  # before seqio: quiet TF, no GPU
-
-import seqio  # pylint: disable=g-import-not-at-top,wrong-import-order
-
-from samoe_jax.data import gpt2_vocabulary  # pylint: disable=g-import-not-at-top,wrong-import-order
+from samoe_jax.data import gpt2_vocabulary
+from samoe_jax.data import text_vocabularies
 
 VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
 SHIPPED_MODEL = os.path.join(VOCAB_DIR, 'shakespeare_sp8k.model')
@@ -32,7 +33,7 @@ def _check_file(path: str) -> str:
   return os.path.abspath(path)
 
 
-def _check_layout(vocab: seqio.SentencePieceVocabulary, path: str) -> None:
+def _check_layout(vocab: text_vocabularies.SentencePieceVocabulary, path: str) -> None:
   sp = vocab.tokenizer
   ids = (sp.pad_id(), sp.eos_id(), sp.unk_id())
   if ids != (PAD_ID, EOS_ID, UNK_ID):
@@ -42,14 +43,13 @@ def _check_layout(vocab: seqio.SentencePieceVocabulary, path: str) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _load(kind: str, path: str) -> seqio.Vocabulary:
+def _load(kind: str, path: str) -> text_vocabularies.Vocabulary:
   if kind == 'byte':
-    return seqio.ByteVocabulary()
+    return text_vocabularies.ByteVocabulary()
   if kind == 'bpe':  # the shipped file must be GPT-2's (hash-checked); any other .tiktoken file is taken as is
     return gpt2_vocabulary.Gpt2Vocabulary(path, gpt2_vocabulary.GPT2_SHA256 if path == SHIPPED_GPT2 else None)
-  vocab = seqio.SentencePieceVocabulary(path)
   try:
-    vocab.tokenizer   # seqio loads the model lazily: a file that is not one fails here, not mid-pipeline
+    vocab = text_vocabularies.SentencePieceVocabulary(path)
   except Exception as err:  # pylint: disable=broad-except  (protobuf DecodeError, RuntimeError, OSError)
     raise ValueError(f'data.vocabulary={path!r} is not a SentencePiece model ({type(err).__name__}: {err}); give '
                      'a .model file written by sentencepiece (samoe_jax/data/train_tokenizer.py trains one).') from err
@@ -71,8 +71,8 @@ def _resolve(name: str) -> tuple[str, str]:
   return ('bpe' if path.endswith('.tiktoken') else 'sentencepiece'), path
 
 
-def get_vocabulary(name: str) -> seqio.Vocabulary:
-  """The seqio vocabulary for `name`: 'sentencepiece' (shipped 8k model), 'byte', 'gpt2' (shipped GPT-2 BPE,
+def get_vocabulary(name: str) -> text_vocabularies.Vocabulary:
+  """The vocabulary for `name`: 'sentencepiece' (shipped 8k model), 'byte', 'gpt2' (shipped GPT-2 BPE,
   hash-checked), or a path to a SentencePiece .model file or a tiktoken .tiktoken BPE file.
 
   Ids follow seqio's layout: 0 = padding; SentencePiece and bytes have 1 = EOS, 2 = UNK; BPE files have every

@@ -1,4 +1,4 @@
-"""Text <-> ids for evaluation through the model's own seqio vocabulary, split the way lm-evaluation-harness does.
+"""Text <-> ids for evaluation through the model's own vocabulary, split the way lm-evaluation-harness does.
 
 Mapping of the harness's conventions (lm_eval 0.4.x, TemplateLM) onto our decoder
 --------------------------------------------------------------------------------
@@ -33,9 +33,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from samoe_jax.data import vocabularies
+import sentencepiece
 
-import seqio  # pylint: disable=g-bad-import-order,wrong-import-order  # after samoe_jax.data (quiet TF, no GPU)
+from samoe_jax.data import vocabularies
 
 START_ID = 0  # the decoder's start token (seqio's padding id shifted in at position 0)
 
@@ -46,7 +46,10 @@ def _check_text(name: str, value: Any) -> str:
   return value
 
 
-def _sentencepiece_anchor(vocabulary: seqio.SentencePieceVocabulary) -> tuple[int, str]:
+VOCABULARY_API = ('encode', 'decode', 'eos_id', 'vocab_size')
+
+
+def _sentencepiece_anchor(vocabulary: Any) -> tuple[int, str]:
   """(id, text) of a normal piece whose text is non-empty and begins with no whitespace: decoding [anchor] + ids
   and dropping the anchor's text keeps a leading '▁' of ids as a space (SentencePiece strips it only at the start).
   """
@@ -84,20 +87,22 @@ def rolling_windows(ids: Sequence[int], max_len: int) -> list[tuple[list[int], l
 
 
 class EvalTokenizer:
-  """Text <-> ids through the model's own vocabulary (a seqio.Vocabulary), harness conventions (module doc)."""
+  """Text <-> ids through the model's own vocabulary (data/vocabularies.py's, or its seqio form), harness
+  conventions (module doc)."""
 
   start_id: int = START_ID
 
-  def __init__(self, vocabulary: seqio.Vocabulary):
-    if not isinstance(vocabulary, seqio.Vocabulary):
-      raise ValueError(f'vocabulary={vocabulary!r} must be a seqio.Vocabulary '
-                       f'(e.g. samoe_jax.data.vocabularies.get_vocabulary(config.data.vocabulary)).')
+  def __init__(self, vocabulary: Any):
+    missing = [name for name in VOCABULARY_API if not hasattr(vocabulary, name)]
+    if missing:
+      raise ValueError(f'vocabulary={vocabulary!r} must be a vocabulary with {", ".join(VOCABULARY_API)} (lacks '
+                       f'{", ".join(missing)}): e.g. samoe_jax.data.vocabularies.get_vocabulary(config.data.vocabulary).')
     self.vocabulary = vocabulary
     self.eos_id: int = vocabulary.eos_id
     self.vocab_size: int = vocabulary.vocab_size
     self._anchor: tuple[int, str] | None = None
     self._num_text_ids = self.vocab_size  # ids >= this decode to nothing
-    if isinstance(vocabulary, seqio.SentencePieceVocabulary):
+    if isinstance(getattr(vocabulary, 'tokenizer', None), sentencepiece.SentencePieceProcessor):
       self._anchor = _sentencepiece_anchor(vocabulary)
       self._num_text_ids = vocabulary.tokenizer.get_piece_size()  # seqio's extra ids (sentinels) are not text
 

@@ -27,6 +27,8 @@ import jax
 import numpy as np
 from absl import logging
 
+from samoe_jax.training.event_file import EventFileWriter as EventWriter  # TensorBoard files, no TensorFlow
+
 
 def flatten_arrays(metrics: Mapping[str, Any]) -> dict[str, float]:
   """{'a': [E] array} -> {'a/0': float, ..., 'a/E-1': float}; scalars keep their names."""
@@ -72,35 +74,6 @@ def progress_line(step: int, total: int, scalars: Mapping[str, float], eta_s: fl
   if eta_s is not None:
     parts.append(f'ETA {format_duration(eta_s)}')
   return ' | '.join(parts)
-
-
-class EventWriter:
-  """TensorBoard event files through TensorFlow's core summary ops (no `tensorboard` package needed)."""
-
-  def __init__(self, logdir: str):
-    import tensorflow as tf  # pylint: disable=g-import-not-at-top  (slow import; only process 0 pays it)
-    from tensorflow.core.framework import summary_pb2  # pylint: disable=g-import-not-at-top
-    tf.config.set_visible_devices([], 'GPU')  # TensorFlow must never take the accelerator from JAX
-    self._tf = tf
-    self._writer = tf.summary.create_file_writer(logdir)
-    plugin = summary_pb2.SummaryMetadata.PluginData
-    self._scalar_meta = summary_pb2.SummaryMetadata(plugin_data=plugin(plugin_name='scalars'))
-    self._text_meta = summary_pb2.SummaryMetadata(plugin_data=plugin(plugin_name='text'))
-
-  def scalars(self, values: Mapping[str, float], step: int) -> None:
-    with self._writer.as_default():
-      for name, value in values.items():
-        self._tf.summary.write(name, self._tf.constant(value, self._tf.float32), step=step,
-                               metadata=self._scalar_meta)
-    self._writer.flush()
-
-  def text(self, name: str, text: str, step: int) -> None:
-    with self._writer.as_default():
-      self._tf.summary.write(name, self._tf.constant(text), step=step, metadata=self._text_meta)
-    self._writer.flush()
-
-  def close(self) -> None:
-    self._writer.close()
 
 
 def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:

@@ -14,7 +14,7 @@ import tempfile
 import ml_collections
 
 from samoe_jax.config.validate import validate_config
-from samoe_jax.data.tasks import check_data_source
+from samoe_jax.data.sources import check_data_source
 from samoe_jax.data.text_files import check_text_files
 from samoe_jax.training import distill, init_from
 from samoe_jax.training.checkpoint import Checkpointer
