@@ -120,7 +120,7 @@ class SplitExamples:
 
 def training_examples(data_cfg: Any) -> SplitExamples:
   """The training split, checked to hold at least one global batch (data.batch_size documents); a shorter one is
-  refused here, before a run writes anything (data/tasks.check_data_source)."""
+  refused here, before a run writes anything (data/sources.check_data_source)."""
   examples = SplitExamples.load(data_cfg, TRAIN_SPLIT)
   if len(examples.rows) < data_cfg.batch_size:
     raise ValueError(f'data.finetune_task={data_cfg.finetune_task!r} has {len(examples.rows)} training documents, '
