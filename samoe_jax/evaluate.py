@@ -89,7 +89,9 @@ def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
+  quiet_library_logs()
   f = flags.FLAGS
   try:
     config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)

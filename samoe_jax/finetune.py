@@ -92,7 +92,7 @@ def _run(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
   from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   quiet_library_logs()

@@ -13,7 +13,6 @@ mixing_weights.png are written into the workdir.
 from __future__ import annotations
 
 import functools
-import logging as std_logging
 import os
 import sys
 from typing import Any, Sequence
@@ -22,51 +21,9 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samoe_jax import cli
+from samoe_jax.console import quiet_library_logs
 
-os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (data pipeline, event files) stays quiet
-
-
-class _DropLibraryInfo(std_logging.Filter):
-  """Keeps orbax's per-save INFO chatter out of the console; its errors show as one line each, without the
-  tracebacks of its background threads (the trainer reports a failed save itself: CheckpointSaveError)."""
-
-  def filter(self, record: std_logging.LogRecord) -> bool:
-    if record.name == 'asyncio' and 'exception was never retrieved' in str(record.msg):
-      return False   # the same failed write once per array, from orbax's abandoned futures
-    if 'orbax' not in record.pathname:
-      return True
-    if record.levelno < std_logging.WARNING:
-      return False
-    if record.exc_info or record.levelno >= std_logging.ERROR:
-      first = (record.getMessage().strip().splitlines() or [''])[0]
-      record.msg, record.args, record.exc_info, record.exc_text = first[:300], None, None, None
-    return True
-
-
-def _is_closed_loop_noise(exc_type: type, value: BaseException) -> bool:
-  return exc_type is RuntimeError and str(value) == 'Event loop is closed'
-
-
-def quiet_library_logs() -> None:
-  """Drops orbax's per-save INFO lines from absl's console handler (warnings and errors still show, one line
-  each), the 'Event loop is closed' tracebacks that TensorStore callbacks print after a failed async save,
-  jax's INFO line about backends it did not find, and SentencePiece's INFO log."""
-  logging.get_absl_handler().addFilter(_DropLibraryInfo())
-  std_logging.getLogger('jax._src.xla_bridge').setLevel(std_logging.WARNING)   # "Unable to initialize backend 'tpu'"
-  import sentencepiece  # pylint: disable=g-import-not-at-top
-  sentencepiece.set_min_log_level(1)   # its normalizer's INFO line on every model load
-  previous = sys.excepthook
-
-  def excepthook(exc_type, value, tb):
-    if not _is_closed_loop_noise(exc_type, value):
-      previous(exc_type, value, tb)
-  sys.excepthook = excepthook
-  previous_unraisable = sys.unraisablehook
-
-  def unraisablehook(unraisable):
-    if not _is_closed_loop_noise(unraisable.exc_type, unraisable.exc_value):
-      previous_unraisable(unraisable)
-  sys.unraisablehook = unraisablehook
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (a TFDS corpus's pipeline) stays quiet
 
 
 def resolve_config(config_flag: flags.FlagHolder) -> Any:
@@ -107,8 +64,10 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
     return
   _write_gin_config(workdir)
   path = report.write_report(workdir)
-  logging.info('final validation loss %s, perplexity %s; report: %s', final.get('eval/loss'),
-               final.get('eval/perplexity'), path)
+  loss, perplexity = final.get('eval/loss'), final.get('eval/perplexity')
+  if loss is not None and perplexity is not None:
+    logging.info('final validation loss %.4f, perplexity %.2f', loss, perplexity)
+  logging.info('report: %s', path)
 
 
 def main() -> None:

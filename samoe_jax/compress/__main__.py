@@ -267,7 +267,7 @@ def _meta(source: Any, method: str) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
   from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {", ".join(COMMANDS)} (got {argv[1:]})')
   command = argv[1]

@@ -102,6 +102,14 @@ class EvalSettings:
     return self.fewshot_seeds if self.num_fewshot else self.fewshot_seeds[:1]
 
 
+def _max_len(backend: Any) -> str:
+  """The model.max_len of the backend's model, '?' for a backend without one."""
+  try:
+    return str(backend.model.spec.model.max_len)
+  except AttributeError:
+    return '?'
+
+
 def run_evaluation(backend: Any, settings: EvalSettings, *, model: Any = None, params: Any = None,
                    partitioner: Any = None, config: Any = None) -> tuple[dict[str, dict[str, float]], dict[str, Any]]:
   """Evaluates every configured task and perplexity; model/params/partitioner/config are needed only for the
@@ -117,9 +125,8 @@ def run_evaluation(backend: Any, settings: EvalSettings, *, model: Any = None, p
                            limit=settings.limit, bootstrap_iters=settings.bootstrap_iters)
     result['truncated_requests'] = cut = getattr(backend, 'truncated', 0) - cut_before
     if cut:
-      logging.warning('%s (%d-shot): %d request(s) were longer than the model (model.max_len=%s) and were cut from '
-                      'the left, as lm-evaluation-harness cuts them', name, settings.num_fewshot, cut,
-                      getattr(getattr(getattr(backend, 'model', None), 'spec', None), 'max_len', '?'))
+      logging.warning('%s (%d-shot): %d request(s) longer than model.max_len=%s, cut from the left (as '
+                      'lm-evaluation-harness cuts them)', name, settings.num_fewshot, cut, _max_len(backend))
     scores[name] = dict(result['metrics'])
     details[name] = result
     logging.info('%s (%d docs, %d-shot): %s in %.1fs', name, result['num_docs'], settings.num_fewshot,

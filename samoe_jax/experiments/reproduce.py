@@ -92,7 +92,7 @@ def run_suite(suite_name: str | Suite, out_dir: str, *, seeds: int = 0, steps: i
 def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax.train import quiet_library_logs  # pylint: disable=g-import-not-at-top
+  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   quiet_library_logs()
   try:
     if _SUITE.value == 'paper':

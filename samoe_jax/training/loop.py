@@ -15,6 +15,7 @@ import dataclasses
 import json
 import os
 import signal
+import textwrap
 import threading
 import time
 from typing import Any
@@ -155,7 +156,8 @@ def write_run_files(run: Run) -> dict[str, int]:
       f.write(run.config.to_json_best_effort(indent=2, sort_keys=True) + '\n')
     with open(os.path.join(run.workdir, 'param_summary.json'), 'w') as f:
       json.dump(summary, f, indent=2)
-  logging.info('parameters: %s', ', '.join(f'{k}={v:,}' for k, v in summary.items()))
+  for number, line in enumerate(textwrap.wrap(', '.join(f'{k}={v:,}' for k, v in summary.items()), 96)):
+    logging.info('%s %s', 'parameters:' if number == 0 else '           ', line)
   return summary
 
 

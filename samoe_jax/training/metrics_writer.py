@@ -91,6 +91,26 @@ def read_metrics(workdir: str, kind: str | None = None) -> list[dict[str, Any]]:
   return sorted(records, key=lambda r: (r['step'], r.get('kind', 'train')))
 
 
+EVAL_LABELS = (('eval/loss', 'loss'), ('eval/cross_entropy', 'ce'), ('eval/perplexity', 'ppl'),
+               ('eval/accuracy', 'acc'), ('eval/moe/dropped_fraction', 'dropped'))
+
+
+def eval_line(step: int, metrics: Mapping[str, Any]) -> str:
+  """'eval at step 200: loss 4.1267 | ce 4.1023 | ppl 60.47 | acc 0.2710 | dropped 0.0012 | 32768 tokens'; other
+  scalars follow under their last name part."""
+  values = {k: float(v) for k, v in metrics.items() if np.ndim(v) == 0}
+  parts = []
+  for key, label in EVAL_LABELS:
+    if key in values:
+      value = values.pop(key)
+      parts.append(f'{label} {value:.2f}' if label == 'ppl' and value < 1e6 else
+                   f'{label} {value:.3e}' if label == 'ppl' else f'{label} {value:.4f}')
+  if 'eval/num_tokens' in values:
+    parts.append(f'{values.pop("eval/num_tokens"):.0f} tokens')
+  parts += [f'{k.split("/", 1)[-1]} {v:.4f}' for k, v in sorted(values.items())]
+  return f'eval at step {step}: ' + ' | '.join(parts)
+
+
 class MetricsWriter:
   """Writes train/eval metrics of logged steps to the console, TensorBoard and metrics.jsonl."""
 
@@ -120,8 +140,7 @@ class MetricsWriter:
 
   def write_eval(self, step: int, metrics: Mapping[str, Any]) -> None:
     self._write('eval', step, metrics)
-    logging.info('eval at step %d: %s', step,
-                 ' | '.join(f'{k.split("/", 1)[-1]} {float(v):.4f}' for k, v in sorted(metrics.items())))
+    logging.info('%s', eval_line(step, metrics))
 
   def write_tasks(self, step: int, scalars: Mapping[str, float]) -> None:
     """Zero/few-shot task scores {'tasks/<task>/<metric>': value} of step `step` (kind 'tasks' in the JSONL)."""
