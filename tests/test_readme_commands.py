@@ -7,6 +7,7 @@ or written by an earlier command. One probe process parses every command, a deli
 from __future__ import annotations
 
 import pathlib
+import re
 import textwrap
 
 import pytest
@@ -109,3 +110,10 @@ def test_each_broken_command_is_named_with_its_line(problems):
   assert "no key 'num_expert'" in next(p for p in broken.splitlines() if p.startswith('broken.md:11: '))
   lines = {int(p.split(':')[1]) for p in broken.splitlines()}
   assert lines == set(expected), broken   # the train of line 6 and the report of line 15 are right
+
+
+def test_console_scripts_named_in_the_docs_exist():
+  """Inline `samoe-...` names (the console scripts of pip install -e .) are scripts of pyproject.toml."""
+  scripts = doc_command_checks.Checker().scripts
+  named = {(name, m) for name in DOCUMENTS for m in re.findall(r'`(samoe-[a-z-]+)', (ROOT / name).read_text())}
+  assert named and not {(name, m) for name, m in named if m not in scripts}
