@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import re
 import subprocess
 import sys
 
@@ -90,6 +91,16 @@ def test_cli_writes_tables_json_plots_and_tensorboard(run, evaluated):
   assert set(summary) == {'4', str(STEPS)}
   events = list((run / 'tensorboard').glob('events.out.tfevents.*'))
   assert len(events) >= 2                                            # the trainer's and the evaluator's
+
+
+def test_cli_console_is_short(evaluated):
+  """Two checkpoints restored and scored: no orbax restore chatter, no CUDA probe, our lines with the short prefix
+  (samoe_jax/console.py)."""
+  lines = evaluated.stderr.splitlines()
+  assert not [line for line in lines if 'orbax' in line or 'Restoring checkpoint' in line or 'cuInit' in line]
+  ours = [line for line in lines if re.match(r'[IWE] \d\d:\d\d:\d\d ', line)]
+  assert sum('piqa (3 docs, 0-shot): acc' in line for line in ours) == 2   # one per checkpoint
+  assert max(map(len, ours)) <= 160, max(ours, key=len)
 
 
 def test_validation_perplexity_equals_the_trainers(run, evaluated):
