@@ -1,4 +1,4 @@
-# The two commands of the README: `make demo` (train + evaluate the tiny SaMoE) and `make test`.
+# The two commands of the README: `make demo` (train, evaluate and sample the demo SaMoE) and `make test`.
 # Each creates the virtual environment from requirements.txt when it is missing.
 # The first of these interpreters that runs here (requirements.txt pins for 3.11 and, by markers, for 3.12+);
 # `make test PYTHON=python3.12 VENV=.venv-py312` picks another.
@@ -6,8 +6,8 @@ PYTHON ?= $(shell for p in python3.11 python3.12 python3.13 python3; do $$p -c '
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-WORKDIR ?= workdir/tiny_samoe
-CONFIG ?= configs/tiny_samoe.py
+WORKDIR ?= workdir/demo_samoe
+CONFIG ?= configs/demo_samoe.py
 export TF_CPP_MIN_LOG_LEVEL := 2
 
 .PHONY: venv demo test test-fast bench describe clean-venv
@@ -21,8 +21,13 @@ $(STAMP): requirements.txt pyproject.toml
 
 venv: $(STAMP)
 
+# Train the SaMoE demo (report.md, loss and mixing figures), score the 13 tasks on the shipped fixtures (a pipeline
+# check: a few documents per task) and print a sample. Re-running resumes / rewrites the evaluation.
 demo: $(STAMP)
 	$(PY) -m samoe_jax.train --config=$(CONFIG) --workdir=$(WORKDIR)
+	$(PY) -m samoe_jax.evaluate --workdir=$(WORKDIR) --eval_data_dir=tests/fixtures/eval --tasks=all
+	$(PY) -m samoe_jax.generate --workdir=$(WORKDIR) --prompt='ROMEO:' --max_new_tokens=48 --temperature=0.8 \
+	    --top_k=40 --seed=0
 
 test: $(STAMP)
 	$(PY) -m pytest -q -n 2 --dist loadfile tests
