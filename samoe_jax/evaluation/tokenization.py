@@ -96,7 +96,7 @@ class EvalTokenizer:
     missing = [name for name in VOCABULARY_API if not hasattr(vocabulary, name)]
     if missing:
       raise ValueError(f'vocabulary={vocabulary!r} must be a vocabulary with {", ".join(VOCABULARY_API)} (lacks '
-                       f'{", ".join(missing)}): e.g. samoe_jax.data.vocabularies.get_vocabulary(config.data.vocabulary).')
+                       f'{", ".join(missing)}): e.g. samoe_jax.data.vocabularies.get_vocabulary(data.vocabulary).')
     self.vocabulary = vocabulary
     self.eos_id: int = vocabulary.eos_id
     self.vocab_size: int = vocabulary.vocab_size
