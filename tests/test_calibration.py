@@ -175,3 +175,33 @@ def test_dropped_by_quarter(tmp_path):
         f.write(json.dumps({'step': step, 'moe/dropped_fraction': base if step <= 60 else 0.0}) + '\n')
   quarters = cal.dropped_by_quarter([str(tmp_path / 'r0'), str(tmp_path / 'r1')], steps=100)
   assert quarters == pytest.approx([0.3, 0.3, 0.15, 0.0])   # quarters: steps 10-20, 30-50, 60-70, 80-100
+
+
+@pytest.mark.parametrize('first', ['calibration', 'cpu_comparison', 'suites'])
+def test_any_suite_module_imports_first_and_registers_every_suite(first):
+  """calibration and cpu_comparison import each other's names at module level: every import order must work."""
+  import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
+  code = (f'from samoe_jax.experiments import {first}\n'
+          'from samoe_jax.experiments import calibration, suites\n'
+          'print(sorted(suites.REGISTRY), sorted(calibration.DESIGNS))')
+  out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120,
+                       env=dict(os.environ, JAX_PLATFORMS='cpu')).stdout
+  assert "'cpu'" in out and "'calibration_every_other'" in out and "'h100'" in out, out
+
+
+def test_cpu_suite_is_the_every_other_design_with_the_comparison_configs():
+  cpu, design = cal.DESIGNS['cpu']
+  assert cpu is suites.get_suite('cpu') and design == cal.DESIGN_EVERY_OTHER
+  names = [s.name for s in cpu.configs]
+  for pairs in cal.condition_pairs(design).values():   # the regime conditions are checkable on its runs
+    assert all(a in names and b in names for a, b in pairs)
+  base = cal.CALIBRATION_EVERY_OTHER
+  for name in ('dense', 'dense_d128', 'moe_e4', 'moe_e8', 'moe_e16'):   # the calibration's runs, bit for bit
+    a, b = cpu.config(cpu.spec(name), 1).to_dict(), base.config(base.spec(name), 1).to_dict()
+    a['train'].pop('grad_stats_every'), b['train'].pop('grad_stats_every')
+    assert a == b, name
+  samoe = {s.name: s for s in cpu.configs if s.role == 'samoe'}
+  assert sorted(samoe) == ['samoe_p1', 'samoe_p2', 'samoe_p2_reach1']
+  assert samoe['samoe_p2'].overrides['pool.target_reach'] == suites.MIXING_REACH
+  assert samoe['samoe_p2_reach1'].overrides['pool.target_reach'] == 0.0
+  assert cpu.seeds == 3 and cpu.steps == design.steps

@@ -127,6 +127,9 @@ DESIGNS = {CALIBRATION.name: (CALIBRATION, DESIGN), CALIBRATION_EVERY_OTHER.name
                                                                                    DESIGN_EVERY_OTHER)}
 for _suite, _ in DESIGNS.values():
   suites.REGISTRY[_suite.name] = _suite   # suites.py imports this module at its end: either order works
+# The cpu suite (the comparison in DESIGN_EVERY_OTHER; it adds itself to REGISTRY and DESIGNS) is imported after
+# the names it uses, so that importing suites, calibration or cpu_comparison first all work.
+from samoe_jax.experiments import cpu_comparison  # noqa: E402,F401  pylint: disable=wrong-import-position
 
 
 # ------------------------------------------------------------------------------------------- the conditions
@@ -488,7 +491,10 @@ def main(argv: Sequence[str] | None = None) -> None:
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   from samoe_jax import cli  # pylint: disable=g-import-not-at-top
   out = flags.DEFINE_string('out', '', 'The suite directory of the calibration runs (reproduce --out).')
-  suite_name = flags.DEFINE_enum('suite', CALIBRATION.name, list(DESIGNS), 'Which calibration design.')
+  from samoe_jax.experiments import calibration as registered  # pylint: disable=g-import-not-at-top,import-self
+  designs = registered.DESIGNS   # run as __main__, the designs other modules registered are in the imported module
+  suite_name = flags.DEFINE_enum('suite', CALIBRATION.name, list(designs), 'Which calibration design (or the cpu '
+                                 'suite, whose regime conditions it checks).')
   corpus = flags.DEFINE_string('corpus_dir', '', 'The corpus the runs trained on (only named in the configs).')
   do_bench = flags.DEFINE_bool('bench', False, 'Time the configs (samoe_jax.bench) instead of reporting.')
   bench_json = flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here; report: add '
@@ -500,7 +506,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   def run(args: Sequence[str]) -> None:
     if len(args) > 1:
       raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    suite, design = DESIGNS[suite_name.value]
+    suite, design = designs[suite_name.value]
     if do_bench.value:
       bench(bench_json.value, steps.value, repeats.value, suite)
       return

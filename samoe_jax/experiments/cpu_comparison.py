@@ -64,4 +64,5 @@ CPU = Suite(
     f'{DESIGN.tokens / 1e6:.2f}M tokens per run (docs/results/cpu).', _base, configs(DESIGN), seeds=3,
     steps=DESIGN.steps, evals=DESIGN.evals, grad_stats=GRAD_STATS, needs_corpus=True,
     budget='about 75 minutes on 2 idle CPU cores')
-suites.REGISTRY[CPU.name] = CPU   # suites.py imports this module at its end
+suites.REGISTRY[CPU.name] = CPU   # calibration.py imports this module after its designs
+calibration.DESIGNS[CPU.name] = (CPU, DESIGN)   # `python -m samoe_jax.experiments.calibration --suite=cpu`: (a)-(c)

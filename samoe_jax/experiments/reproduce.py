@@ -35,7 +35,7 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 PROG = 'samoe_jax.experiments.reproduce'
 
-_SUITE = flags.DEFINE_string('suite', None, "'smoke' (CI), 'cpu' (~90 min on 2 cores), 'gpu' (~10 min on one "
+_SUITE = flags.DEFINE_string('suite', None, "'smoke' (CI), 'cpu' (the comparison, ~75 min on 2 idle cores), 'gpu' (~10 min on one "
                              "H100), 'h100' (--budget_s), 'calibration' and 'calibration_every_other' (the regime "
                              "search), 'mixing' (the mixing probe) or 'paper' (TPU commands); "
                              "docs/experiments.md.")
