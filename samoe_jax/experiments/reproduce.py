@@ -36,9 +36,9 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 PROG = 'samoe_jax.experiments.reproduce'
 
 _SUITE = flags.DEFINE_string('suite', None, "'smoke' (CI), 'cpu' (the comparison, ~75 min on 2 idle cores), "
-                             "'gpu' (~10 min on one H100), 'h100' (--budget_s), 'calibration' and 'calibration_every_other' (the regime "
-                             "search), 'mixing' (the mixing probe) or 'paper' (TPU commands); "
-                             "docs/experiments.md.")
+                             "'gpu' (~10 min on one H100), 'h100' (--budget_s), 'calibration' and "
+                             "'calibration_every_other' (the regime search), 'mixing' (the mixing probe) or 'paper' "
+                             "(TPU commands); docs/experiments.md.")
 _OUT = flags.DEFINE_string('out', None, 'Suite directory: runs/, report/, the corpus and caches.')
 _SEEDS = flags.DEFINE_integer('seeds', 0, 'Seeds per config (0: the suite default).')
 _STEPS = flags.DEFINE_integer('steps', 0, "Training steps per run (0: the suite's); for quick trials.")
