@@ -7,7 +7,6 @@ sp1k model is checked too where /work/runs/corpus/sp1k.model exists.
 
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pytest
@@ -18,11 +17,11 @@ from samoe_jax.data import seqio_vocabularies
 from samoe_jax.data import sequences
 from samoe_jax.data import tasks
 from samoe_jax.data import text_vocabularies
+from samoe_jax.data import train_tokenizer
 from samoe_jax.data import vocabularies
 
 import seqio  # pylint: disable=g-bad-import-order  # after samoe_jax.data (quiet TF)
 
-SP1K = '/work/runs/corpus/sp1k.model'   # the experiment corpus's vocabulary, where this machine has it
 TINY_DOCS = in_memory.embedded_documents(in_memory.corpus_path('shakespeare_tiny', 'validation'))
 ODD_TEXTS = ['', ' ', 'To be,  or not\n\n\tto be: café ☃ 日本語 🎭', '\r\n trailing  ', '<|endoftext|> 42']
 
@@ -65,9 +64,16 @@ def test_sentencepiece_layout_and_bad_model(tmp_path):
     vocabularies.get_vocabulary(str(bad))
 
 
-@pytest.mark.skipif(not os.path.isfile(SP1K), reason=f'{SP1K} (the experiment corpus vocabulary) is not here')
-def test_experiment_sp1k_model_equals_seqio():
-  plain, reference = vocabularies.get_vocabulary(SP1K), seqio.SentencePieceVocabulary(SP1K)
+@pytest.fixture(scope='module')
+def sp1k(tmp_path_factory) -> str:
+  """A 1k unigram model trained with the project's trainer flags (as the experiment corpus's sp1k) on the shipped
+  Shakespeare validation split: a model other than the shipped one."""
+  corpus = in_memory.corpus_path('shakespeare', 'validation')
+  return train_tokenizer.train(corpus, str(tmp_path_factory.mktemp('sp') / 'sp1k'), vocab_size=1024)
+
+
+def test_a_trained_1k_model_equals_seqio(sp1k):
+  plain, reference = vocabularies.get_vocabulary(sp1k), seqio.SentencePieceVocabulary(sp1k)
   texts = list(TINY_DOCS) + ODD_TEXTS
   ids = [plain.encode(text) for text in texts]
   assert ids == [list(reference.encode(text)) for text in texts]
