@@ -6,8 +6,8 @@ from __future__ import annotations
 from typing import Sequence
 
 import numpy as np
-from ml_collections import config_flags
 
+from samoe_jax.config import config_file
 from samoe_jax.config.presets import GPU_BENCH_KINDS, POOL_SWEEP, bench_all_blocks, bench_gpu
 
 # cpu: --configs (the reference workload); gpu: presets.bench_gpu dense / moe / samoe; pool: MoE on all 4 blocks
@@ -34,8 +34,7 @@ def preset_configs(preset: str, config_paths: Sequence[str]) -> list[tuple[str, 
     return [(pool_sweep_name(*row), bench_all_blocks(*row)) for row in POOL_SWEEP]
   if preset != 'cpu':
     raise ValueError(f'--preset={preset!r} is not one of {PRESETS}')
-  parser = config_flags.config_flags._ConfigFileParser(name='config')  # pylint: disable=protected-access
-  return [(path, parser.parse(path)) for path in config_paths]
+  return [(path, config_file.load_spec(path)) for path in config_paths]   # a bad file: one ConfigFileError
 
 
 def select_configs(named: list[tuple[str, object]], only: Sequence[str]) -> list[tuple[str, object]]:

@@ -1,6 +1,7 @@
 """The console of the command-line tools: short lines of our own, library chatter out, real warnings kept.
 
-`quiet_library_logs()` (every entry point calls it once its flags are parsed) sets up absl's stderr handler:
+`quiet_library_logs()` (samoe_jax/cli.py's run_app calls it for every entry point once its flags are parsed) sets
+up absl's stderr handler:
 
 * records of our own code (files under samoe_jax/) get a short prefix, 'I 16:01:53 ' (warnings and errors
   'W 16:01:53 checkpoint.py:120] '), instead of absl's 45 characters 'I1207 16:01:53.097766 139818898705280

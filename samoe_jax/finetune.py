@@ -92,10 +92,8 @@ def _run(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
   from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  quiet_library_logs()
   if os.path.abspath(f.workdir) == os.path.abspath(f.init_from):
     raise ValueError(f'--workdir={f.workdir!r} is the --init_from run itself: fine-tune into a new directory '
                      '(the source run is never written to)')

@@ -192,8 +192,6 @@ def _run(argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   options = options_from_flags()
   options.check()   # before the heavy imports
-  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
-  quiet_library_logs()
   run(options)
 
 

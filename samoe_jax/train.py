@@ -21,7 +21,6 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samoe_jax import cli
-from samoe_jax.console import quiet_library_logs
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (a TFDS corpus's pipeline) stays quiet
 
@@ -55,7 +54,6 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   from samoe_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
-  quiet_library_logs()
   workdir = workdir_flag.value
   config = resolve_config(config_flag)   # bad input raises; cli.run_app prints its message, exit code 1
   distributed.initialize(flags.FLAGS.coordinator_address, flags.FLAGS.num_processes, flags.FLAGS.process_id)

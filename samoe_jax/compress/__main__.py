@@ -267,12 +267,10 @@ def _meta(source: Any, method: str) -> dict[str, Any]:
 
 def _main(argv: list[str]) -> None:
   from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {", ".join(COMMANDS)} (got {argv[1:]})')
   command = argv[1]
   check_command_flags(command, {name for name in FLAGS if FLAGS[name].present})
-  quiet_library_logs()
   if command != 'stats' and not (FLAGS.task and FLAGS.out):
     raise ValueError(f'{command} needs --task (an evaluation task with a training split) and --out')
   if command == 'stats' and bool(FLAGS.task) == bool(FLAGS.split):

@@ -18,13 +18,14 @@ are resolved against the gin file's directory, then the working directory.
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from typing import Any
 
 import gin
 import ml_collections
+
+from samoe_jax.config import config_file
 
 SECTIONS = ('model', 'moe', 'pool', 'data', 'train', 'eval', 'mesh', 'distill', 'init')
 
@@ -52,12 +53,8 @@ def load_config_file(path: str) -> ml_collections.ConfigDict:
   """get_config() of a Python config file (as ml_collections' --config= flag loads it)."""
   if not os.path.isfile(path):
     raise ValueError(f'samoe.experiment.config_file={path!r} does not exist')
-  spec = importlib.util.spec_from_file_location(f'samoe_gin_base_{abs(hash(path))}', path)
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  if not hasattr(module, 'get_config'):
-    raise ValueError(f'samoe.experiment.config_file={path!r} has no get_config() function')
-  return module.get_config()
+  # anything the file raises, or a get_config() that returns no ConfigDict: one ConfigFileError (a ValueError)
+  return config_file.load(path, module_name=f'samoe_gin_base_{abs(hash(path))}', lock=False)
 
 
 def _resolve_config_file(path: str, gin_files: Sequence[str]) -> str:
