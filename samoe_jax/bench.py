@@ -172,11 +172,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     kind = jax.devices()[0].device_kind
     peak = peak_flops(kind)
     print(f'chip: {kind}; bf16 peak ' + (f'{peak / 1e12:.0f} TFLOP/s' if peak else 'unknown (no MFU)'))
-    try:
-      named = select_configs(preset_configs(_PRESET.value, _CONFIGS.value.split(',')), _ONLY.value)
-      results = benchmark(named, _STEPS.value, _REPEATS.value, _GRAD_STATS.value, peak=peak)
-    except ValueError as err:   # an invalid config: the message, no traceback
-      sys.exit(f'samoe_jax.bench: {err}')
+    # An invalid config raises ValueError: cli.run_app prints its message, exit code 1.
+    named = select_configs(preset_configs(_PRESET.value, _CONFIGS.value.split(',')), _ONLY.value)
+    results = benchmark(named, _STEPS.value, _REPEATS.value, _GRAD_STATS.value, peak=peak)
     ratio = samoe_vs_moe(results)
     if ratio is not None:
       print(f'SaMoE / MoE step time: {ratio:.3f} ({(ratio - 1) * 100:+.1f} %; target within 3 %)')

@@ -309,11 +309,7 @@ def _main(argv: list[str]) -> None:
   if config is None:
     raise app.UsageError('--config=configs/NAME.py (or --workdir=RUN) is required')
   sweep = [int(x) for x in _POOL_SWEEP.value] or None
-  try:
-    report = describe(config, sweep)
-  except ValueError as err:
-    print(err, file=sys.stderr)
-    sys.exit(1)
+  report = describe(config, sweep)   # an invalid config raises: cli.run_app prints its message, exit code 1
   if _CHECK_MODEL.value:
     report['model_check'] = model_check(config, report['params'])
   if compression is not None:

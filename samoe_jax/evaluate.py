@@ -89,22 +89,18 @@ def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  quiet_library_logs()
   f = flags.FLAGS
-  try:
-    config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
-    validate_config(config)
-    settings = settings_from_flags(config)
-    settings.check_data()                               # every task's data, all problems at once
-    checkpoints.select_steps(f.workdir, f.checkpoint)   # fail before compiling anything
-    if f.batch_size < 1:
-      raise ValueError(f'--batch_size={f.batch_size} must be >= 1')
-    command = ' '.join(['python -m samoe_jax.evaluate'] + [shlex.quote(a) for a in sys.argv[1:]])
-    evaluate_run(config, f.workdir, settings, f.checkpoint, f.batch_size, command)
-  except (ValueError, FileNotFoundError) as err:   # the user's input: the message, no traceback
-    sys.exit(f'samoe_jax.evaluate: {err}')
+  # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
+  config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
+  validate_config(config)
+  settings = settings_from_flags(config)
+  settings.check_data()                               # every task's data, all problems at once
+  checkpoints.select_steps(f.workdir, f.checkpoint)   # fail before compiling anything
+  if f.batch_size < 1:
+    raise ValueError(f'--batch_size={f.batch_size} must be >= 1')
+  command = ' '.join(['python -m samoe_jax.evaluate'] + [shlex.quote(a) for a in sys.argv[1:]])
+  evaluate_run(config, f.workdir, settings, f.checkpoint, f.batch_size, command)
 
 
 def main() -> None:

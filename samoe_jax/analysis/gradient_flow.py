@@ -555,10 +555,8 @@ def main() -> None:
     if len(argv) > 1:
       raise app.UsageError(f'unexpected arguments: {argv[1:]}')
     f = flags.FLAGS
-    try:
-      report = gradient_flow_analysis(f.workdirs, f.out, f.step, f.window)
-    except (ValueError, OSError) as err:   # the user's input: the message, no traceback
-      sys.exit(f'{PROG}: {err}')
+    # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
+    report = gradient_flow_analysis(f.workdirs, f.out, f.step, f.window)
     print('\n'.join(report['sentences']))
     print(report['files']['md'])
 

@@ -186,12 +186,10 @@ def _main(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
-  try:
-    config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
-    run(config, f.workdir, ks=f.ks, checkpoint=f.checkpoint, validation_batches=f.validation_batches,
-        uniform=f.uniform)
-  except (ValueError, FileNotFoundError) as err:   # the user's input: the message, no traceback
-    sys.exit(f'samoe_jax.analysis.slimmability: {err}')
+  # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
+  config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
+  run(config, f.workdir, ks=f.ks, checkpoint=f.checkpoint, validation_batches=f.validation_batches,
+      uniform=f.uniform)
 
 
 def main() -> None:

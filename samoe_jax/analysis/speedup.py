@@ -507,10 +507,8 @@ def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
-  try:
-    report = speedup_analysis(_split(f.dense), _split(f.runs), f.out, metric=f.metric, tasks=f.tasks)
-  except (ValueError, FileNotFoundError) as err:   # the user's input: the message, no traceback
-    sys.exit(f'samoe_jax.analysis.speedup: {err}')
+  # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
+  report = speedup_analysis(_split(f.dense), _split(f.runs), f.out, metric=f.metric, tasks=f.tasks)
   print(markdown_report(report), flush=True)
 
 

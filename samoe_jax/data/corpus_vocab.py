@@ -19,6 +19,7 @@ import json
 import os
 import sys
 
+from samoe_jax import cli
 from samoe_jax.data import experiment_corpus as ec
 from samoe_jax.data import train_tokenizer
 
@@ -59,13 +60,15 @@ def main(argv: list[str] | None = None) -> int:
   parser.add_argument('--corpus', required=True, help='a built experiment corpus directory')
   parser.add_argument('--vocab_size', type=int, action='append', required=True, help='pieces; may be repeated')
   args = parser.parse_args(argv)
+  prog = 'samoe_jax.data.corpus_vocab'
   try:
-    for size in args.vocab_size:
-      info = train_vocab(args.corpus, size)
-      print(f'{info["file"]}: ' + ', '.join(f'{s} {n:,} tokens ({info["tokens_with_eos"][s]:,} with EOS)'
-                                             for s, n in info['tokens'].items()))
+    with cli.user_errors(prog):   # Ctrl-C: one line
+      for size in args.vocab_size:
+        info = train_vocab(args.corpus, size)
+        print(f'{info["file"]}: ' + ', '.join(f'{s} {n:,} tokens ({info["tokens_with_eos"][s]:,} with EOS)'
+                                               for s, n in info['tokens'].items()))
   except ec.CorpusError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'{prog}: error: {e}', file=sys.stderr)
     return 1
   return 0
 

@@ -37,6 +37,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 
+from samoe_jax import cli
 from samoe_jax.data import debian_packages
 from samoe_jax.data.corpus_attribution import attribution
 from samoe_jax.data import documents
@@ -570,10 +571,12 @@ def main(argv: list[str] | None = None) -> int:
                       help='where the packages are downloaded (and reused from)')
   parser.add_argument('--force', action='store_true', help='replace --out even if it holds a different build')
   args = parser.parse_args(argv)
+  prog = 'samoe_jax.data.experiment_corpus'
   try:
-    manifest = build(args.out, os.path.abspath(args.download_dir), args.force)
+    with cli.user_errors(prog):   # a path the user gave, Ctrl-C during a download: one line
+      manifest = build(args.out, os.path.abspath(args.download_dir), args.force)
   except CorpusError as e:
-    print(f'error: {e}', file=sys.stderr)
+    print(f'{prog}: error: {e}', file=sys.stderr)
     return 1
   for split, c in manifest['splits'].items():
     print(f'{split}: {c["documents"]:,} documents, {c["characters"]:,} characters, {c["tokens"]:,} sp4k tokens '

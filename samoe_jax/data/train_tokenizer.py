@@ -15,6 +15,7 @@ import io
 import os
 import sys
 
+from samoe_jax import cli
 from samoe_jax.data import documents
 
 VOCAB_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'vocab')
@@ -69,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
   parser.add_argument('--vocab_size', type=int, default=8192)
   parser.add_argument('--model_type', default='unigram', choices=('unigram', 'bpe'))
   args = parser.parse_args(argv)
-  print(train(args.corpus, args.prefix, args.vocab_size, args.model_type))
+  with cli.user_errors('samoe_jax.data.train_tokenizer'):   # a missing --corpus, Ctrl-C: one line
+    print(train(args.corpus, args.prefix, args.vocab_size, args.model_type))
 
 
 if __name__ == '__main__':

@@ -511,7 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
       bench(bench_json.value, steps.value, repeats.value, suite)
       return
     if not out.value:
-      sys.exit(f'{prog}: --out is required')
+      raise ValueError('--out is required')
     print(write_report(out.value, suite, design, corpus_dir=corpus.value,
                        command=shlex.join([prog] + list(sys.argv[1:])), bench_json=bench_json.value))
 

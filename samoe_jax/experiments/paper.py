@@ -13,6 +13,8 @@ import subprocess
 import sys
 from typing import Sequence
 
+from samoe_jax import cli
+
 BASES = ('350m', '1p3b')
 POOL_SIZES = (1, 2, 4)
 GRAD_STATS_EVERY = 1000
@@ -60,6 +62,6 @@ def print_or_launch(cmds: Sequence[list[str]], launch: bool) -> int:
     if launch:
       done = subprocess.run(cmd, check=False)
       if done.returncode:
-        print(f'stopped: the command above exited with {done.returncode}', file=sys.stderr)
+        print(f'{cli.prog_name()}: error: the command above exited with {done.returncode}; stopped', file=sys.stderr)
         return done.returncode
   return 0

@@ -92,29 +92,25 @@ def run_suite(suite_name: str | Suite, out_dir: str, *, seeds: int = 0, steps: i
 def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax.console import quiet_library_logs  # pylint: disable=g-import-not-at-top
-  quiet_library_logs()
-  try:
-    if _SUITE.value == 'paper':
-      from samoe_jax.experiments import paper  # pylint: disable=g-import-not-at-top
-      cmds = paper.commands(_TPU_PREFIX.value, _ZONE.value, _BUCKET.value, _TFDS_DATA_DIR.value,
-                            _ACCELERATOR.value, _SEEDS.value or 1)
-      sys.exit(paper.print_or_launch(cmds, _LAUNCH.value))
-    if not _OUT.value:
-      raise ValueError(f'--out is required for --suite={_SUITE.value!r}')
-    if _SUITE.value == 'h100' and not (_REPORT_ONLY.value or _STEPS.value):   # timing pass, plan, train, report
-      from samoe_jax.experiments import h100  # pylint: disable=g-import-not-at-top
-      if not _CORPUS_DIR.value:
-        raise ValueError('--corpus_dir is required for --suite=h100 (the GPU machine builds no corpus)')
-      plan = h100.run(_OUT.value, _CORPUS_DIR.value, _BUDGET_S.value or h100.BUDGET_S,
-                      command=shlex.join([PROG] + sys.argv[1:]), run_suite=run_suite)
-      print(plan['sessions'][-1]['report'])
-      return
-    path = run_suite(_SUITE.value, _OUT.value, seeds=_SEEDS.value, steps=_STEPS.value, only=_ONLY.value,
-                     corpus_dir=_CORPUS_DIR.value, download_dir=_DOWNLOAD_DIR.value, report_only=_REPORT_ONLY.value,
-                     command=shlex.join([PROG] + sys.argv[1:]))
-  except ValueError as err:
-    sys.exit(f'{PROG}: {err}')
+  # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
+  if _SUITE.value == 'paper':
+    from samoe_jax.experiments import paper  # pylint: disable=g-import-not-at-top
+    cmds = paper.commands(_TPU_PREFIX.value, _ZONE.value, _BUCKET.value, _TFDS_DATA_DIR.value,
+                          _ACCELERATOR.value, _SEEDS.value or 1)
+    sys.exit(paper.print_or_launch(cmds, _LAUNCH.value))
+  if not _OUT.value:
+    raise ValueError(f'--out is required for --suite={_SUITE.value!r}')
+  if _SUITE.value == 'h100' and not (_REPORT_ONLY.value or _STEPS.value):   # timing pass, plan, train, report
+    from samoe_jax.experiments import h100  # pylint: disable=g-import-not-at-top
+    if not _CORPUS_DIR.value:
+      raise ValueError('--corpus_dir is required for --suite=h100 (the GPU machine builds no corpus)')
+    plan = h100.run(_OUT.value, _CORPUS_DIR.value, _BUDGET_S.value or h100.BUDGET_S,
+                    command=shlex.join([PROG] + sys.argv[1:]), run_suite=run_suite)
+    print(plan['sessions'][-1]['report'])
+    return
+  path = run_suite(_SUITE.value, _OUT.value, seeds=_SEEDS.value, steps=_STEPS.value, only=_ONLY.value,
+                   corpus_dir=_CORPUS_DIR.value, download_dir=_DOWNLOAD_DIR.value, report_only=_REPORT_ONLY.value,
+                   command=shlex.join([PROG] + sys.argv[1:]))
   print(path)
 
 
