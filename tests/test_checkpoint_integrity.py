@@ -113,13 +113,31 @@ def test_no_intact_checkpoint_is_a_clear_error_and_nothing_is_deleted(trained, t
     eval_checkpoints.select_steps(workdir, 'latest')
 
 
-def test_checkpoint_without_checksums_is_used_unverified(trained, tmp_path):
-  """A process killed between the end of a save and its hashing leaves a checkpoint without checksums."""
+def test_newer_checkpoint_without_checksums_is_set_aside_for_a_verified_one(trained, tmp_path):
+  """A process killed between a save's commit and its hashing leaves the newest checkpoint without checksums: it
+  cannot be verified, so the run resumes from the newest one that verifies and trains the steps after it again."""
   workdir = _copy(trained, tmp_path)
   os.remove(os.path.join(workdir, 'checkpoints', '6', integrity.CHECKSUM_FILE))
   assert integrity.problems(os.path.join(workdir, 'checkpoints', '6')) is None
   result = loop.train(tiny_config(**OVERRIDES, **{'train.steps': 8}), workdir)
-  assert result['resumed_from_step'] == 6
+  assert result['resumed_from_step'] == 4 and result['step'] == 8
+  moved = glob.glob(os.path.join(workdir, integrity.DAMAGED_DIR, '6_*'))
+  assert len(moved) == 1 and 'no samoe_checksums.json' in open(os.path.join(moved[0], 'reason.txt')).read()
+  for step in (6, 8):   # saved again, with checksums
+    assert integrity.problems(os.path.join(workdir, 'checkpoints', str(step))) == []
+
+
+def test_without_any_checksums_the_newest_is_used_with_a_warning(trained, tmp_path, caplog):
+  """Checkpoints of a trainer from before checksums: the newest is used, and the log says it is unverified."""
+  workdir = _copy(trained, tmp_path)
+  for step in (2, 4, 6):
+    os.remove(os.path.join(workdir, 'checkpoints', str(step), integrity.CHECKSUM_FILE))
+  checkpointer = Checkpointer(workdir, tiny_config(**OVERRIDES).train)
+  with caplog.at_level('WARNING'):
+    assert checkpointer.verified_latest() == 6
+  checkpointer.close()
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == 'WARNING']
+  assert any('checkpoint step 6 in' in w and 'UNVERIFIED' in w for w in warnings), warnings
   assert not os.path.exists(os.path.join(workdir, integrity.DAMAGED_DIR))
 
 

@@ -8,60 +8,24 @@ optimizer state and training metrics exactly.
 
 from __future__ import annotations
 
-import os
 import pathlib
 import re
-import resource
-import signal
-import subprocess
-import sys
-import threading
 
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
+from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helpers)
+from train_process import environment, kill_when, run as run_command, train_command
 from samoe_jax.training import checkpoint_integrity as integrity
 from samoe_jax.training.metrics_writer import read_metrics
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
 STEPS = 8
 OVERRIDES = {'train.steps': STEPS, 'train.decay_steps': STEPS, 'train.warmup_steps': 2, 'train.log_every': 1,
              'train.eval_every': 4, 'train.eval_batches': 1, 'train.checkpoint_every': 2,
              'train.keep_checkpoints': 4, 'train.async_checkpoint': True, 'model.dropout_rate': 0.1}
-ENV = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''))
+ENV = environment()
 METRICS = ('loss', 'cross_entropy', 'aux_loss', 'grad_norm', 'learning_rate')
-
-
-def _command(config_file, workdir, *extra):
-  return [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={workdir}', *extra]
-
-
-def _run(cmd, **kwargs) -> subprocess.CompletedProcess:
-  return subprocess.run(cmd, cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300, check=False, **kwargs)
-
-
-def _kill_when(cmd, pattern: str) -> str:
-  """Starts cmd, SIGKILLs it as soon as a stderr line contains `pattern`; returns the stderr read so far."""
-  proc = subprocess.Popen(cmd, cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-  lines: list[str] = []
-  seen = threading.Event()
-
-  def read():
-    for line in proc.stderr:
-      lines.append(line)
-      if pattern in line:
-        proc.send_signal(signal.SIGKILL)
-        seen.set()
-
-  reader = threading.Thread(target=read, daemon=True)
-  reader.start()
-  proc.wait(timeout=300)
-  reader.join(timeout=10)
-  assert seen.is_set(), ''.join(lines)[-3000:]
-  assert proc.returncode == -signal.SIGKILL
-  return ''.join(lines)
 
 
 def _state(workdir: pathlib.Path, step: int) -> dict:
@@ -102,18 +66,10 @@ def reference(tmp_path_factory):
   base = tmp_path_factory.mktemp('kill')
   config_file = write_tiny_config(base / 'tiny.py', OVERRIDES)
   workdir = base / 'reference'
-  env = dict(ENV, JAX_COMPILATION_CACHE_DIR=str(base / 'jax_cache'), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS='0',
-             JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES='0')
-  ENV.update(env)
-  done = _run(_command(config_file, workdir))
+  ENV.update(environment(base / 'jax_cache'))
+  done = run_command(train_command(config_file, workdir), ENV)
   assert done.returncode == 0, done.stderr[-3000:]
   return config_file, workdir
-
-
-def _limit_file_size(limit: int):
-  def apply():
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
-  return apply
 
 
 def test_killed_and_failed_runs_resume_bitwise(reference, tmp_path):
@@ -122,10 +78,10 @@ def test_killed_and_failed_runs_resume_bitwise(reference, tmp_path):
   The tiny steps outrun the asynchronous saves, so which checkpoint each stage resumes from is read, not fixed."""
   config_file, reference_dir = reference
   workdir = tmp_path / 'run'
-  command = _command(config_file, workdir)
-  first = _run(command + ['--config.train.steps=2'])
+  command = train_command(config_file, workdir)
+  first = run_command(command + ['--config.train.steps=2'], ENV)
   assert first.returncode == 0, first.stderr[-3000:]
-  failed = _run(command, preexec_fn=_limit_file_size(40_000))
+  failed = run_command(command, ENV, file_size_limit=40_000)
   assert failed.returncode == 1, failed.stderr[-3000:]
   assert 'Traceback' not in failed.stderr, failed.stderr[-5000:]
   resumed = re.search(r'resumed from checkpoint step (\d+)', failed.stderr)
@@ -136,12 +92,12 @@ def test_killed_and_failed_runs_resume_bitwise(reference, tmp_path):
   assert f'Intact earlier checkpoints: steps {intact or "none"}' in failed.stderr
   assert len(failed.stderr.splitlines()) < 100
   for step in intact:
-    assert integrity.problems(str(workdir / 'checkpoints' / str(step))) in (None, [])
+    assert integrity.problems(str(workdir / 'checkpoints' / str(step))) == []
+  assert not integrity.leftover_temporaries(str(workdir / 'checkpoints'))   # the failed save's folder, removed
 
-  killed = _kill_when(command, f'step 3/{STEPS}')          # during a step
-  assert 'unfinished save' in killed                          # the failed save's temporary folder, removed
-  _kill_when(command, 'checkpoint of step ')                  # right after an asynchronous save started
-  done = _run(command)
+  kill_when(command, ENV, f'step 3/{STEPS}')                 # during a step
+  kill_when(command, ENV, 'checkpoint of step ')              # right after an asynchronous save started
+  done = run_command(command, ENV)
   assert done.returncode == 0, done.stderr[-3000:]
   assert 'resumed from checkpoint step' in done.stderr
   assert not integrity.leftover_temporaries(str(workdir / 'checkpoints'))
