@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 from samoe_jax.training import checkpoint_integrity as integrity
@@ -104,3 +105,14 @@ def assert_save_failed(proc: subprocess.CompletedProcess, workdir: pathlib.Path,
   for earlier in kept:
     assert integrity.problems(str(workdir / 'checkpoints' / str(earlier))) == [], earlier
   return line
+
+
+def wait_for_steps(workdir: pathlib.Path, proc: subprocess.Popen, steps: int = 3, timeout: float = 240) -> None:
+  """Returns once the training process `proc` has logged `steps` train records in workdir/metrics.jsonl."""
+  from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
+  deadline = time.time() + timeout
+  while time.time() < deadline and proc.poll() is None:
+    if (workdir / 'metrics.jsonl').exists() and len(read_metrics(str(workdir), 'train')) >= steps:
+      return
+    time.sleep(0.2)
+  raise AssertionError(f'the trainer did not reach step {steps}: {proc.stderr.read()[-3000:] if proc.stderr else ""}')
