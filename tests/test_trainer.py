@@ -13,6 +13,7 @@ import logging
 import math
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import pytest
 from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
 from samoe_jax import report
 from samoe_jax.models.model import LanguageModel
-from samoe_jax.training import loop
+from samoe_jax.training import loop, resume_config
 from samoe_jax.training.checkpoint import IncompatibleCheckpointError
 from samoe_jax.training.metrics_writer import read_metrics
 
@@ -143,26 +144,40 @@ def test_final_metrics(runs):
 
 
 @pytest.mark.parametrize('overrides, message', [
-    ({'model.d_model': 64}, r"parameter \['block_0'\]\['attention'\]\['out_bias'\]: checkpoint \[\[32\], 'float32'\], "
-                            r"config \[\[64\], 'float32'\]"),
-    ({'train.seed': 7}, r'train.seed: checkpoint 0, config 7'),
+    ({'model.d_model': 64}, r"(?s)Config keys that differ \(config.json in the workdir -> this command\):\n  "
+                            r"model.d_model: 32 -> 64\n.*parameter \['block_0'\]\['attention'\]\['out_bias'\]: "
+                            r"checkpoint \[\[32\], 'float32'\], config \[\[64\], 'float32'\]"),
+    ({'train.seed': 7, 'train.learning_rate': 0.5},
+     r'(?s)differ.*:\n  train.seed: 0 -> 7\n  train.learning_rate: .* -> 0.5\n.*train.seed: checkpoint 0, config 7'),
 ])
 def test_incompatible_checkpoint_is_refused_untouched(runs, overrides, message):
+  """The refusal names the config keys that differ (shape- and order-relevant first), then the checkpoint's
+  differences, and nothing in the workdir is written, moved or touched (only the transient lock file came and
+  went, which changes the directory's own mtime)."""
   workdir = runs['full']
-  before = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+  def files():
+    return {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, '**'), recursive=True)
+            if os.path.normpath(p) != os.path.normpath(workdir)}
+  before = files()
   with pytest.raises(IncompatibleCheckpointError, match=message):
     loop.train(tiny_config(**overrides), workdir)
-  after = {p: os.path.getmtime(p) for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
-  assert after == before
+  assert files() == before
 
 
-def test_non_finite_loss_names_the_step():
-  with pytest.raises(FloatingPointError, match=r'loss is nan at step 12; the run stopped \(the last good '
-                     r'checkpoint, step 10 in /w/checkpoints, is kept'):
-    loop.check_finite([11, 12, 13], [1.0, float('nan'), float('inf')], 10, '/w/checkpoints')
-  with pytest.raises(FloatingPointError, match=r'loss is inf at step 2; the run stopped \(no checkpoint had been'):
-    loop.check_finite([1, 2], [1.0, float('inf')], None)
-  loop.check_finite([1, 2], [0.5, 0.25], None)
+def test_non_finite_loss_or_gradient_norm_names_the_step_checkpoint_and_hint():
+  nan, inf = float('nan'), float('inf')
+  ok = {'loss': 1.0, 'grad_norm': 0.5}
+  with pytest.raises(FloatingPointError, match=r'training diverged at step 12: the loss is nan \(grad_norm 0.5\); '
+                     r'the run stopped \(the last finite checkpoint, step 10 in /w/checkpoints, is kept'):
+    loop.check_finite([11, 12, 13], [ok, {'loss': nan, 'grad_norm': 0.5}, {'loss': inf, 'grad_norm': 1.0}], 10,
+                      '/w/checkpoints')
+  # The loss still finite (5.6e18) but the gradient norm NaN: a diverging step that must not be saved.
+  with pytest.raises(FloatingPointError, match=r'at step 2: the gradient norm is nan \(loss 5.6e\+18\); the run '
+                     r'stopped \(no checkpoint had been saved yet\). Lower train.learning_rate \(now 100000.0\), '
+                     r'raise train.warmup_steps \(now 2\) or lower train.grad_clip \(now 1.0; 0 = off\)'):
+    loop.check_finite([1, 2], [ok, {'loss': 5.6e18, 'grad_norm': nan}], None,
+                      train_cfg=tiny_config(**{'train.learning_rate': 1e5}).train)
+  loop.check_finite([1, 2], [ok, {'loss': 0.25, 'grad_norm': 3.0}], None)
 
 
 def test_report_figures(runs, tmp_path):
@@ -178,8 +193,11 @@ def test_report_figures(runs, tmp_path):
 
 
 def _tree_state(workdir: str) -> dict[str, tuple[float, bytes]]:
+  """Every file and folder under workdir with its mtime and bytes; the workdir's own mtime is left out (the
+  transient lock file, training/workdir_lock.py, is created and removed in it)."""
   return {p: (os.path.getmtime(p), pathlib.Path(p).read_bytes() if os.path.isfile(p) else b'')
-          for p in glob.glob(os.path.join(workdir, '**'), recursive=True)}
+          for p in glob.glob(os.path.join(workdir, '**'), recursive=True)
+          if os.path.normpath(p) != os.path.normpath(workdir)}
 
 
 def test_command_line_rerun_of_a_finished_run_changes_nothing(runs, tmp_path):
@@ -237,3 +255,32 @@ def test_files_of_a_run_without_checkpoint_are_archived_not_overwritten(runs, tm
   assert (archives[0] / 'config.json').read_text() == '{"old": true}\n'
   assert '123.0' not in (workdir / 'metrics.jsonl').read_text()
   assert json.loads((workdir / 'config.json').read_text())['train']['steps'] == 2
+
+
+def test_a_diverging_run_stops_and_never_saves_a_non_finite_checkpoint(tmp_path):
+  """At learning rate 1e5 the step-2 loss is still finite but its gradient norm is NaN: the run stops there,
+  names the last checkpoint (step 1) and keeps only finite checkpoints; a checkpoint is due every step."""
+  workdir = str(tmp_path / 'diverge')
+  config = tiny_config(**{'train.learning_rate': 1e5, 'train.warmup_steps': 1, 'train.checkpoint_every': 1,
+                          'train.log_every': 3, 'model.dropout_rate': 0.0})
+  with pytest.raises(FloatingPointError, match=rf'training diverged at step (\d): the gradient norm is nan .*the '
+                     rf'last finite checkpoint, step \d in {re.escape(workdir)}/checkpoints, is kept'):
+    loop.train(config, workdir)
+  steps = sorted(int(n) for n in os.listdir(os.path.join(workdir, 'checkpoints')) if n.isdigit())
+  assert steps == [1]
+  import orbax.checkpoint as ocp  # pylint: disable=g-import-not-at-top
+  with ocp.PyTreeCheckpointer() as checkpointer:
+    state = checkpointer.restore(os.path.join(workdir, 'checkpoints', '1', 'state'))
+  assert all(np.all(np.isfinite(x)) for x in jax.tree_util.tree_leaves(state)
+             if np.issubdtype(np.asarray(x).dtype, np.inexact))
+
+
+def test_config_differences_name_shape_and_order_keys_first():
+  saved = resume_config.as_saved(tiny_config())
+  changed = resume_config.as_saved(tiny_config(**{'train.learning_rate': 0.5, 'model.d_model': 64,
+                                                  'data.shuffle_seed': 3}))
+  lines = resume_config.differences(saved, changed)
+  assert [line.split(':')[0] for line in lines] == ['data.shuffle_seed', 'model.d_model', 'train.learning_rate']
+  assert lines[1] == 'model.d_model: 32 -> 64'
+  assert resume_config.differences(saved, saved) == []
+  assert resume_config.differences({'a.b': 1}, {'a.c': 2}) == ['a.b: 1 -> (absent)', 'a.c: (absent) -> 2']

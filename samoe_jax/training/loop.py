@@ -14,9 +14,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import signal
 import textwrap
-import threading
 import time
 from typing import Any
 
@@ -25,8 +23,9 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
+from jax.experimental import multihost_utils
 
-from samoe_jax import accounting
+from samoe_jax import accounting, cli
 from samoe_jax.config import pyramid
 from samoe_jax.config.layer_plan import group_rows, moe_layer_indices
 from samoe_jax.data import pipeline
@@ -36,11 +35,12 @@ from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
-from samoe_jax.training.checkpoint import Checkpointer, run_meta
+from samoe_jax.training.checkpoint import Checkpointer, IncompatibleCheckpointError, meta_differences, run_meta
 from samoe_jax.training.preflight import check_before_writing
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer, resolved_lr_multipliers
-from samoe_jax.training import sparse_pruning
+from samoe_jax.training import resume_config, sparse_pruning, workdir_lock
+from samoe_jax.training.stop_conditions import FINITE_KEYS, StopSignal, check_finite, compile_finite_check
 from samoe_jax.training.step import make_eval_step, make_train_step
 from samoe_jax.training.task_eval import PeriodicTaskEval
 from samoe_jax.training.validation import evaluate
@@ -95,6 +95,17 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
                      f'divisible by the expert axis ({sizes})')
 
 
+def check_resumable(checkpointer: Checkpointer, step: int, meta: dict[str, Any],
+                    config: ml_collections.ConfigDict, workdir: str) -> None:
+  """Raises IncompatibleCheckpointError when checkpoint `step` cannot be continued with `config`, naming the
+  config keys that differ from the workdir's config.json (shape-relevant first), then the checkpoint's
+  differences (resume keys, parameter shapes)."""
+  diffs = meta_differences(checkpointer.read_meta(step), meta)
+  if diffs:
+    raise IncompatibleCheckpointError(resume_config.refusal_message(
+        checkpointer.directory, step, resume_config.config_changes(workdir, config), diffs))
+
+
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints.
 
@@ -111,7 +122,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   checkpointer = Checkpointer(workdir, config.train)
   latest = checkpointer.verified_latest()
   if latest is not None:
-    checkpointer.check_compatible(latest, meta)
+    check_resumable(checkpointer, latest, meta, config, workdir)
   logging.info('mesh: %s%s', describe_mesh(mesh), ', FSDP over data x expert' if partitioner.fsdp else '')
   logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
@@ -146,6 +157,23 @@ def archive_stale_run_files(run: Run) -> str | None:
   logging.warning('workdir %s held files of a run without a checkpoint (%s): moved them to %s', run.workdir,
                   ', '.join(present), archive)
   return archive
+
+
+def keep_changed_config(run: Run, start_step: int) -> str | None:
+  """A resume whose config differs from config.json (train.steps raised, a new learning rate) logs the changes and
+  keeps the old file as config_until_step_<S>.json; returns its path, or None when nothing changed."""
+  changes = resume_config.config_changes(run.workdir, run.config) if start_step else []
+  if not run.primary or not changes:
+    return None
+  kept = os.path.join(run.workdir, f'config_until_step_{start_step}.json')
+  suffix = 0
+  while os.path.exists(kept):
+    suffix += 1
+    kept = os.path.join(run.workdir, f'config_until_step_{start_step}_{suffix}.json')
+  os.rename(os.path.join(run.workdir, 'config.json'), kept)
+  logging.warning('resuming from step %d with a changed config (the previous one is kept as %s):\n  %s',
+                  start_step, os.path.basename(kept), '\n  '.join(changes))
+  return kept
 
 
 def write_run_files(run: Run) -> dict[str, int]:
@@ -190,8 +218,10 @@ class TrainStep:
   train.grad_stats_every the variant that also returns the gradient-flow statistics (training/grad_stats.py).
   A teacher's params (knowledge distillation) are passed here, as the steps' non-donated last argument."""
 
-  def __init__(self, plain: Any, with_stats: Any | None, every: int, teacher_params: Any | None = None):
+  def __init__(self, plain: Any, with_stats: Any | None, every: int, teacher_params: Any | None = None,
+               state_finite: Any | None = None):
     self.plain, self.with_stats, self.every = plain, with_stats, every
+    self.state_finite = state_finite   # compiled state -> bool (checked before each checkpoint)
     self.extra = () if teacher_params is None else (teacher_params,)
 
   def __call__(self, state: state_lib.TrainState, batch: dict[str, jax.Array], rng: jax.Array,
@@ -221,7 +251,7 @@ def compile_steps(run: Run, with_train: bool = True,
                                  grad_stats=stats)
       compiled.append(train_fn.lower(run.abstract, batch, rng, *teacher_args).compile())
     train_compiled = TrainStep(compiled[0], compiled[-1] if every else None, every,
-                               teacher.params if teacher is not None else None)
+                               teacher.params if teacher is not None else None, compile_finite_check(run.abstract))
   eval_fn = make_eval_step(run.model, run.partitioner, run.shardings.params)
   eval_compiled = eval_fn.lower(run.abstract.params, batch).compile()
   seconds = time.time() - start
@@ -253,18 +283,6 @@ def average_interval(host: list[dict[str, Any]]) -> dict[str, Any]:
   return out
 
 
-def check_finite(steps: list[int], losses: list[Any], latest: int | None, directory: str = 'checkpoints') -> None:
-  """Raises FloatingPointError naming the first step whose loss is NaN or Inf and the last good checkpoint
-  (`latest` in `directory`; checkpoints are saved only after their steps' losses were checked)."""
-  for step, loss in zip(steps, losses):
-    if not np.isfinite(loss):
-      kept = (f'the last good checkpoint, step {latest} in {directory}, is kept and a rerun resumes from it'
-              if latest is not None else 'no checkpoint had been saved yet')
-      raise FloatingPointError(
-          f'loss is {float(loss)} at step {step}; the run stopped ({kept}). Lower train.learning_rate, raise '
-          'train.warmup_steps or set train.grad_clip.')
-
-
 class MetricsBuffer:
   """Device metrics of the steps since the last log, fetched in one device_get one step after the log step."""
 
@@ -291,11 +309,14 @@ class MetricsBuffer:
     """Excludes time spent outside training steps (eval, checkpoints) from throughput."""
     self.clock += seconds
 
+  def _check(self, steps: list[int], host: list[dict[str, Any]]) -> None:
+    check_finite(steps, host, self.run.checkpointer.latest_step(), self.run.checkpointer.directory,
+                 self.run.config.train)
+
   def check_finite(self) -> None:
-    """Fetches the losses of every unlogged step (a sync; used before checkpoints)."""
+    """Fetches the loss and gradient norm of every unlogged step (a sync; used before checkpoints)."""
     items = self.ready + self.pending
-    check_finite([s for s, _ in items], jax.device_get([m['loss'] for _, m in items]),
-                 self.run.checkpointer.latest_step(), self.run.checkpointer.directory)
+    self._check([s for s, _ in items], jax.device_get([{k: m[k] for k in FINITE_KEYS if k in m} for _, m in items]))
 
   def flush(self) -> None:
     """Writes the ready interval (blocks until its last step has finished)."""
@@ -304,8 +325,7 @@ class MetricsBuffer:
     steps = [s for s, _ in self.ready]
     host = jax.device_get([m for _, m in self.ready])
     self.ready = []
-    check_finite(steps, [h['loss'] for h in host], self.run.checkpointer.latest_step(),
-                 self.run.checkpointer.directory)
+    self._check(steps, host)
     now = time.time()
     seconds = max(now - self.clock, 1e-9)
     num_steps = steps[-1] - self.clock_step
@@ -322,32 +342,16 @@ class MetricsBuffer:
     self.grad_ready = []
 
 
-class StopSignal:
-  """Turns SIGTERM (a preempted VM) into a flag the loop checks after each step; installed in the main thread."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = None
-
-  def __enter__(self) -> 'StopSignal':
-    if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
-    return self
-
-  def _handle(self, signum, frame) -> None:
-    del signum, frame
-    logging.warning('SIGTERM received: saving a checkpoint after the current step, then stopping')
-    self.requested = True
-
-  def __exit__(self, *exc) -> None:
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
-
-
-def save_checkpoint(run: Run, step: int, state: state_lib.TrainState, data_iter: Any,
-                    buffer: MetricsBuffer) -> None:
-  """Checks every unlogged loss is finite, then starts an (async) save of state + iterator position."""
+def save_checkpoint(run: Run, step: int, state: state_lib.TrainState, data_iter: Any, buffer: MetricsBuffer,
+                    state_finite: Any) -> None:
+  """Checks every unlogged loss and gradient norm, and the state itself, are finite; then starts an (async) save
+  of state + iterator position. state_finite: the compiled check (TrainStep.state_finite)."""
   buffer.check_finite()
+  if not bool(state_finite(state)):   # the losses and gradient norms were finite: an update itself overflowed
+    raise FloatingPointError(
+        f'the train state after step {step} holds NaN or Inf values although every loss and gradient norm was '
+        f'finite; it was not saved (the last checkpoint, step {run.checkpointer.latest_step()} in '
+        f'{run.checkpointer.directory}, is kept). Lower train.learning_rate (now {run.config.train.learning_rate}).')
   start = time.time()
   if run.checkpointer.save(step, state, data_iter.get_state(), run.meta):
     logging.info('checkpoint of step %d started (%.2fs blocking)', step, time.time() - start)
@@ -385,11 +389,12 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
         task_eval(step, state.params, writer)
         buffer.pause(time.time() - start)
       if (t.checkpoint_every and step % t.checkpoint_every == 0) or step == t.steps or stop.requested:
-        save_checkpoint(run, step, state, data_iter, buffer)
+        save_checkpoint(run, step, state, data_iter, buffer, train_fn.state_finite)
       if stop.requested:
         buffer.flush()
         run.checkpointer.wait()
-        raise SystemExit(f'stopped by SIGTERM after step {step}; checkpoint saved, rerun to resume')
+        what, code = stop.requested
+        raise cli.Stopped(f'stopped by {what} after step {step}; checkpoint saved, rerun to resume', code)
     buffer.flush()
   return state, buffer.last, last_eval
 
@@ -436,12 +441,41 @@ def finished_run(config: ml_collections.ConfigDict, workdir: str) -> dict[str, A
   return final if steps and max(steps) >= int(config.train.steps) else None
 
 
+def lock_workdir(workdir: str) -> workdir_lock.WorkdirLock | None:
+  """Process 0 takes the workdir's lock (training/workdir_lock.py); every process of the job learns the outcome,
+  so a refused job stops on all hosts. Raises WorkdirLockedError naming the owner."""
+  lock, error = None, None
+  if jax.process_index() == 0:
+    try:
+      lock = workdir_lock.acquire(workdir)
+    except workdir_lock.WorkdirLockedError as err:
+      error = err
+  if jax.process_count() > 1:
+    taken = bool(multihost_utils.broadcast_one_to_all(np.int32(error is None)))
+    if not taken and error is None:
+      error = workdir_lock.WorkdirLockedError(f'--workdir={workdir} is in use by another job (process 0 could '
+                                              'not take its lock; its log names the owner)')
+  if error is not None:
+    raise error
+  return lock
+
+
 def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   """Trains (or resumes) in `workdir`; returns final metrics incl. 'eval/loss' and 'eval/perplexity'.
 
   A run that already finished (final_metrics.json and a checkpoint at >= train.steps) is left exactly as it is
-  and its final metrics are returned with 'already_finished': True; raise train.steps to continue it."""
+  and its final metrics are returned with 'already_finished': True; raise train.steps to continue it. The workdir
+  is locked for the call: a second job on it is refused, naming this one."""
   check_before_writing(config, workdir)   # every check that needs no devices: nothing is written before
+  lock = lock_workdir(workdir)
+  try:
+    return _train_locked(config, workdir)
+  finally:
+    if lock is not None:
+      lock.release()
+
+
+def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   run = build_run(config, workdir)        # mesh checks, then the newest intact checkpoint checked compatible
   done = finished_run(config, workdir)
   if done is not None:
@@ -449,10 +483,11 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     logging.info('%s already finished at step %s (final_metrics.json): nothing to do; raise train.steps to train '
                  'on', workdir, done.get('step'))
     return dict(done, already_finished=True)
-  archive_stale_run_files(run)
-  write_run_files(run)
   state, data_state, start_step = initial_state(run)
-  data_iter, eval_batches = make_data(run, data_state)
+  data_iter, eval_batches = make_data(run, data_state)   # a changed corpus is refused here, before any write
+  archive_stale_run_files(run)
+  keep_changed_config(run, start_step)
+  write_run_files(run)
   to_train = start_step < config.train.steps
   teacher = distill.load_teacher(config, run.partitioner) if to_train else None
   train_fn, eval_fn, compile_s = compile_steps(run, with_train=to_train, teacher=teacher)
@@ -476,7 +511,9 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
         last_eval = evaluate(eval_fn, state.params, eval_batches)
         writer.write_eval(start_step, last_eval)
   finally:
-    data_iter.close()
-    writer.close()
-    run.checkpointer.close()
+    try:
+      data_iter.close()
+      writer.close()
+    finally:   # always: a pending save is waited for, hashed, or reported (naming its step) even on a full disk
+      run.checkpointer.close()
   return final_metrics(run, state, last_train, last_eval, start_step, compile_s, time.time() - start)
