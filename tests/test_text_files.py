@@ -428,3 +428,9 @@ def test_training_end_to_end_and_bad_glob_fails_before_the_workdir(corpus, tmp_p
   assert metrics['step'] == 2 and math.isfinite(metrics['eval/perplexity']) and metrics['eval/num_tokens'] > 0
   with open(tmp_path / 'run' / 'config.json') as f:
     assert json.load(f)['data']['train_files'] == data['data.train_files']
+  # Resuming on another corpus (other documents) is refused before anything in the workdir is rewritten.
+  before = {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()}
+  more = {**run, 'train.steps': 4, 'train.decay_steps': 4}
+  with pytest.raises(ValueError, match='saved on the corpus .* resume with the original files'):
+    loop.train(tiny_config(**more, **data, **{'data.txt_documents': 'line'}), str(tmp_path / 'run'))
+  assert {p.name: p.read_bytes() for p in (tmp_path / 'run').iterdir() if p.is_file()} == before
