@@ -117,15 +117,17 @@ def test_interrupts_and_stops_are_one_line_and_their_exit_code(capsys, monkeypat
 
 
 def test_sigterm_raises_terminated_until_the_handler_is_restored():
-  if threading.current_thread() is not threading.main_thread() or \
-      signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
-    pytest.skip('SIGTERM is handled by the test runner here')
-  with pytest.raises(cli.Terminated) as err:
-    with cli.terminate_raises():
-      os.kill(os.getpid(), signal.SIGTERM)
-      time.sleep(10)   # the handler runs at once and raises
-  assert err.value.code == 143 and str(err.value) == 'terminated (SIGTERM)'
-  assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  assert threading.current_thread() is threading.main_thread()   # pytest (and its xdist workers) run tests there
+  runner_handler = signal.signal(signal.SIGTERM, signal.SIG_DFL)   # as in a freshly started tool
+  try:
+    with pytest.raises(cli.Terminated) as err:
+      with cli.terminate_raises():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(10)   # the handler runs at once and raises
+    assert err.value.code == 143 and str(err.value) == 'terminated (SIGTERM)'
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
+  finally:
+    signal.signal(signal.SIGTERM, runner_handler)
 
 
 def _run(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:

@@ -46,6 +46,7 @@ from absl import logging
 from jax.experimental import multihost_utils
 
 from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.training import resume_config
 from samoe_jax.training.state import TrainState
 
 # Config keys whose change makes "continue exactly where the checkpoint left off" meaningless.
@@ -241,14 +242,13 @@ class Checkpointer:
           f'it was not written by this trainer. Use a new --workdir.') from err
     return dict(restored.meta)
 
-  def check_compatible(self, step: int, current_meta: dict[str, Any]) -> None:
-    """Raises IncompatibleCheckpointError (listing every difference) if this run cannot continue `step`."""
+  def check_compatible(self, step: int, current_meta: dict[str, Any], config_lines: list[str] = ()) -> None:
+    """Raises IncompatibleCheckpointError if this run cannot continue `step`: the config keys that differ
+    (config_lines, from training/resume_config.config_changes), then every difference of the checkpoint's meta."""
     diffs = meta_differences(self.read_meta(step), current_meta)
     if diffs:
-      shown = '\n  '.join(diffs[:20]) + (f'\n  ... and {len(diffs) - 20} more' if len(diffs) > 20 else '')
       raise IncompatibleCheckpointError(
-          f'{self.directory} holds a checkpoint (step {step}) from an incompatible config; refusing to '
-          f'overwrite it:\n  {shown}\nUse a new --workdir, or set these config values back to the checkpoint\'s.')
+          resume_config.refusal_message(self.directory, step, list(config_lines), diffs))
 
   def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]) -> bool:
     """Starts saving (async when configured; the device-to-host copy happens before this returns); the background

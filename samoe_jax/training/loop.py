@@ -35,7 +35,7 @@ from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
-from samoe_jax.training.checkpoint import Checkpointer, IncompatibleCheckpointError, meta_differences, run_meta
+from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.preflight import check_before_writing
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer, resolved_lr_multipliers
@@ -95,17 +95,6 @@ def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner,
                      f'divisible by the expert axis ({sizes})')
 
 
-def check_resumable(checkpointer: Checkpointer, step: int, meta: dict[str, Any],
-                    config: ml_collections.ConfigDict, workdir: str) -> None:
-  """Raises IncompatibleCheckpointError when checkpoint `step` cannot be continued with `config`, naming the
-  config keys that differ from the workdir's config.json (shape-relevant first), then the checkpoint's
-  differences (resume keys, parameter shapes)."""
-  diffs = meta_differences(checkpointer.read_meta(step), meta)
-  if diffs:
-    raise IncompatibleCheckpointError(resume_config.refusal_message(
-        checkpointer.directory, step, resume_config.config_changes(workdir, config), diffs))
-
-
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints.
 
@@ -122,7 +111,7 @@ def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   checkpointer = Checkpointer(workdir, config.train)
   latest = checkpointer.verified_latest()
   if latest is not None:
-    check_resumable(checkpointer, latest, meta, config, workdir)
+    checkpointer.check_compatible(latest, meta, resume_config.config_changes(workdir, config))
   logging.info('mesh: %s%s', describe_mesh(mesh), ', FSDP over data x expert' if partitioner.fsdp else '')
   logging.debug('logical axis rules:\n%s', partitioner.describe_rules())   # --verbosity=1 shows them
   param_axes = model.param_logical_axes()
