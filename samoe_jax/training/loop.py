@@ -334,8 +334,10 @@ class MetricsBuffer:
 def save_checkpoint(run: Run, step: int, state: state_lib.TrainState, data_iter: Any, buffer: MetricsBuffer,
                     state_finite: Any) -> None:
   """Checks every unlogged loss and gradient norm, and the state itself, are finite; then starts an (async) save
-  of state + iterator position. state_finite: the compiled check (TrainStep.state_finite)."""
+  of state + iterator position. state_finite: the compiled check (TrainStep.state_finite). The logged steps' records
+  are written first, so a kill right after the save leaves no checkpointed step without its metrics line."""
   buffer.check_finite()
+  buffer.flush()   # no extra wait: check_finite has already fetched these steps
   if not bool(state_finite(state)):   # the losses and gradient norms were finite: an update itself overflowed
     raise FloatingPointError(
         f'the train state after step {step} holds NaN or Inf values although every loss and gradient norm was '
