@@ -3,8 +3,8 @@
 
 The standard MoE of tiny_moe.py (8 experts top-2 on blocks 1 and 3, one pool entry per MoE layer), but each token
 routes on p~_i = sum_{j <= i} A_ij p_j, A the same block's causal self-attention probabilities averaged over the
-heads (lambda = 1): the attention graph guides the expert selection. Variant: --config.moe.graph_lambda=0.5
---config.moe.graph_lambda_learned=True (a learned per-layer lambda). docs/methods/graph_routing.md.
+heads (lambda = 1): the attention graph guides the expert selection. Variant: --config.moe.graph.lam=0.5
+--config.moe.graph.lam_learned=True (a learned per-layer lambda). docs/methods/graph_routing.md.
 
 Run:  python -m samoe_jax.describe --config=configs/tiny_attention_moe.py
       python -m samoe_jax.train --config=configs/tiny_attention_moe.py --workdir=runs/tiny_attention_moe
@@ -16,6 +16,6 @@ from samoe_jax.config.presets import tiny
 
 def get_config():
   c = tiny('moe')
-  c.moe.graph_routing = 'attention'
-  c.moe.graph_lambda = 1.0
+  c.moe.graph.kind = 'attention'
+  c.moe.graph.lam = 1.0
   return c

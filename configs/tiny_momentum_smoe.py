@@ -10,7 +10,8 @@ paper's SMoE layout has an MoE FFN in every block: add --config.model.layer_plan
 Run:  python -m samoe_jax.describe --config=configs/tiny_momentum_smoe.py
       python -m samoe_jax.train --config=configs/tiny_momentum_smoe.py --workdir=runs/tiny_momentum_smoe
       mu sweep (docs/methods/momentum.md): for mu in 0.3 0.5 0.7 0.9; do python -m samoe_jax.train \
-        --config=configs/tiny_momentum_smoe.py --config.moe.momentum_mu=$mu --workdir=runs/tiny_momentum_mu$mu; done
+        --config=configs/tiny_momentum_smoe.py --config.moe.momentum_smoe.mu=$mu \
+        --workdir=runs/tiny_momentum_mu$mu; done
 """
 
 from samoe_jax.config.presets import tiny
@@ -18,7 +19,7 @@ from samoe_jax.config.presets import tiny
 
 def get_config():
   c = tiny('moe')
-  c.moe.momentum = 'heavy_ball'
-  c.moe.momentum_mu = 0.7
-  c.moe.momentum_gamma = 1.0
+  c.moe.momentum_smoe.kind = 'heavy_ball'
+  c.moe.momentum_smoe.mu = 0.7
+  c.moe.momentum_smoe.gamma = 1.0
   return c

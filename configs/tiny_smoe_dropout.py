@@ -38,9 +38,9 @@ def get_config(variant: str = ''):
   c.moe.lb_loss_coef = 0.0                            # no balance loss (CustomNaiveGate has none)
   c.moe.z_loss_coef = 0.0
   c.moe.capacity_formula = 'none'                     # every choice is computed: no dropping
-  c.moe.k_schedule = 'linear_increase'                # k: E/2 -> E linearly over training
-  c.moe.k_min = NUM_EXPERTS // 2
-  c.moe.k_max = 0                                     # = moe.top_k
-  c.moe.k_schedule_steps = 0                          # = train.steps
+  c.moe.smoe_dropout.kind = 'linear_increase'         # k: E/2 -> E linearly over training
+  c.moe.smoe_dropout.k_min = NUM_EXPERTS // 2
+  c.moe.smoe_dropout.k_max = 0                        # = moe.top_k
+  c.moe.smoe_dropout.steps = 0                        # = train.steps
   set_sharing(c, 'moe', num_moe_layers=c.model.num_layers)   # standard MoE: one fixed pool entry per layer
   return c

@@ -50,17 +50,6 @@ def select_configs(named: list[tuple[str, object]], only: Sequence[str]) -> list
   return [(name, config) for name, config in named if name in only]
 
 
-def format_row(row: dict) -> str:
-  return (f"{row['config']:<28} step {row['step_s'] * 1e3:7.1f} ms  {row['tokens_per_s']:9.0f} tok/s  "
-          f"model {row['model_flops_per_step'] / 1e9:6.1f} GFLOP/step  "
-          f"{row['achieved_flops_per_s'] / 1e9:6.1f} GFLOP/s  matmul {row['matmul_flops_per_s'] / 1e9:6.1f} "
-          f"GFLOP/s  ratio {row['ratio_to_matmul']:.2f}  (compile {row['compile_s']:.1f} s)"
-          + (f"  MFU {row['mfu'] * 100:.1f} %" if 'mfu' in row else '')
-          + (f"  grad stats every step: {row['grad_stats_ratio']:.3f}x the step (median of "
-             f"{row['grad_stats_pairs']} paired steps)" if 'grad_stats_ratio' in row
-             else ''))
-
-
 def pool_sweep_name(kind: str, experts: int, dispatch: str, pool_size: int) -> str:
   """'all:moe:E8', 'all:samoe:E8:P2', 'all:moe:E8:ragged', ...: a --preset=pool row's config name."""
   name = f'all:{kind}:E{experts}' + (f':P{pool_size}' if kind == 'samoe' else '')

@@ -12,7 +12,8 @@ where Ctrl-C or a Stopped hit before its line; for debugging the project itself)
 * a --config file is loaded by samoe_jax/config/config_file.py: a file that is missing, has a syntax error, raises
   anything while it is imported or in get_config(), or whose get_config() returns no ConfigDict is one
   ConfigFileError naming the file, the line in it and the exception; a mistyped --config.KEY override, an
-  unknown or missing flag and app.UsageError are one line too;
+  unknown or missing flag and app.UsageError are one line too; an override of an old flat moe key
+  (--config.moe.graph_lambda=0.5) sets its subsection's field (config/aliases.py);
 * SIGTERM raises Terminated (exit code 143, `prog: error: terminated (SIGTERM)`) wherever the program is, until
   something else (the training loop) installs its own handler; the previous handler is back when run_app returns;
 * the console is set up (samoe_jax/console.py: absl's short prefixes, library chatter such as jax's TPU probe off)
@@ -35,7 +36,8 @@ import threading
 import traceback
 from typing import Any, Callable, Iterator
 
-from samoe_jax.config import config_file
+from samoe_jax import console
+from samoe_jax.config import aliases, config_file
 from samoe_jax.config.config_file import ConfigFileError, one_line
 
 EXPECTED_ERRORS = (ValueError, OSError, FloatingPointError)
@@ -197,6 +199,8 @@ def _load_config_files_checked() -> None:
 def _parse_flags(argv: list[str]) -> Any:
   """absl's flag parsing, where any failure is one ValueError (ConfigFileError for --config)."""
   from absl import flags  # pylint: disable=g-import-not-at-top
+  argv = aliases.rewrite_override_args(argv)
+  sys.argv[:] = aliases.rewrite_override_args(sys.argv)   # ml_collections reads the overrides from sys.argv
   try:
     return flags.FLAGS(argv)
   except _ConfigFileFailed as failed:
@@ -212,7 +216,6 @@ def _parse_flags(argv: list[str]) -> Any:
 def _main_of(main: Callable[[list[str]], Any], argv: list[str]) -> Any:
   """`main` after the console is set up; its app.UsageError as one ValueError."""
   from absl import app  # pylint: disable=g-import-not-at-top
-  from samoe_jax import console  # pylint: disable=g-import-not-at-top
   console.quiet_library_logs()
   try:
     return main(argv)

@@ -3,7 +3,7 @@
   python -m samoe_jax.describe --config=configs/gpt3_350m_samoe.py [--config.pool.size=4] [--json]
       [--pool_sweep=1,2,3,4,6] [--check_model]
 
-Everything comes from samoe_jax.accounting (analytic, instant even at 52B). --check_model also evaluates the
+Everything comes from samoe_jax.models.accounting (analytic, instant even at 52B). --check_model also evaluates the
 model's parameter shapes with jax.eval_shape (no weights are allocated) and compares the counts.
 """
 
@@ -11,32 +11,25 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app, flags
 import ml_collections
 from ml_collections import config_flags
 
 from samoe_jax import cli
-from samoe_jax import accounting
 from samoe_jax.config import pyramid
+from samoe_jax.config.defaults import get_base_config
+from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
+from samoe_jax.evaluation.checkpoints import run_config
 from samoe_jax.layers.graph_routing import describe_graph
 from samoe_jax.layers.mixing import mixing_for
-from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment
-from samoe_jax.config.validate import validate_config
-from samoe_jax.layers.routing_policy import describe_policy
+from samoe_jax.layers.routing_checks import describe_policy
+from samoe_jax.models import accounting
+from samoe_jax.models.model import LanguageModel
 from samoe_jax.training import distill, init_from
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.training.optimizer import mixing_reach, resolved_lr_multipliers
-
-_CONFIG = config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).',
-                                          lock_config=True)
-_WORKDIR = flags.DEFINE_string('workdir', None, "A run's directory instead of --config: its config.json (and, for a "
-                                'compressed run, compression.json).')
-_JSON = flags.DEFINE_bool('json', False, 'Print the report as JSON.')
-_POOL_SWEEP = flags.DEFINE_list('pool_sweep', [], 'Pool sizes to tabulate stored parameters and reduction for '
-                                '(MoE configs; default: 1,2,3,4,6 for SaMoE configs, none otherwise).')
-_CHECK_MODEL = flags.DEFINE_bool('check_model', False, "Cross-check the counts against the model's eval_shape.")
-
 
 def human(n: float, digits: int = 2) -> str:
   """12_980_000_000 -> '12.98B'; 1_572_864 -> '1.57M'; small numbers as they are (B = 1e9, P = 1e15)."""
@@ -158,7 +151,7 @@ def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = N
     report['k_schedule'] = k_schedule
   if num_moe:
     report['capacity'] = accounting.capacity(config)
-    routing = describe_policy(config.moe)   # routing policies (layers/routing_policy.py); None: standard top-k
+    routing = describe_policy(config.moe)   # routing policies (layers/routing_checks.py); None: standard top-k
     if routing:
       report['routing'] = routing
     scheme = mixing_for(config.pool)
@@ -279,8 +272,6 @@ def format_text(report: dict[str, Any]) -> str:
 def run_config_of(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, Any] | None]:
   """A run's config (WORKDIR/config.json over the defaults) and its compression record, if any."""
   import os  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
   config = get_base_config()
   config.update(run_config(workdir))
   path = os.path.join(workdir, 'compression.json')
@@ -292,35 +283,43 @@ def run_config_of(workdir: str) -> tuple[ml_collections.ConfigDict, dict[str, An
 
 def model_check(config: ml_collections.ConfigDict, params: dict[str, Any]) -> str:
   """Compares the analytic counts with LanguageModel(config).param_summary() (jax.eval_shape, no allocation)."""
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   summary = LanguageModel(config).param_summary()
   diffs = {k: (params[k], v) for k, v in summary.items() if k in params and params[k] != v}
   return 'match' if not diffs else f'MISMATCH (analytic, model): {diffs}'
 
 
-def _main(argv: list[str]) -> None:
+def _main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  config, compression = _CONFIG.value, None
-  if config is not None and _WORKDIR.value:
+  f = flags.FLAGS
+  config, compression = f.config, None
+  if config is not None and f.workdir:
     raise app.UsageError('give --config=FILE or --workdir=RUN, not both')
-  if _WORKDIR.value:
-    config, compression = run_config_of(_WORKDIR.value)
+  if f.workdir:
+    config, compression = run_config_of(f.workdir)
   if config is None:
     raise app.UsageError('--config=configs/NAME.py (or --workdir=RUN) is required')
-  sweep = [int(x) for x in _POOL_SWEEP.value] or None
+  sweep = [int(x) for x in f.pool_sweep] or None
   report = describe(config, sweep)   # an invalid config raises: cli.run_app prints its message, exit code 1
-  if _CHECK_MODEL.value:
+  if f.check_model:
     report['model_check'] = model_check(config, report['params'])
   if compression is not None:
     report['compression'] = compression
-  print(json.dumps(report, indent=2) if _JSON.value else format_text(report))
+  print(json.dumps(report, indent=2) if f.json else format_text(report))
 
 
-def main() -> None:
-  """Console-script entry point: bad input ends with one message and exit code 1 (samoe_jax/cli.py)."""
-  cli.run_app('samoe_jax.describe', _main, sys.argv)
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
+  config_flags.DEFINE_config_file('config', None, 'Config file (configs/NAME.py[:ARG]).', lock_config=True)
+  flags.DEFINE_string('workdir', None, "A run's directory instead of --config: its config.json (and, for a "
+                      'compressed run, compression.json).')
+  flags.DEFINE_bool('json', False, 'Print the report as JSON.')
+  flags.DEFINE_list('pool_sweep', [], 'Pool sizes to tabulate stored parameters and reduction for '
+                    '(MoE configs; default: 1,2,3,4,6 for SaMoE configs, none otherwise).')
+  flags.DEFINE_bool('check_model', False, "Cross-check the counts against the model's eval_shape.")
+  cli.run_app('samoe_jax.describe', _main, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

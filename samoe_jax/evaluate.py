@@ -23,14 +23,22 @@ from typing import Any, Sequence
 from absl import app, flags, logging
 
 from samoe_jax import cli
+from samoe_jax.evaluation import checkpoints, outputs
+from samoe_jax.evaluation.backend import ModelBackend
+from samoe_jax.evaluation.perplexity import parse_validation_batches
+from samoe_jax.evaluation.runner import EvalSettings, parse_seeds, parse_tasks, run_evaluation
+from samoe_jax.evaluation.tokenization import EvalTokenizer
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.training.metrics_writer import EventWriter
 from ml_collections import config_flags
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 
 def settings_from_flags(config: Any) -> Any:
-  from samoe_jax.evaluation.perplexity import parse_validation_batches  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.runner import EvalSettings, parse_seeds, parse_tasks  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   settings = EvalSettings(
       tasks=parse_tasks(f.tasks), data_dir=f.eval_data_dir, num_fewshot=f.num_fewshot,
@@ -46,14 +54,6 @@ def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batc
   """Evaluates the selected checkpoints of `workdir`; returns {step: scores}; writes the files (results.json
   records `command` per task) and TensorBoard."""
   import jax  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints, outputs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.runner import run_evaluation  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.tokenization import EvalTokenizer  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.metrics_writer import EventWriter  # pylint: disable=g-import-not-at-top
 
   steps = checkpoints.select_steps(workdir, checkpoint)
   model = LanguageModel(config)
@@ -88,8 +88,6 @@ def evaluate_run(config: Any, workdir: str, settings: Any, checkpoint: str, batc
 def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
   config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
@@ -103,8 +101,9 @@ def _run(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   evaluate_run(config, f.workdir, settings, f.checkpoint, f.batch_size, command)
 
 
-def main() -> None:
-  """Console-script entry point (flags defined here so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Model config file; default: WORKDIR/config.json.',
                                                 lock_config=True)
   flags.DEFINE_string('workdir', None, 'A samoe_jax.train run directory.', required=True)
@@ -120,8 +119,8 @@ def main() -> None:
   flags.DEFINE_string('validation_batches', 'config', 'Validation-split perplexity of the pretraining task: '
                       'config (train.eval_batches), all, none, or a number of batches.')
   flags.DEFINE_integer('bootstrap_iters', 100000, 'Bootstrap iterations for perplexity stderrs (0: none).')
-  cli.run_app('samoe_jax.evaluate', functools.partial(_run, config_flag), sys.argv)
+  cli.run_app('samoe_jax.evaluate', functools.partial(_run, config_flag), sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -7,7 +7,7 @@
 An ordinary training run (checkpoints, exact resume, metrics, TensorBoard, report.md) whose config is the source
 run's WORKDIR/config.json with these keys set (every flag is one of them):
 
-  data.task='task_finetune', data.finetune_task=TASK, data.finetune_data_dir=DIR   (samoe_jax/data/task_finetune.py:
+  data.task='task_finetune', data.finetune_task=TASK, data.finetune_data_dir=DIR   (samoe_jax/evaluation/task_finetune.py:
                       the evaluator's prompt + the gold continuation, loss on the continuation tokens only)
   init.from_workdir=INIT_FROM, init.step, init.mode='same'      (the trained parameters; fresh Adam moments)
   eval.tasks=TASK, eval.data_dir=DIR, eval.every, eval.limit    (the evaluator at intervals and at the end)
@@ -22,77 +22,24 @@ check of an ordinary run) is refused with one line before anything is written: a
 
 from __future__ import annotations
 
-import ast
 import os
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
 from absl import app, flags, logging
 
 from samoe_jax import cli
+from samoe_jax.analysis import run_report
+from samoe_jax.evaluation.checkpoints import run_config
+from samoe_jax.training import loop
+from samoe_jax.training.finetune_config import finetune_config
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-
-
-def parse_value(text: str) -> Any:
-  """A --set value: a Python literal (1e-4, True, 'x') or, failing that, the plain string."""
-  try:
-    return ast.literal_eval(text)
-  except (ValueError, SyntaxError):
-    return text
-
-
-def apply_overrides(config: Any, assignments: Sequence[str]) -> None:
-  """KEY=VALUE assignments onto existing keys of `config` (a mistyped key is an error naming it)."""
-  for item in assignments:
-    key, sep, text = item.partition('=')
-    if not sep or not key:
-      raise ValueError(f'--set={item!r}: expected KEY=VALUE, e.g. --set=train.weight_decay=0.01')
-    *sections, leaf = key.split('.')
-    node = config
-    for part in sections:
-      if part not in node:
-        raise ValueError(f'--set={item!r}: the config has no section {part!r}')
-      node = node[part]
-    if leaf not in node:
-      raise ValueError(f'--set={item!r}: the config has no key {key!r}')
-    node[leaf] = parse_value(text)
-
-
-def finetune_config(source: Any, *, task: str, eval_data_dir: str, init_from: str, init_step: int = 0,
-                    steps: int = 200, learning_rate: float = 1e-4, warmup_steps: int = -1, batch_size: int = 0,
-                    eval_every: int = 0, eval_limit: int = 0, eval_batches: int = 8, distill: bool = False,
-                    distill_alpha: float = 0.2, distill_temperature: float = 2.0,
-                    overrides: Sequence[str] = ()) -> Any:
-  """The fine-tuning run's config: the defaults, then the source run's config, then the fine-tuning keys."""
-  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
-  config = get_base_config()
-  config.update(source)   # a config.json of an older version lacks newer keys: they keep their defaults
-  d, t, e = config.data, config.train, config.eval
-  d.task, d.finetune_task, d.finetune_data_dir = 'task_finetune', task, eval_data_dir
-  if batch_size:
-    d.batch_size = batch_size
-  t.steps, t.learning_rate, t.decay_steps = steps, learning_rate, 0
-  t.warmup_steps = min(16, steps) if warmup_steps < 0 else warmup_steps
-  t.eval_every = t.checkpoint_every = eval_every or steps
-  t.eval_batches = eval_batches
-  e.tasks, e.data_dir, e.every, e.limit, e.num_fewshot = task, eval_data_dir, eval_every, eval_limit, 0
-  e.batch_size = d.batch_size
-  config.init.from_workdir, config.init.step, config.init.mode = init_from, init_step, 'same'
-  config.init.noise_std = 0.0
-  config.distill.teacher_workdir = init_from if distill else ''
-  config.distill.teacher_config, config.distill.teacher_step = '', init_step
-  config.distill.alpha, config.distill.temperature, config.distill.stop_step = distill_alpha, distill_temperature, 0
-  apply_overrides(config, overrides)
-  return config
 
 
 def _run(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
-  from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   if os.path.abspath(f.workdir) == os.path.abspath(f.init_from):
     raise ValueError(f'--workdir={f.workdir!r} is the --init_from run itself: fine-tune into a new directory '
@@ -108,13 +55,14 @@ def _run(argv: Sequence[str]) -> None:
   final = loop.train(config, f.workdir)   # validates the config once, before anything is written
   if final.get('already_finished'):
     return
-  path = report.write_report(f.workdir)
+  path = run_report.write_report(f.workdir)
   logging.info('fine-tuned %s on %s: validation loss %s; report: %s', f.init_from, f.task, final.get('eval/loss'),
                path)
 
 
-def main() -> None:
-  """Console-script entry point (flags are defined here, so importing this module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   flags.DEFINE_string('workdir', None, 'The fine-tuning run directory (new, or one to resume).')
   flags.DEFINE_string('init_from', None, 'The trained run (its workdir) whose checkpoint is fine-tuned.')
   flags.DEFINE_string('task', None, 'An evaluation task with a training split, e.g. piqa.')
@@ -134,8 +82,8 @@ def main() -> None:
   flags.DEFINE_float('distill_temperature', 2.0, 'distill.temperature (MC-SMoE: 2.0).')
   flags.DEFINE_multi_string('set', None, 'KEY=VALUE for any other config key, e.g. train.weight_decay=0.01.')
   flags.mark_flags_as_required(['workdir', 'init_from', 'task', 'eval_data_dir'])
-  cli.run_app('samoe_jax.finetune', _run, sys.argv)
+  cli.run_app('samoe_jax.finetune', _run, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

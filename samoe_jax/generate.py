@@ -26,6 +26,8 @@ from typing import Any
 from absl import app, flags, logging
 
 from samoe_jax import cli
+from samoe_jax.evaluation.backend import generate_texts, load_run
+from samoe_jax.models.sampling import SamplingSettings
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -64,7 +66,6 @@ class GenerateOptions:
   output_jsonl: str = ''
 
   def sampling(self) -> Any:
-    from samoe_jax.models.sampling import SamplingSettings  # pylint: disable=g-import-not-at-top
     return SamplingSettings(self.temperature, self.top_k, self.top_p)
 
   def check(self) -> None:
@@ -119,7 +120,6 @@ def _max_new_tokens(options: GenerateOptions, max_len: int) -> int:
 
 def generate_records(options: GenerateOptions) -> list[dict[str, Any]]:
   """One record per (prompt, sample): the prompt, its continuation and how it was made (the JSONL rows)."""
-  from samoe_jax.evaluation.backend import generate_texts, load_run  # pylint: disable=g-import-not-at-top
   options.check()
   texts = read_prompts(options)
   stops = [unescape(s) for s in options.stop]
@@ -217,11 +217,12 @@ def define_flags(values: flags.FlagValues = flags.FLAGS) -> None:
   define('string', 'output_jsonl', '', 'Also write one JSON object per sample to this file.')
 
 
-def main() -> None:
-  """Console-script entry point (flags defined here, so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   define_flags()
-  cli.run_app(PROG, _run, sys.argv)
+  cli.run_app(PROG, _run, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -37,7 +37,7 @@ Per-device memory (an estimate, before XLA's own buffers; check with the compile
                bfloat16 model on the GPUs; layers/attention_kernel.py) the 5*a*s^2/t of stored scores is
                dropped. With remat='block' only every block's input (s*h words) is kept, plus one block's full
                activations while it is recomputed.
-Step time is the train FLOPs (samoe_jax.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
+Step time is the train FLOPs (samoe_jax.models.accounting) over the slice's peak bfloat16 rate at an assumed 40 % MFU.
 """
 
 from __future__ import annotations
@@ -49,11 +49,14 @@ import sys
 from typing import Sequence
 
 import ml_collections
+from absl import flags
+from ml_collections import config_flags
 
 from samoe_jax import cli
-from samoe_jax import accounting
 from samoe_jax.config.layer_plan import group_rows
+from samoe_jax.config.presets import gpt3
 from samoe_jax.layers.attention_kernel import resolve_kernel
+from samoe_jax.models import accounting
 
 GIB = 1024 ** 3
 HEADROOM = 0.9        # fraction of HBM the plan may use
@@ -261,7 +264,6 @@ README_SLICES = (('tpu-v4', 64), ('tpu-v5e', 64), ('tpu-v5p', 64), ('h100', 8))
 
 def readme_table() -> str:
   """The README's table: every paper-scale config on 64-chip TPU v4/v5e/v5p slices and one 8xH100 node."""
-  from samoe_jax.config.presets import gpt3  # pylint: disable=g-import-not-at-top
   lines = [TABLE_HEADER]
   for label, base, kind in README_CONFIGS:
     config = gpt3(base, kind)
@@ -278,9 +280,7 @@ def config_table(config: ml_collections.ConfigDict, label: str, hw_key: str, dev
   return f'{TABLE_HEADER}\n{row}\n\n{get_hardware(hw_key).describe()}'
 
 
-def main(argv: Sequence[str]) -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def _run(argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise ValueError(f'unexpected arguments: {argv[1:]}')
   f = flags.FLAGS
@@ -294,15 +294,15 @@ def main(argv: Sequence[str]) -> None:
     print(config_table(f.config, name, f.hardware, f.devices))
 
 
-def run() -> None:
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from ml_collections import config_flags  # pylint: disable=g-import-not-at-top
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   config_flags.DEFINE_config_file('config', None, 'A config file (configs/*.py).')
   flags.DEFINE_string('hardware', 'tpu-v5p', f'Device kind: one of {", ".join(sorted(HARDWARE))}.')
   flags.DEFINE_integer('devices', 64, 'Devices in the slice or node (chips / GPUs).')
   flags.DEFINE_bool('readme', False, 'Print the README table of recommended settings and exit.')
-  cli.run_app('samoe_jax.mesh_plan', main, sys.argv)
+  cli.run_app('samoe_jax.mesh_plan', _run, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  run()
+  sys.exit(main())

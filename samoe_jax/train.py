@@ -21,6 +21,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from samoe_jax import cli
+from samoe_jax.analysis import run_report
+from samoe_jax.config import gin_config
+from samoe_jax.config.gin_config import rewrite_gin_args
+from samoe_jax.training import distributed, loop
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')  # TensorFlow (a TFDS corpus's pipeline) stays quiet
 
@@ -36,13 +40,11 @@ def resolve_config(config_flag: flags.FlagHolder) -> Any:
   if not gin_files:
     raise ValueError('give --config=FILE (e.g. configs/tiny_samoe.py) or --gin_file=FILE (e.g. '
                      'configs/gin/tiny_samoe.gin)')
-  from samoe_jax.config import gin_config  # pylint: disable=g-import-not-at-top
   return gin_config.config_from_gin(gin_files, gin_bindings)
 
 
 def _write_gin_config(workdir: str) -> None:
   if flags.FLAGS.gin_file:
-    from samoe_jax.config import gin_config  # pylint: disable=g-import-not-at-top
     with open(os.path.join(workdir, 'config.gin'), 'w') as f:
       f.write(gin_config.operative_config())
 
@@ -50,8 +52,6 @@ def _write_gin_config(workdir: str) -> None:
 def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax import report  # pylint: disable=g-import-not-at-top  (after flags: heavy imports)
-  from samoe_jax.training import distributed, loop  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
 
   workdir = workdir_flag.value
@@ -61,15 +61,16 @@ def _run(config_flag: flags.FlagHolder, workdir_flag: flags.FlagHolder, argv: Se
   if jax.process_index() != 0 or final.get('already_finished'):   # process 0 writes the report, once
     return
   _write_gin_config(workdir)
-  path = report.write_report(workdir)
+  path = run_report.write_report(workdir)
   loss, perplexity = final.get('eval/loss'), final.get('eval/perplexity')
   if loss is not None and perplexity is not None:
     logging.info('final validation loss %.4f, perplexity %.2f', loss, perplexity)
   logging.info('report: %s', path)
 
 
-def main() -> None:
-  """Console-script entry point. Flags are defined here, not at import, so importing this module is harmless."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Config file, e.g. configs/tiny_samoe.py.',
                                                 lock_config=True)
   flags.DEFINE_multi_string('gin_file', None, 'gin front end instead of --config: gin files, e.g. '
@@ -80,9 +81,9 @@ def main() -> None:
   flags.DEFINE_integer('num_processes', 0, 'Multi-process runs without a scheduler: the number of processes.')
   flags.DEFINE_integer('process_id', -1, 'Multi-process runs without a scheduler: this process, 0-based.')
   flags.mark_flags_as_required(['workdir'])
-  from samoe_jax.config.gin_config import rewrite_gin_args  # pylint: disable=g-import-not-at-top
-  cli.run_app('samoe_jax.train', functools.partial(_run, config_flag, workdir_flag), rewrite_gin_args(sys.argv))
+  cli.run_app('samoe_jax.train', functools.partial(_run, config_flag, workdir_flag),
+              rewrite_gin_args(sys.argv if argv is None else list(argv)))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

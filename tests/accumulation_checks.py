@@ -28,6 +28,7 @@ from samoe_jax.training import accumulate
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.step import make_train_step
+from samoe_jax.training.step_options import StepOptions
 
 COLLECTIVES = ('all-to-all', 'all-gather', 'all-reduce', 'reduce-scatter', 'collective-permute')
 MICROBATCHES = (2, 4)
@@ -103,7 +104,7 @@ def one_step(config, devices, microbatches: int) -> dict:
   optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
   abstract = state_lib.abstract_state(model, optimizer)
   shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
-  step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings, microbatches=microbatches)
+  step_fn = make_train_step(StepOptions(model, optimizer, schedule, microbatches), partitioner, shardings)
   with partitioner.activate():
     state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r), out_shardings=shardings)(
         jax.random.key(0))

@@ -39,7 +39,7 @@ from ml_collections import config_flags  # noqa: F401  pylint: disable=unused-im
 import orbax.checkpoint  # noqa: F401  pylint: disable=unused-import
 
 from samoe_jax import cli
-import samoe_jax.config.validate  # noqa: F401  pylint: disable=unused-import
+import samoe_jax.training.config_checks  # noqa: F401  pylint: disable=unused-import
 import samoe_jax.training.step  # noqa: F401  pylint: disable=unused-import
 
 from tests.doc_commands import is_placeholder  # pylint: disable=g-bad-import-order

@@ -24,13 +24,14 @@ import numpy as np
 
 from samoe_jax.config.presets import set_sharing
 from samoe_jax.config.defaults import get_base_config
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import TRAIN, LanguageModel
 from samoe_jax.sharding.mesh import make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
-from samoe_jax.training.checkpoint import Checkpointer, run_meta
+from samoe_jax.checkpointing.store import Checkpointer, run_meta
 from samoe_jax.training.step import make_train_step
+from samoe_jax.training.step_options import StepOptions
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 4, 2), (1, 8, 1))
 FSDP_MESHES = ((8, 1, 1), (2, 4, 1))
@@ -70,7 +71,7 @@ def build(config, devices):
   optimizer, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), axes)
   abstract = state_lib.abstract_state(model, optimizer)
   shardings = state_lib.state_shardings(partitioner, optimizer, abstract, axes)
-  step_fn = make_train_step(model, optimizer, schedule, partitioner, shardings)
+  step_fn = make_train_step(StepOptions(model, optimizer, schedule), partitioner, shardings)
   return model, partitioner, optimizer, abstract, shardings, step_fn
 
 
@@ -101,7 +102,7 @@ def one_step(config, devices, initial=None, with_grads: bool = True) -> dict:
     data = partitioner.shard_batch(batch(config))
     grads = None
     if with_grads:
-      grad_fn = jax.jit(lambda p, b: jax.grad(lambda q: model.loss_fn(q, b, None, True)[0])(p),
+      grad_fn = jax.jit(lambda p, b: jax.grad(lambda q: model.loss_fn(q, b, None, TRAIN)[0])(p),
                         in_shardings=(shardings.params, partitioner.data_sharding()), out_shardings=shardings.params)
       grads = jax.tree.map(np.asarray, jax.device_get(grad_fn(state.params, data)))
     compiled = step_fn.lower(state, data, jax.random.key(1)).compile()

@@ -1,4 +1,4 @@
-"""Analytic parameter counts and FLOPs (samoe_jax.accounting), describe, and the cross-check with the model."""
+"""Analytic parameter counts and FLOPs (samoe_jax.models.accounting), describe, and the cross-check with the model."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from samoe_jax import accounting  # noqa: E402
+from samoe_jax.models import accounting  # noqa: E402
 from samoe_jax import describe as describe_lib  # noqa: E402
 from samoe_jax.config import defaults  # noqa: E402
 
@@ -154,12 +154,12 @@ def test_dense_total_is_active(name):
 
 
 def test_capacity_matches_routing():
-  from samoe_jax.layers import routing  # pylint: disable=g-import-not-at-top
+  from samoe_jax.layers import token_choice  # pylint: disable=g-import-not-at-top
   for name in ('test_tiny', 'tiny_samoe', 'bench_moe', 'gpt3_350m_moe128'):
     c = load_config(name)
     cap = accounting.capacity(c)
     t = c.moe.group_size or c.data.seq_len
-    assert cap['train'] == routing.expert_capacity(t, c.moe.num_experts, c.moe.top_k, c.moe.capacity_factor_train,
+    assert cap['train'] == token_choice.expert_capacity(t, c.moe.num_experts, c.moe.top_k, c.moe.capacity_factor_train,
                                                    c.moe.min_capacity)
   cap = accounting.capacity(load_config('gpt3_350m_moe128'))
   assert cap == {'group_tokens': 2048, 'groups_per_batch': 256, 'train': 16, 'eval': 16}

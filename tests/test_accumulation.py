@@ -26,12 +26,13 @@ import pytest
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.config.presets import set_sharing
-from samoe_jax.config.validate import config_errors, validate_config
-from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.training.config_checks import config_errors, validate_config
+from samoe_jax.models.model import TRAIN, LanguageModel, token_mask
 from samoe_jax.training import accumulate
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.step import make_train_step, train_step
+from samoe_jax.training.step_options import StepOptions
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 KINDS = ('dense', 'moe', 'samoe')
@@ -109,7 +110,7 @@ def setup(config) -> types.SimpleNamespace:
 
 def run_step(s: types.SimpleNamespace, batch, microbatches: int):
   """(new state, metrics, gradients) of one jitted train_step."""
-  fn = jax.jit(lambda st, b, r: train_step(s.model, s.optimizer, s.schedule, st, b, r, microbatches=microbatches),
+  fn = jax.jit(lambda st, b, r: train_step(StepOptions(s.model, s.optimizer, s.schedule, microbatches), st, b, r),
                compiler_options=FAST)
   new_state, metrics = fn(s.state, batch, jax.random.key(1))
   return new_state, jax.device_get(metrics), new_state.opt_state[0]
@@ -175,7 +176,7 @@ def test_averaging_microbatch_means_would_be_wrong(steps, kind):
   """The padding is uneven enough that the plain mean of per-microbatch cross-entropies is off."""
   s, _, metrics_1, _ = steps[kind, 1]
   split = accumulate.split_microbatches(make_batch(), 2, group_rows(s.model.config))
-  cross_entropy = jax.jit(lambda p, b: s.model.loss_fn(p, b, None, True)[1]['cross_entropy'], compiler_options=FAST)
+  cross_entropy = jax.jit(lambda p, b: s.model.loss_fn(p, b, None, TRAIN)[1]['cross_entropy'], compiler_options=FAST)
   naive = np.mean([float(cross_entropy(s.state.params, {k: v[m] for k, v in split.items()})) for m in range(2)])
   assert abs(naive - metrics_1['cross_entropy']) > 1e-3 * metrics_1['cross_entropy']
   np.testing.assert_allclose(steps[kind, 2][2]['cross_entropy'], metrics_1['cross_entropy'], rtol=1e-6)
@@ -201,7 +202,7 @@ def reference_accumulation(model, params, batch, step_key, microbatches, unit_ro
     total, metrics = 0.0, []
     for m in range(microbatches):
       micro = {k: v[m] for k, v in split.items()}
-      _, mets = model.loss_fn(p, micro, jax.random.fold_in(step_key, m), True)
+      _, mets = model.loss_fn(p, micro, jax.random.fold_in(step_key, m), TRAIN)
       total += mets['cross_entropy'] * targets[m] / sum(targets) + mets['aux_loss'] * routed[m] / sum(routed)
       metrics.append(mets)
     return total, metrics
@@ -224,7 +225,7 @@ def test_dropout_keys_and_load_balancing_loss_under_accumulation():
   assert global_rel_diff(grads_2, grads) < 1e-5
   # M = 1 keeps the pre-accumulation key fold_in(rng, step) (so existing runs resume identically).
   _, metrics_1, _ = run_step(s, batch, 1)
-  want, _ = jax.jit(s.model.loss_fn, static_argnums=3, compiler_options=FAST)(s.state.params, batch, step_key, True)
+  want, _ = jax.jit(s.model.loss_fn, static_argnums=3, compiler_options=FAST)(s.state.params, batch, step_key, TRAIN)
   np.testing.assert_allclose(metrics_1['loss'], want, rtol=1e-6)
   # The big batch's balancing loss is E sum f P over all tokens: a different number (documented).
   assert abs(float(metrics_1['moe/lb_loss']) - lb) > 1e-6
@@ -287,7 +288,7 @@ def remat_results():
     params = jax.jit(model.init_params, compiler_options=FAST)(jax.random.key(0))
 
     def loss(p, model=model):
-      return model.loss_fn(p, batch, jax.random.key(2), True)[0]
+      return model.loss_fn(p, batch, jax.random.key(2), TRAIN)[0]
 
     value, grads = jax.jit(jax.value_and_grad(loss), compiler_options=FAST)(params)
     residuals = jax.eval_shape(lambda p, loss=loss: jax.tree.leaves(jax.vjp(loss, p)[1]), params)
@@ -326,7 +327,7 @@ def test_remat_lowers_compiled_train_step_temp_memory():
         ('decoder_input_tokens', jnp.int32), ('decoder_target_tokens', jnp.int32),
         ('decoder_loss_weights', jnp.float32))}
     fn = jax.jit(lambda st, b, r, model=model, optimizer=optimizer, schedule=schedule: train_step(
-        model, optimizer, schedule, st, b, r))
+        StepOptions(model, optimizer, schedule), st, b, r))
     compiled = fn.lower(abstract, batch, jax.ShapeDtypeStruct((), jax.random.key(0).dtype)).compile()
     temps[mode] = compiled.memory_analysis().temp_size_in_bytes
   assert temps['block'] < temps['none'], temps
@@ -351,7 +352,7 @@ def test_bad_microbatches_are_refused_early():
     loop.check_mesh_fits(tiny('dense', **{'train.microbatches': 4}), partitioner, has_moe=False)
   loop.check_mesh_fits(tiny('dense', **{'train.microbatches': 2}), partitioner, has_moe=False)
   with pytest.raises(ValueError, match='train.microbatches=0'):
-    make_train_step(None, None, None, None, None, microbatches=0)
+    make_train_step(StepOptions(None, None, None, microbatches=0), None, None)
 
 
 def test_bad_remat_is_refused_early():

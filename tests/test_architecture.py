@@ -16,10 +16,10 @@ import pytest
 from method_checks import tiny_model_config
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.sections import LowRankSparseSection, ModelSection, MoeSection, PoolSection, complete_config
-from samoe_jax.config.validate import config_errors, validate_config
+from samoe_jax.training.config_checks import config_errors, validate_config
 from samoe_jax.evaluation.checkpoints import run_config
 from samoe_jax.evaluation.scorer import LoglikelihoodScorer
-from samoe_jax.layers import routers
+from samoe_jax.layers import routing_strategies
 from samoe_jax.layers.moe_call import MoeCall
 from samoe_jax.models.decoding import greedy_generate
 from samoe_jax.models.model import LanguageModel
@@ -35,10 +35,10 @@ def test_every_section_field_is_a_default_key_and_every_default_key_a_field():
 
 def test_a_section_fills_missing_keys_from_the_defaults_and_refuses_unknown_ones():
   config = get_base_config()
-  del config.moe['graph_routing']            # an older run's config.json, written before the key existed
+  del config.moe['graph']                    # an older run's config.json, written before the key existed
   config.moe.top_k = 1
   moe = MoeSection.of(config)
-  assert moe.graph_routing == get_base_config().moe.graph_routing and moe.top_k == 1
+  assert moe.graph.kind == get_base_config().moe.graph.kind and moe.top_k == 1
   config.moe.not_a_key = 3
   with pytest.raises(ValueError, match=r"config.moe has unknown key\(s\) \['not_a_key'\]"):
     MoeSection.of(config)
@@ -55,23 +55,23 @@ def test_validate_names_an_unknown_key_among_the_other_problems():
 def test_a_run_config_json_without_newer_keys_loads_complete(tmp_path):
   old = tiny_model_config().to_dict()
   del old['low_rank_sparse']
-  del old['moe']['similarity_dim']
+  del old['moe']['graph']['dim']
   with open(os.path.join(tmp_path, 'config.json'), 'w') as f:
     json.dump(old, f)
   config = run_config(str(tmp_path))
-  assert config.low_rank_sparse.rank == 0 and config.moe.similarity_dim == 0
+  assert config.low_rank_sparse.rank == 0 and config.moe.graph.dim == 0
   assert config.model.d_model == old['model']['d_model']
   assert complete_config(old).to_dict() == config.to_dict()
   validate_config(config)
 
 
-@pytest.mark.parametrize('routing, cls, causal', [('token_choice', routers.TokenChoice, True),
-                                                  ('expert_choice', routers.ExpertChoice, False),
-                                                  ('hash', routers.HashRouting, True)])
+@pytest.mark.parametrize('routing, cls, causal', [('token_choice', routing_strategies.TokenChoice, True),
+                                                  ('expert_choice', routing_strategies.ExpertChoice, False),
+                                                  ('hash', routing_strategies.HashRouting, True)])
 def test_the_strategy_is_named_by_moe_routing_and_reads_its_keys_by_name(routing, cls, causal):
   config = tiny_model_config(**{'moe.routing': routing, 'moe.top_k': 1, 'moe.noise_eps': 0.05})
   strategy = ModelSpec.from_config(config).routing
-  assert type(strategy) is cls and routers.STRATEGIES[routing] is cls
+  assert type(strategy) is cls and routing_strategies.STRATEGIES[routing] is cls
   assert strategy.num_experts == config.moe.num_experts and strategy.top_k == 1 and strategy.noise_eps == 0.05
   for field in dataclasses.fields(strategy):   # every field is a moe key with the config's value
     assert getattr(strategy, field.name) == config.moe[field.name]
@@ -80,13 +80,13 @@ def test_the_strategy_is_named_by_moe_routing_and_reads_its_keys_by_name(routing
 
 
 def test_which_strategies_draw_from_the_routing_rng():
-  tc = lambda **kw: routers.TokenChoice.with_defaults(4, 2, **kw)  # noqa: E731
+  tc = lambda **kw: routing_strategies.TokenChoice.with_defaults(4, 2, **kw)  # noqa: E731
   assert not tc().draws_rng(True)
   assert tc(second_policy='sampling').draws_rng(True) and not tc(second_policy='sampling').draws_rng(False)
   assert tc(slot_priority='random').draws_rng(True) and tc(noise='jitter').draws_rng(True)
-  assert routers.ExpertChoice.with_defaults(4, 2, noise='jitter').draws_rng(True)
-  assert not routers.ExpertChoice.with_defaults(4, 2).draws_rng(True)
-  assert not routers.HashRouting.with_defaults(4, 1).draws_rng(True)
+  assert routing_strategies.ExpertChoice.with_defaults(4, 2, noise='jitter').draws_rng(True)
+  assert not routing_strategies.ExpertChoice.with_defaults(4, 2).draws_rng(True)
+  assert not routing_strategies.HashRouting.with_defaults(4, 1).draws_rng(True)
   ev = tc(gate='softmax').for_evaluation(4, 'uniform')
   assert (ev.top_k, ev.gate) == (4, 'uniform') and tc().for_evaluation(0, '') == tc()
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from samoe_jax.config.presets import bench
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.layers.attention import CausalSelfAttention
 from samoe_jax.layers.attention_kernel import resolve_kernel
 from samoe_jax.layers.inference import InferenceMode

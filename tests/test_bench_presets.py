@@ -1,15 +1,16 @@
 """The benchmark's presets (GPU; MoE on all blocks with SaMoE pool sizes), MFU and ratio bookkeeping
-(samoe_jax/bench.py, samoe_jax/bench_configs.py): pure Python, no compilation (the GPU preset is sized for an
-80+ GB GPU and runs only there)."""
+(samoe_jax/bench.py, samoe_jax/bench_configs.py, samoe_jax/training/throughput_bench.py): pure Python, no
+compilation (the GPU preset is sized for an 80+ GB GPU and runs only there)."""
 
 from __future__ import annotations
 
 import pytest
 
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax import bench_configs as bench
 from samoe_jax.config.presets import bench_all_blocks, bench_gpu
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.training.throughput_bench import format_row
 
 
 @pytest.mark.parametrize('kind, peak', [('NVIDIA H100 80GB HBM3', 989e12), ('NVIDIA H200', 989e12),
@@ -49,7 +50,7 @@ def test_mfu_row_and_the_samoe_ratio_of_the_gpu_preset():
   row = {'config': 'gpu:dense', 'step_s': 0.5, 'tokens_per_s': 1.0, 'model_flops_per_step': 2e14,
          'achieved_flops_per_s': 4e14, 'matmul_flops_per_s': 5e14, 'ratio_to_matmul': 0.8, 'compile_s': 1.0,
          'mfu': 4e14 / 989e12}
-  assert 'MFU 40.4 %' in bench.format_row(row)
+  assert 'MFU 40.4 %' in format_row(row)
 
 
 def test_the_pool_preset_has_moe_on_every_block_and_equal_active_sizes():

@@ -10,11 +10,13 @@ import os
 import numpy as np
 import pytest
 
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax.analysis.drop_floor import config_drop_floors
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments import calibration as cal
-from samoe_jax.experiments import suites
+from samoe_jax.experiments.calibration_design import (CALIBRATION, CALIBRATION_EVERY_OTHER, DESIGN, DESIGN_EVERY_OTHER,
+                                                      Design)
+from samoe_jax.experiments import registry, suites
 
 
 # ----------------------------------------------------------------------------------------------- conditions
@@ -36,7 +38,7 @@ def test_gap_negative_and_one_seed_cases():
 
 
 def test_condition_pairs_cover_a_b_c():
-  pairs = cal.condition_pairs(cal.Design(d_model=64, wide=128, experts=(4, 8, 16)))
+  pairs = cal.condition_pairs(Design(d_model=64, wide=128, experts=(4, 8, 16)))
   assert pairs == {'a': [('dense_d128', 'dense')], 'b': [('moe_e8', 'moe_e4'), ('moe_e16', 'moe_e8')],
                    'c': [('moe_e16', 'dense')]}
 
@@ -68,16 +70,16 @@ def test_gap_curve_uses_steps_every_seed_reached():
 
 
 # -------------------------------------------------------------------------------------------- the configs
-def _configs(suite=cal.CALIBRATION):
+def _configs(suite=CALIBRATION):
   return {spec.name: suite.config(spec, 0, '/corpus', '') for spec in suite.configs}
 
 
 def test_registered_and_equal_tokens():
-  assert suites.get_suite('calibration') is cal.CALIBRATION and 'calibration' in suites.SUITES
+  assert registry.get_suite('calibration') is CALIBRATION and 'calibration' in suites.SUITES
   configs = _configs()
   assert set(configs) == {'dense', 'dense_d128', 'moe_e4', 'moe_e8', 'moe_e16'}
   tokens = {c.data.batch_size * c.data.seq_len * c.train.steps for c in configs.values()}
-  assert tokens == {cal.DESIGN.tokens}
+  assert tokens == {DESIGN.tokens}
   assert all(c.data.vocabulary == '/corpus/sp1k.model' and c.model.vocab_size >= 1024 for c in configs.values())
   for c in configs.values():   # the final validation covers >= 64k tokens
     assert c.train.eval_batches * c.data.batch_size * c.data.seq_len >= 65536
@@ -88,7 +90,7 @@ def test_moe_active_params_equal_the_base_dense_model_but_the_router():
   dense = accounting.param_counts(configs['dense'])
   for name in ('moe_e4', 'moe_e8', 'moe_e16'):
     moe = accounting.param_counts(configs[name])
-    assert moe['num_moe_layers'] == cal.DESIGN.num_layers
+    assert moe['num_moe_layers'] == DESIGN.num_layers
     assert moe['active_per_token'] - moe['routers'] == dense['active_per_token']
     assert moe['total'] > dense['total']
 
@@ -96,9 +98,9 @@ def test_moe_active_params_equal_the_base_dense_model_but_the_router():
 def test_every_other_design_differs_only_in_moe_placement():
   """calibration_every_other: the same dense runs; each MoE on blocks 1 and 3 (one pool entry per MoE layer),
   active parameters per token those of the base dense model but the routers."""
-  assert suites.get_suite('calibration_every_other') is cal.CALIBRATION_EVERY_OTHER
+  assert registry.get_suite('calibration_every_other') is CALIBRATION_EVERY_OTHER
   assert 'calibration_every_other' in suites.SUITES
-  base, every_other = _configs(), _configs(cal.CALIBRATION_EVERY_OTHER)
+  base, every_other = _configs(), _configs(CALIBRATION_EVERY_OTHER)
   assert set(base) == set(every_other)
   for name in ('dense', 'dense_d128'):
     assert accounting.param_counts(every_other[name]) == accounting.param_counts(base[name])
@@ -121,7 +123,7 @@ def test_drop_floor_below_one_percent():
 # ------------------------------------------------------------------------------------------------- report
 def _fake_runs(out_dir: str, seeds: int, missing: str) -> None:
   """metrics.jsonl with 5 validations per run: dense_d128 and moe_e16 clearly better, E=4/8 tied."""
-  suite, steps = cal.CALIBRATION, cal.DESIGN.steps
+  suite, steps = CALIBRATION, DESIGN.steps
   offset = {'dense': 0.0, 'dense_d128': -0.3, 'moe_e4': -0.05, 'moe_e8': -0.05, 'moe_e16': -0.2}
   for spec in suite.configs:
     for seed in range(seeds):
@@ -154,8 +156,7 @@ def test_report_from_a_fake_runs_directory(tmp_path):
   assert analysis['configs']['moe_e8']['seeds'] == 2
   assert cond['a']['pairs'][0]['fit']['status'] == 'passes'
   assert [p['tokens'] for p in cond['a']['pairs'][0]['curve']] == [
-      s * cal.DESIGN.batch * cal.DESIGN.seq_len for s in range(cal.DESIGN.steps // 5, cal.DESIGN.steps + 1,
-                                                                cal.DESIGN.steps // 5)]
+      s * DESIGN.batch * DESIGN.seq_len for s in range(DESIGN.steps // 5, DESIGN.steps + 1, DESIGN.steps // 5)]
   text = (out / 'calibration.md').read_text()
   assert '(a) capacity' in text and '**FAIL**' in text and 'moe_e8_seed2' in text
   assert '| b32:dense | 4096 | 250 ms | 16384 | 29.0 | 150 | 0.19 |' in text
@@ -179,11 +180,12 @@ def test_dropped_by_quarter(tmp_path):
 
 @pytest.mark.parametrize('first', ['calibration', 'cpu_comparison', 'suites'])
 def test_any_suite_module_imports_first_and_registers_every_suite(first):
-  """calibration and cpu_comparison import each other's names at module level: every import order must work."""
+  """calibration, calibration_design and cpu_comparison import one another's names at module level: every import
+  order must work."""
   import subprocess, sys  # pylint: disable=g-import-not-at-top,multiple-imports
   code = (f'from samoe_jax.experiments import {first}\n'
-          'from samoe_jax.experiments import calibration, suites\n'
-          'print(sorted(suites.REGISTRY), sorted(calibration.DESIGNS))')
+          'from samoe_jax.experiments import calibration, registry\n'
+          'print(sorted(registry.REGISTRY), sorted(calibration.DESIGNS))')
   out = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, check=True, timeout=120,
                        env=dict(os.environ, JAX_PLATFORMS='cpu')).stdout
   assert "'cpu'" in out and "'calibration_every_other'" in out and "'h100'" in out, out
@@ -191,11 +193,11 @@ def test_any_suite_module_imports_first_and_registers_every_suite(first):
 
 def test_cpu_suite_is_the_every_other_design_with_the_comparison_configs():
   cpu, design = cal.DESIGNS['cpu']
-  assert cpu is suites.get_suite('cpu') and design == cal.DESIGN_EVERY_OTHER
+  assert cpu is registry.get_suite('cpu') and design == DESIGN_EVERY_OTHER
   names = [s.name for s in cpu.configs]
   for pairs in cal.condition_pairs(design).values():   # the regime conditions are checkable on its runs
     assert all(a in names and b in names for a, b in pairs)
-  base = cal.CALIBRATION_EVERY_OTHER
+  base = CALIBRATION_EVERY_OTHER
   for name in ('dense', 'dense_d128', 'moe_e4', 'moe_e8', 'moe_e16'):   # the calibration's runs, bit for bit
     a, b = cpu.config(cpu.spec(name), 1).to_dict(), base.config(base.spec(name), 1).to_dict()
     a['train'].pop('grad_stats_every'), b['train'].pop('grad_stats_every')

@@ -14,7 +14,7 @@ import pytest
 # pylint: disable=g-bad-import-order  (tests/ helpers)
 from config_files import write_tiny_config
 from train_process import assert_save_failed, environment, run, temporaries, train_command
-from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.checkpointing import integrity
 
 STEPS = 6
 OVERRIDES = {'train.steps': STEPS, 'train.decay_steps': STEPS, 'train.warmup_steps': 2, 'train.log_every': 1,

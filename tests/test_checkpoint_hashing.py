@@ -22,7 +22,7 @@ import os
 from config_files import write_tiny_config
 from train_process import (assert_save_failed, checksummed_steps, environment, kill_when, run, temporaries,
                            train_command)
-from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.checkpointing import integrity
 
 STEPS = 8
 OVERRIDES = {'train.steps': STEPS, 'train.decay_steps': STEPS, 'train.warmup_steps': 2, 'train.log_every': 1,

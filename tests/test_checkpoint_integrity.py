@@ -18,10 +18,10 @@ import orbax.checkpoint as ocp
 import pytest
 
 from samoe_jax.evaluation import checkpoints as eval_checkpoints
-from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.checkpointing import integrity
 from samoe_jax.training import loop
-from samoe_jax.training.checkpoint import NoIntactCheckpointError
-from samoe_jax.training.checkpoint import Checkpointer
+from samoe_jax.checkpointing.store import NoIntactCheckpointError
+from samoe_jax.checkpointing.store import Checkpointer
 from test_trainer import tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper; compilation_cache is in conftest.py)
 
 OVERRIDES = {'train.keep_checkpoints': 3, 'train.log_every': 2}

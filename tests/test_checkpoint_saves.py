@@ -19,8 +19,8 @@ import ml_collections
 import pytest
 
 from train_process import temporaries  # pylint: disable=g-bad-import-order  (tests/ helper)
-from samoe_jax.training import checkpoint_integrity as integrity
-from samoe_jax.training.checkpoint import Checkpointer, CheckpointSaveError, describe_failure
+from samoe_jax.checkpointing import integrity
+from samoe_jax.checkpointing.store import Checkpointer, CheckpointSaveError, describe_failure
 
 STATE = {'w': jnp.arange(50_000, dtype=jnp.float32)}   # one 200 kB array
 LIMIT = 100_000                                         # bytes: its file cannot be written

@@ -14,7 +14,7 @@ import pytest
 from samoe_jax.compress import align, grouping, merge, methods, runs, stats
 from samoe_jax.compress.experts import LayerExpertsNP, expert_output
 from samoe_jax.config.expert_map import format_expert_map, parse_expert_map
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.models.model import LanguageModel, token_mask
 from tests.config_files import tiny_config
 

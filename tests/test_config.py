@@ -19,7 +19,7 @@ if str(ROOT) not in sys.path:
 from samoe_jax.config import defaults  # noqa: E402
 from samoe_jax.config.layer_plan import moe_layer_indices, pool_assignment  # noqa: E402
 from samoe_jax.config.sections import complete_config  # noqa: E402
-from samoe_jax.config.validate import config_errors, validate_config  # noqa: E402
+from samoe_jax.training.config_checks import config_errors, validate_config  # noqa: E402
 
 CONFIG_FILES = sorted((ROOT / 'configs').glob('*.py'))
 
@@ -220,8 +220,9 @@ def test_checks_from_formerly_separate_places_share_one_error():
 
 
 def test_validate_imports_neither_the_trainer_nor_the_evaluator():
-  """config/validate.py is a leaf of the trainer and evaluator: no import cycle through them."""
-  code = ('import sys; import samoe_jax.config.validate; '
+  """The config pass (training/config_checks.py) is a leaf of the trainer and evaluator: no import cycle through
+  them."""
+  code = ('import sys; import samoe_jax.training.config_checks; '
           "print(sorted(m for m in ('samoe_jax.training.loop', 'samoe_jax.training.preflight', "
           "'samoe_jax.evaluation.runner', 'samoe_jax.evaluation.perplexity') if m in sys.modules))")
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')

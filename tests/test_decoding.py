@@ -10,7 +10,7 @@ import pytest
 
 from samoe_jax.evaluation.scorer import LoglikelihoodScorer
 from samoe_jax.models.decoding import cut_at_stop, greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import SEQUENCE_ROUTING, LanguageModel
 from test_scorer import CONFIGS, L, V, tiny
 
 NEW = 12
@@ -66,7 +66,7 @@ def test_moe_fixture_really_drops_tokens(models):
   """The MoE configs use capacity factor 0.5: decoding equality above covers the dropped-token path."""
   model, params, _ = models['moe']
   tokens = jnp.asarray([prompt_inputs(_prompts()[4], L, 1)], jnp.int32)
-  _, auxes = model.hidden(params, tokens, sequence_routing=True)
+  _, auxes = model.hidden(params, tokens, SEQUENCE_ROUTING)
   assert max(float(a['dropped_fraction']) for a in auxes) > 0.0
 
 

@@ -14,10 +14,12 @@ import numpy as np
 import pytest
 from method_checks import assert_causal, load_config_file, shrink_for_training, tiny_model_config
 
-from samoe_jax import accounting, describe
-from samoe_jax.config.validate import validate_config
-from samoe_jax.models.model import LanguageModel
+from samoe_jax import describe
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.models.model import EVAL, LanguageModel
 from samoe_jax.training import distill, loop, step as step_lib
+from samoe_jax.training.step_options import StepOptions
 from samoe_jax.training.metrics_writer import read_metrics
 
 
@@ -66,10 +68,10 @@ def test_kd_loss_matches_reference_and_switches_off_after_stop_step():
   spec = distill.DistillSpec(alpha=0.7, temperature=2.0, stop_step=5)
 
   def kd(p, step):
-    return distill.kd_loss_fn(student, teacher, spec, t_params, step)(p, batch, None, False)
+    return distill.kd_loss_fn(student, teacher, spec, t_params, step)(p, batch, None, EVAL)
 
   def reference(p):
-    ce_loss, _ = student.loss_fn(p, batch, None, False)
+    ce_loss, _ = student.loss_fn(p, batch, None, EVAL)
     w = batch['decoder_loss_weights'].reshape(-1)
     s = student.logits(p, batch['decoder_input_tokens']).reshape(-1, student.spec.model.vocab_size)
     t = teacher.logits(t_params, batch['decoder_input_tokens']).reshape(-1, teacher.spec.model.vocab_size)
@@ -85,7 +87,7 @@ def test_kd_loss_matches_reference_and_switches_off_after_stop_step():
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-4, atol=1e-6), grads, ref_grads)
   # step >= stop_step: exactly the CE-only loss and gradients, same compiled function (no recompilation)
   (off_loss, off_metrics), off_grads = kd_jit(params, jnp.int32(5))
-  plain = jax.jit(jax.value_and_grad(lambda p: student.loss_fn(p, batch, None, False), has_aux=True))
+  plain = jax.jit(jax.value_and_grad(lambda p: student.loss_fn(p, batch, None, EVAL), has_aux=True))
   (plain_loss, _), plain_grads = plain(params)
   np.testing.assert_array_equal(off_loss, plain_loss)
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), off_grads, plain_grads)
@@ -95,7 +97,7 @@ def test_kd_loss_matches_reference_and_switches_off_after_stop_step():
   # would propagate NaN into the gradient)
   nan_params = jax.tree.map(lambda x: jnp.full_like(x, jnp.nan), t_params)
   nan_kd = jax.jit(jax.grad(lambda p, s: distill.kd_loss_fn(student, teacher, spec, nan_params, s)(
-      p, batch, None, False)[0]))
+      p, batch, None, EVAL)[0]))
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(nan_kd(params, jnp.int32(7))))
   assert 'cond' in str(jax.make_jaxpr(kd)(params, jnp.int32(0)))
 
@@ -108,8 +110,9 @@ def test_kd_with_microbatches_matches_one_batch():
   from samoe_jax.training.state import TrainState
   opt = optax.sgd(0.0)
   state = TrainState(jnp.int32(0), params, opt.init(params))
-  outs = [jax.jit(lambda s, m=m: step_lib.train_step(student, opt, lambda _: 0.0, s, batch, jax.random.key(0), m,
-                                                      teacher=teacher_obj, teacher_params=t_params))(state)
+  outs = [jax.jit(lambda s, m=m: step_lib.train_step(
+              StepOptions(student, opt, lambda _: 0.0, m, teacher=teacher_obj.model, distill=teacher_obj.spec),
+              s, batch, jax.random.key(0), teacher_params=t_params))(state)
           for m in (1, 2)]
   for key in ('loss', 'distill/kl', 'distill/loss', 'cross_entropy', 'grad_norm'):
     np.testing.assert_allclose(outs[0][1][key], outs[1][1][key], rtol=1e-4, err_msg=key)

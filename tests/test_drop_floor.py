@@ -11,9 +11,9 @@ import os
 import numpy as np
 import pytest
 
-from samoe_jax import report
+from samoe_jax.analysis import run_report
 from samoe_jax.analysis import drop_floor
-from samoe_jax.experiments import results, runner, suites
+from samoe_jax.experiments import registry, results, runner, suites
 from samoe_jax.layers.capacity import expert_capacity
 
 
@@ -77,8 +77,8 @@ def test_config_floors_dense_dropless_and_pyramid():
 def test_every_suite_config_has_a_floor_below_one_percent(name):
   """Every MoE config, at its own E, top-k, capacity factors, formula and group size, training and validation;
   for the gpu suite (E up to 32) 1024 tokens is also the smallest group that keeps every floor below 1 %."""
-  suite = suites.get_suite(name)
-  from samoe_jax.config.validate import config_errors  # pylint: disable=g-import-not-at-top
+  suite = registry.get_suite(name)
+  from samoe_jax.training.config_checks import config_errors  # pylint: disable=g-import-not-at-top
   configs = [suite.config(spec, 0) for spec in suite.configs]
   moe = [c for c in configs if drop_floor.config_drop_floors(c)]
   assert len(moe) == len(configs) - 4   # all but the 4 dense widths
@@ -191,11 +191,11 @@ def test_single_run_report_shows_the_dropped_fractions(tmp_path):
     json.dump({'step': steps, 'eval/cross_entropy': 2.0, 'eval/moe/dropped_fraction': 0.0056}, f)
   with open(os.path.join(workdir, 'config.json'), 'w') as f:
     json.dump(config.to_dict(), f)
-  text = open(report.write_report(workdir)).read()
+  text = open(run_report.write_report(workdir)).read()
   assert f'- dropped assignments, last logged train interval: 2.34 % (step {steps})' in text
   assert '- dropped assignments, final validation: 0.56 %' in text
   floor = drop_floor.config_drop_floors(config)[4]
   assert f'{100 * floor:.2f} % at E=4' in text
-  dense = report.drop_lines({'eval/cross_entropy': 2.0}, {'step': 1, 'loss': 2.0}, {})
-  ragged = report.drop_lines({}, {'step': 1, 'moe/dropped_fraction': 0.0}, {'moe': {'dispatch': 'ragged'}})
+  dense = run_report.drop_lines({'eval/cross_entropy': 2.0}, {'step': 1, 'loss': 2.0}, {})
+  ragged = run_report.drop_lines({}, {'step': 1, 'moe/dropped_fraction': 0.0}, {'moe': {'dispatch': 'ragged'}})
   assert dense == [] and ragged == ["- dropped assignments: none (dropless: moe.dispatch='ragged')"]

@@ -20,7 +20,7 @@ import pytest
 from samoe_jax.evaluation.requests import GenerationRequest, LoglikelihoodRequest
 from samoe_jax.evaluation.tasks import TASK_NAMES, ShotSampler, evaluate_task, get_task
 from samoe_jax.evaluation.tasks import metrics
-from samoe_jax.evaluation.tasks.evaluate import build_prompts
+from samoe_jax.evaluation.tasks.task_scoring import build_prompts
 
 # The harness (imported lazily, with `datasets`) runs offline; its bootstrap runs in-process (no fork of a
 # process holding TensorFlow or JAX).

@@ -83,7 +83,7 @@ def test_results_png_draws_the_data(tmp_path, monkeypatch):
 
 
 def test_report_md_lists_evaluation_results_with_errors_counts_and_commands(tmp_path):
-  from samoe_jax import report  # pylint: disable=g-import-not-at-top
+  from samoe_jax.analysis import run_report  # pylint: disable=g-import-not-at-top
   from samoe_jax.evaluation import report_table  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path)
   assert report_table.evaluation_lines(workdir) == []
@@ -93,7 +93,7 @@ def test_report_md_lists_evaluation_results_with_errors_counts_and_commands(tmp_
   outputs.write_step_results(workdir, 4, {'piqa': {'acc': 0.5}}, {'piqa': {'num_docs': 3}},
                              {'num_fewshot': 5, 'fewshot_seeds': [1234], 'limit': None}, 'samoe_jax.train periodic')
   (tmp_path / 'metrics.jsonl').write_text(json.dumps({'kind': 'train', 'step': 8, 'loss': 3.0}) + '\n')
-  text = open(report.write_report(workdir)).read()
+  text = open(run_report.write_report(workdir)).read()
   section = text[text.index('## Evaluation'):text.index('## Figures')]
   assert section.index('### Step 4 (5-shot, seeds 1234): `eval/step_4_5shot_seeds1234/results.json`') < section.index(
       '### Step 8 (0-shot): `eval/step_8/results.json`')

@@ -17,7 +17,7 @@ import pytest
 
 from samoe_jax.data import experiment_corpus as ec
 from samoe_jax.data import experiment_corpus_sources as S
-from samoe_jax.data.experiment_corpus_sources import Block
+from samoe_jax.data.experiment_corpus_blocks import Block
 
 RST = """\
 .. SPDX-License-Identifier: GPL-2.0

@@ -160,23 +160,23 @@ def test_paper_suite_prints_the_launcher_commands():
 
 def test_run_report_says_what_the_pool_saves():
   """The per-run report (make demo's) names the standard MoE's stored parameters and the pool-size sweep."""
-  from samoe_jax import report  # pylint: disable=g-import-not-at-top
+  from samoe_jax.analysis import run_report  # pylint: disable=g-import-not-at-top
   from samoe_jax.config.presets import tiny  # pylint: disable=g-import-not-at-top
   from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   config = tiny('samoe')
   config.model.layer_plan = 'all'   # 4 MoE layers on a pool of 2
   summary = LanguageModel(config).param_summary()
-  text = '\n'.join(report.sharing_lines(summary, config.to_dict()))
+  text = '\n'.join(run_report.sharing_lines(summary, config.to_dict()))
   assert f'stores {summary["total"]:,} parameters' in text
   assert f'stores {summary["materialized"]:,}, {summary["materialized"] / summary["total"]:.2f}x as many' in text
   assert text.count('\n| ') == 1 + 4   # header + P = 1..4
-  assert report.sharing_lines({'num_moe_layers': 0}, {}) == []
+  assert run_report.sharing_lines({'num_moe_layers': 0}, {}) == []
 
 
 def test_corpus_tokens_follow_the_runs_vocabulary(tmp_path):
   """The report's tokens-per-run line: the vocabulary's own counts (spNk.json, data/corpus_vocab.py), else the
   manifest's sp4k counts (splits.train.tokens), else nothing."""
-  from samoe_jax.experiments.report import corpus_train_tokens  # pylint: disable=g-import-not-at-top
+  from samoe_jax.experiments.suite_report import corpus_train_tokens  # pylint: disable=g-import-not-at-top
   (tmp_path / 'manifest.json').write_text(json.dumps({'splits': {'train': {'tokens': 22_386_918}}}))
   (tmp_path / 'sp1k.json').write_text(json.dumps({'tokens': {'train': 33_907_964, 'validation': 880_494}}))
   assert corpus_train_tokens(str(tmp_path), str(tmp_path / 'sp1k.model')) == 33_907_964

@@ -20,7 +20,7 @@ from absl import flags
 from samoe_jax import generate as generate_cli
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.models.decoding import generate, greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import SEQUENCE_ROUTING, LanguageModel
 from samoe_jax.models.sampling import GREEDY, SamplingSettings, filter_logits
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -52,7 +52,7 @@ def models():
     if 'mixing_logits' in params:
       alpha = params['mixing_logits']['alpha']
       params['mixing_logits']['alpha'] = jax.random.normal(jax.random.key(4), alpha.shape)
-    logits = jax.jit(lambda p, t, m=model: m.project(p, m.hidden(p, t, sequence_routing=True)[0]))
+    logits = jax.jit(lambda p, t, m=model: m.project(p, m.hidden(p, t, SEQUENCE_ROUTING)[0]))
     out[name] = (model, params, logits)
   return out
 

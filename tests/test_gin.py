@@ -12,7 +12,7 @@ import pytest
 
 from samoe_jax.config import gin_config
 from samoe_jax.config.presets import tiny
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 GIN_DIR = ROOT / 'configs' / 'gin'

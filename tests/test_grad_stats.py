@@ -22,12 +22,13 @@ import pytest
 
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.presets import set_sharing
-from samoe_jax.config.validate import validate_config
-from samoe_jax.models.model import LanguageModel, token_cross_entropy
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.models.model import TRAIN, LanguageModel, token_cross_entropy
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import optimizer as optimizer_lib
 from samoe_jax.training import state as state_lib
 from samoe_jax.training.step import train_step
+from samoe_jax.training.step_options import StepOptions
 
 B, L = 4, 8
 FAST = {'xla_backend_optimization_level': 0, 'xla_llvm_disable_expensive_passes': True}
@@ -74,8 +75,8 @@ def stats_step(config, microbatches: int = 1):
   state = jax.jit(lambda r: state_lib.init_state(model, optimizer, r).replace(step=jnp.asarray(3, jnp.int32)),
                   compiler_options=FAST)(jax.random.key(0))
   stats = grad_stats_lib.GradStats(model)
-  fn = jax.jit(functools.partial(train_step, model, optimizer, schedule, microbatches=microbatches,
-                                 grad_stats=stats), compiler_options=FAST)
+  fn = jax.jit(functools.partial(train_step, StepOptions(model, optimizer, schedule, microbatches, grad_stats=stats)),
+               compiler_options=FAST)
   new_state, metrics = fn(state, make_batch(), jax.random.key(1))
   return model, state, new_state, jax.device_get(metrics)
 
@@ -122,7 +123,7 @@ def hand_parts(params, kind: str) -> dict[str, list]:
 def direct_grads(model, state):
   """jax.grad of the model's training loss at the step's dropout key (no probes)."""
   key = jax.random.fold_in(jax.random.key(1), state.step)
-  grad_fn = jax.jit(jax.grad(lambda p: model.loss_fn(p, make_batch(), key, True)[0]), compiler_options=FAST)
+  grad_fn = jax.jit(jax.grad(lambda p: model.loss_fn(p, make_batch(), key, TRAIN)[0]), compiler_options=FAST)
   return jax.device_get(grad_fn(state.params))
 
 
@@ -134,7 +135,7 @@ def layer_expert_grads(model, params):
   spec = model.spec
 
   def loss(experts):
-    h_BLD, auxes = model.hidden(params, batch['decoder_input_tokens'], train=True, experts=experts)
+    h_BLD, auxes = model.hidden(params, batch['decoder_input_tokens'], TRAIN, experts=experts)
     ce_BL = token_cross_entropy(model.project(params, h_BLD), batch['decoder_target_tokens'])
     w_BL = batch['decoder_loss_weights']
     aux = sum(spec.moe.lb_loss_coef * a['lb_loss'] + spec.moe.z_loss_coef * a['z_loss'] for a in auxes)
@@ -184,7 +185,7 @@ def test_expert_statistics_equal_direct_computation(steps, grads, kind):
   model, old, new, metrics = steps[kind]
   value, want_layer = layer_expert_grads(model, old.params)
   key = jax.random.fold_in(jax.random.key(1), old.step)
-  np.testing.assert_allclose(value, float(model.loss_fn(old.params, make_batch(), key, True)[0]), rtol=1e-6)
+  np.testing.assert_allclose(value, float(model.loss_fn(old.params, make_batch(), key, TRAIN)[0]), rtol=1e-6)
   old_mixed, new_mixed = model.materialize(old.params), model.materialize(new.params)
   for i, block in enumerate(model.spec.moe_layers):
     name = f'grad/block{block}/experts'
@@ -256,7 +257,7 @@ def test_zero_probes_change_nothing():
   params = model.init_params(jax.random.key(0))
   probes = grad_stats_lib.GradStats(model).zero_probes()
   assert sorted(probes) == ['experts_block_0', 'experts_block_2']
-  loss = jax.jit(lambda p, probes: model.loss_fn(p, make_batch(), None, True, probes=probes)[0],
+  loss = jax.jit(lambda p, probes: model.loss_fn(p, make_batch(), None, TRAIN, probes=probes)[0],
                  compiler_options=FAST)
   plain, probed = loss(params, None), loss(params, probes)
   assert float(plain) == float(probed)

@@ -13,12 +13,12 @@ import numpy as np
 import pytest
 
 from method_checks import assert_causal, assert_loss_falls, load_config_file, shrink_for_training, tiny_model_config
-from samoe_jax import accounting
-from samoe_jax.config.validate import validate_config
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.layers.attention import CausalSelfAttention
 from samoe_jax.layers.graph_routing import GraphConfig, GraphMixer
 from samoe_jax.models.decoding import greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.models.model import EVAL, LanguageModel, token_mask
 
 
 def softmax(v):
@@ -181,8 +181,8 @@ def test_lambda_zero_is_the_plain_moe(kind):
     np.testing.assert_allclose(np.asarray(b), np.asarray(a), rtol=1e-6, atol=1e-6)
   batch = {'decoder_input_tokens': tokens, 'decoder_target_tokens': tokens,
            'decoder_loss_weights': jnp.ones(tokens.shape)}
-  la, ma = plain.loss_fn(params, batch, None, False)
-  lb, mb = graph.loss_fn(merged, batch, None, False)
+  la, ma = plain.loss_fn(params, batch, None, EVAL)
+  lb, mb = graph.loss_fn(merged, batch, None, EVAL)
   np.testing.assert_allclose(float(lb), float(la), rtol=1e-6)
   for layer in graph.spec.moe_layers:
     np.testing.assert_allclose(float(mb[f'moe/layer{layer}/lb_loss']), float(ma[f'moe/layer{layer}/lb_loss']),
@@ -269,7 +269,7 @@ def test_validation_errors(overrides, message):
 
 def test_attention_config_trains(tmp_path):
   config = shrink_for_training(load_config_file('tiny_attention_moe'))
-  assert config.moe.graph_routing == 'attention'
+  assert config.moe.graph.kind == 'attention'
   assert_loss_falls(config, tmp_path)
 
 

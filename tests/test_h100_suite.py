@@ -10,10 +10,10 @@ import os
 
 import pytest
 
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax.analysis.drop_floor import config_drop_floors
-from samoe_jax.config.validate import validate_config
-from samoe_jax.experiments import h100, suites
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.experiments import h100, registry, reproduce, suites
 
 STEP = {'a': 0.01, 'b': 0.02, 'c': 0.03}
 COMPILE = {'a': 5.0, 'b': 6.0, 'c': 7.0}
@@ -54,7 +54,7 @@ def _configs(design=h100.DESIGN, corpus='/corpus'):
 
 def test_configs_equal_active_params_bf16_drop_floor_tokens():
   configs, suite = _configs()
-  assert suites.get_suite('h100') is suite and 'h100' in suites.SUITES
+  assert registry.get_suite('h100') is suite and 'h100' in suites.SUITES
   assert list(configs) == ['dense', 'dense_d384', 'moe_e16', 'samoe_p1', 'samoe_p2']
   active = {n: accounting.param_counts(c)['active_non_embedding'] for n, c in configs.items()}
   router = active['moe_e16'] - active['dense']   # the routers: 6 x d_model x E
@@ -78,7 +78,7 @@ def test_configs_equal_active_params_bf16_drop_floor_tokens():
 def test_missing_corpus_is_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match='lacks .*manifest.json.*sp4k.model.*train.jsonl.gz.*validation.jsonl.gz.*'
                                        'experiment_corpus --out=DIR.*corpus_vocab'):
-    h100.run(str(tmp_path / 'out'), str(tmp_path / 'nothing'), 420)
+    h100.run(str(tmp_path / 'out'), str(tmp_path / 'nothing'), 420, run_suite=reproduce.run_suite)
   assert not (tmp_path / 'out').exists()
 
 
@@ -101,7 +101,8 @@ def _fake_corpus(path):
 def test_tiny_cpu_run_times_plans_trains_and_reports(tmp_path):
   corpus, out = tmp_path / 'corpus', tmp_path / 'out'
   _fake_corpus(corpus)
-  plan = h100.run(str(out), str(corpus), 5000, design=TINY, timed_steps=1, min_steps=10, max_steps=10)
+  plan = h100.run(str(out), str(corpus), 5000, design=TINY, timed_steps=1, min_steps=10, max_steps=10,
+                  run_suite=reproduce.run_suite)
   on_disk = json.loads((out / 'plan.json').read_text())
   assert on_disk == json.loads(json.dumps(plan))
   names = ['dense', 'dense_d48', 'moe_e4', 'samoe_p1', 'samoe_p2']
@@ -118,16 +119,17 @@ def test_tiny_cpu_run_times_plans_trains_and_reports(tmp_path):
   assert 'suite `h100`' in report and 'samoe_p2' in report
   assert plan['sessions'][-1]['report'] == str(out / 'report' / 'report.md')
   assert os.path.isdir(out / 'jax_cache')
-  again = h100.run(str(out), str(corpus), 5000, design=TINY, timed_steps=1, min_steps=10, max_steps=10)
+  again = h100.run(str(out), str(corpus), 5000, design=TINY, timed_steps=1, min_steps=10, max_steps=10,
+                   run_suite=reproduce.run_suite)
   assert again['steps'] == 10 and again['timing'] == plan['timing'] and len(again['sessions']) == 2
   assert len((out / 'suite_log.jsonl').read_text().splitlines()) == 5   # nothing trained again
   with pytest.raises(ValueError, match='holds a plan for --budget_s=5000'):
-    h100.run(str(out), str(corpus), 400, design=TINY)
+    h100.run(str(out), str(corpus), 400, design=TINY, run_suite=reproduce.run_suite)
 
 
 def test_a_budget_spent_before_the_plan_stops_at_once(tmp_path):
   corpus = tmp_path / 'corpus'
   _fake_corpus(corpus)
   with pytest.raises(ValueError, match=r'budget_s=0.001 is too small: \d+ s were spent by the data alone'):
-    h100.run(str(tmp_path / 'out'), str(corpus), 0.001, design=TINY)
+    h100.run(str(tmp_path / 'out'), str(corpus), 0.001, design=TINY, run_suite=reproduce.run_suite)
   assert not (tmp_path / 'out' / 'plan.json').exists()

@@ -17,7 +17,7 @@ import pytest
 
 from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helpers)
 from train_process import environment, kill_when, run as run_command, train_command
-from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.checkpointing import integrity
 from samoe_jax.training.metrics_writer import read_metrics
 
 STEPS = 8

@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from samoe_jax import report
+from samoe_jax.analysis import run_report
 from samoe_jax.analysis import loss_curves
 
 
@@ -68,7 +68,7 @@ def test_report_draws_the_figure_from_the_data(tmp_path, monkeypatch):
   (tmp_path / 'config.json').write_text(json.dumps({'train': {'warmup_steps': 200}}))
   drawn = []
   monkeypatch.setattr(loss_curves.plt, 'close', drawn.append)
-  path = report.write_report(str(tmp_path))
+  path = run_report.write_report(str(tmp_path))
   assert '![loss_curves.png](loss_curves.png)' in open(path).read()
   assert (tmp_path / 'loss_curves.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
   main, aux = drawn[0].axes[0], drawn[0].axes[-1]

@@ -14,9 +14,9 @@ import numpy as np
 import optax
 import pytest
 
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax.compress import low_rank, runs
-from samoe_jax.config.validate import config_errors, validate_config
+from samoe_jax.training.config_checks import config_errors, validate_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.training import loop, sparse_pruning, state as state_lib
 from samoe_jax.training.sparse_pruning import PruningSchedule

@@ -84,9 +84,10 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     from samoe_jax.sharding.mesh import make_mesh
     from samoe_jax.sharding.partitioner import Partitioner
     from samoe_jax.training import state as state_lib
-    from samoe_jax.training.checkpoint import Checkpointer, run_meta
+    from samoe_jax.checkpointing.store import Checkpointer, run_meta
     from samoe_jax.training.optimizer import make_optimizer
     from samoe_jax.training.step import make_train_step
+    from samoe_jax.training.step_options import StepOptions
 
     spec = importlib.util.spec_from_file_location('test_tiny', 'configs/test_tiny.py')
     module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)
@@ -103,7 +104,7 @@ MULTI_DEVICE_SCRIPT = textwrap.dedent('''
     def setup(devices, expert):
       part = Partitioner(make_mesh({'data': -1, 'expert': expert, 'model': 1}, devices))
       shardings = state_lib.state_shardings(part, optimizer, abstract, axes)
-      step = make_train_step(model, optimizer, schedule, part, shardings)
+      step = make_train_step(StepOptions(model, optimizer, schedule), part, shardings)
       return part, shardings, step
 
     part4, sh4, step4 = setup(jax.devices(), 2)

@@ -203,9 +203,9 @@ def test_the_mixing_probe_varies_one_knob_at_a_time():
   """`reproduce --suite=mixing` (experiments/mixing_probe.py): every config validates, all share one model and
   data shape, uniform routing drops < 1 %, and the SaMoE configs differ only in the pool's mixing knobs."""
   from samoe_jax.analysis.drop_floor import config_drop_floors  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.experiments import suites  # pylint: disable=g-import-not-at-top
-  suite = suites.get_suite('mixing')
+  from samoe_jax.training.config_checks import validate_config  # pylint: disable=g-import-not-at-top
+  from samoe_jax.experiments import registry  # pylint: disable=g-import-not-at-top
+  suite = registry.get_suite('mixing')
   configs = {s.name: suite.config(s, 0) for s in suite.configs}
   for c in configs.values():
     validate_config(c)

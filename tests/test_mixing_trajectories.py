@@ -11,7 +11,7 @@ import os
 import numpy as np
 import pytest
 
-from samoe_jax import report
+from samoe_jax.analysis import run_report
 from samoe_jax.analysis import mixing_trajectories as mt
 from samoe_jax.experiments import results
 from samoe_jax.experiments.suites import ConfigSpec
@@ -59,7 +59,7 @@ def test_figure_and_run_report(tmp_path):
   with open(workdir / 'metrics.jsonl', 'w') as f:
     for r in _records(with_scalars=False):
       f.write(json.dumps(r) + '\n')
-  path = report.write_report(str(workdir))
+  path = run_report.write_report(str(workdir))
   assert os.path.getsize(workdir / 'mixing_trajectories.png') > 10_000
   assert '![mixing_trajectories.png](mixing_trajectories.png)' in open(path).read()
   # P = 1 (tied experts) or no learned mixing: no figure

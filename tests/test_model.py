@@ -9,7 +9,7 @@ import pytest
 
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.models.losses import num_chunks, output_cross_entropy, plain_output_cross_entropy
-from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.models.model import EVAL, TRAIN, LanguageModel, token_mask
 
 V, L = 64, 12
 
@@ -64,7 +64,7 @@ def _batch(seed=1, b=2):
 
 
 def _hidden_and_aux(model, params):
-  return model.hidden(params, _batch()['decoder_input_tokens'], train=False)
+  return model.hidden(params, _batch()['decoder_input_tokens'], EVAL)
 
 
 def test_standard_moe_is_samoe_with_one_hot_mixing():
@@ -129,7 +129,7 @@ def test_loss_and_score_batch_agree_and_ignore_padding():
   model = LanguageModel(tiny(**{'pool.size': 2}))
   params = model.init_params(jax.random.key(0))
   batch = _batch()
-  loss, metrics = model.loss_fn(params, batch, None, train=False)
+  loss, metrics = model.loss_fn(params, batch, None, EVAL)
   scores = model.score_batch(params, batch)
   np.testing.assert_allclose(-jnp.sum(scores) / jnp.sum(batch['decoder_loss_weights']),
                              metrics['cross_entropy'], rtol=1e-5)
@@ -139,7 +139,7 @@ def test_loss_and_score_batch_agree_and_ignore_padding():
                              rtol=1e-6)
   # Changing a padded target changes nothing.
   other = dict(batch, decoder_target_tokens=batch['decoder_target_tokens'].at[1, -1].set(5))
-  np.testing.assert_allclose(model.loss_fn(params, other, None, train=False)[0], loss)
+  np.testing.assert_allclose(model.loss_fn(params, other, None, EVAL)[0], loss)
   assert metrics['pool/mixing_weights'].shape == (2, 2)
   assert metrics['moe/layer1/expert_load'].shape == (4,)
 
@@ -177,8 +177,8 @@ def test_bfloat16_compute_matches_float32(dispatch):
   bf16 = LanguageModel(tiny(**{'pool.size': 2, 'moe.dispatch': dispatch, 'model.dtype': 'bfloat16'}))
   params = f32.init_params(jax.random.key(0))
   batch = _batch()
-  loss32, _ = f32.loss_fn(params, batch, None, train=True)
-  (loss16, metrics16), grads16 = jax.value_and_grad(bf16.loss_fn, has_aux=True)(params, batch, None, True)
+  loss32, _ = f32.loss_fn(params, batch, None, TRAIN)
+  (loss16, metrics16), grads16 = jax.value_and_grad(bf16.loss_fn, has_aux=True)(params, batch, None, TRAIN)
   assert jax.tree.leaves(grads16)[0].dtype == jnp.float32
   np.testing.assert_allclose(loss16, loss32, rtol=2e-2)
   assert all(np.isfinite(np.asarray(g)).all() for g in jax.tree.leaves(grads16))

@@ -8,7 +8,7 @@ import pytest
 
 from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
-from samoe_jax.layers.routers import TokenChoice
+from samoe_jax.layers.routing_strategies import TokenChoice
 from samoe_jax.layers.pool import ExpertPool, mix_all_layers, mix_weight_space, mixing_weights
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.layers.reference import reference_mix, reference_moe

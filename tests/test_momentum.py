@@ -18,15 +18,15 @@ import pytest
 
 from method_checks import (assert_causal, assert_loss_falls, load_config_file, shrink_for_training,
                            tiny_model_config)
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax import describe as describe_lib
-from samoe_jax.config.validate import config_errors, validate_config
+from samoe_jax.training.config_checks import config_errors, validate_config
 from samoe_jax.evaluation.scorer import LoglikelihoodScorer
 from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers.attention import CausalSelfAttention
 from samoe_jax.layers.mlp import DenseFFN, LayerNorm
 from samoe_jax.models.decoding import greedy_generate
-from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.models.model import EVAL, SEQUENCE_ROUTING, TRAIN, LanguageModel, token_mask
 from samoe_jax.models.transformer import make_moe_ffn
 
 PLAN = 'MMDM'   # three MoE layers with a dense block between the second and the third
@@ -111,7 +111,7 @@ def test_mu_zero_gamma_one_is_the_plain_model_exactly(tokens, params):
   plain = LanguageModel(config_for(None, **{'moe.capacity_factor_eval': 0.5}))
   hb = LanguageModel(config_for('heavy_ball', **{'moe.momentum_mu': 0.0, 'moe.momentum_gamma': 1.0,
                                                   'moe.capacity_factor_eval': 0.5}))
-  a, b = [np.asarray(jax.jit(lambda p, t, m=m: m.hidden(p, t, sequence_routing=True)[0])(params, tokens))
+  a, b = [np.asarray(jax.jit(lambda p, t, m=m: m.hidden(p, t, SEQUENCE_ROUTING)[0])(params, tokens))
           for m in (plain, hb)]
   np.testing.assert_array_equal(a, b)
 
@@ -137,7 +137,7 @@ def test_state_accumulates_the_dropped_out_moe_outputs(tokens, params):
       return out
 
     with nn.intercept_methods(record):
-      model.hidden(params, tokens, train=True, rng=jax.random.key(4))
+      model.hidden(params, tokens, TRAIN, rng=jax.random.key(4))
     return dropouts, blocks
 
   dropouts, blocks = jax.tree.map(lambda a: np.asarray(a, np.float64), traced_calls(params, tokens))
@@ -161,12 +161,11 @@ def test_default_none_leaves_the_computation_untouched():
     model = LanguageModel(config)
     toks = jnp.zeros((2, 12), jnp.int32)
     batch = {'decoder_input_tokens': toks, 'decoder_target_tokens': toks, 'decoder_loss_weights': jnp.ones((2, 12))}
-    grad = jax.grad(lambda q: model.loss_fn(q, batch, None, False)[0])
+    grad = jax.grad(lambda q: model.loss_fn(q, batch, None, EVAL)[0])
     return str(jax.make_jaxpr(grad)(model.abstract_params()))
   default = tiny_model_config()
   old = tiny_model_config()
-  for key in ('momentum', 'momentum_mu', 'momentum_gamma', 'adam_beta1', 'adam_beta2', 'adam_eps', 'adam_layers'):
-    del old.moe[key]
+  del old.moe['momentum_smoe']
   odd = tiny_model_config(**{'moe.momentum_mu': 0.3, 'moe.momentum_gamma': 2.0, 'moe.adam_layers': 'all'})
   base = jaxpr(default)
   assert jaxpr(old) == base and jaxpr(odd) == base
@@ -181,7 +180,7 @@ def test_remat_keeps_gradients(tokens):
     model = LanguageModel(config_for('adam_first', **{'model.remat': remat, 'model.num_layers': 2,
                                                       'model.layer_plan': 'MM', 'pool.size': 2}))
     params = jax.jit(model.init_params)(jax.random.key(0)) if params is None else params
-    out.append(jax.jit(jax.grad(lambda p, m=model: m.loss_fn(p, batch, None, False)[0]))(params))
+    out.append(jax.jit(jax.grad(lambda p, m=model: m.loss_fn(p, batch, None, EVAL)[0]))(params))
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), out[0], out[1])
 
 
@@ -267,7 +266,7 @@ def test_momentum_keys_are_ignored_when_off():
 def test_configs_accounting_and_describe(name, kind):
   config = load_config_file(name)
   validate_config(config)
-  assert config.moe.momentum == kind and config.pool.mixing == 'fixed'
+  assert config.moe.momentum_smoe.kind == kind and config.pool.mixing == 'fixed'
   counts = accounting.param_counts(config)
   assert counts['total'] == LanguageModel(config).param_summary()['total']
   assert counts == accounting.param_counts(load_config_file('tiny_moe'))   # no parameters added

@@ -78,9 +78,9 @@ def test_h100_suite_data_and_imports(tmp_path):
 import json, pathlib, sys
 sys.path.insert(0, {str(ROOT / "tests")!r})
 from test_h100_suite import TINY, _fake_corpus
-from samoe_jax import report
+from samoe_jax.analysis import run_report
 from samoe_jax.experiments import h100, reproduce, runner
-from samoe_jax.experiments import report as suite_report
+from samoe_jax.experiments import suite_report
 from samoe_jax.training import loop
 corpus = pathlib.Path({str(tmp_path / "corpus")!r})
 _fake_corpus(corpus)

@@ -1,4 +1,4 @@
-"""After training: task fine-tuning (samoe_jax/finetune.py, data/task_finetune.py) and compressed runs written by
+"""After training: task fine-tuning (samoe_jax/finetune.py, evaluation/task_finetune.py) and compressed runs written by
 `python -m samoe_jax.compress` that restore, evaluate, fine-tune and train. One tiny MoE run trained once."""
 
 from __future__ import annotations
@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from samoe_jax.compress import methods, runs, stats, sweep
-from samoe_jax.data import task_finetune
+from samoe_jax.evaluation import task_finetune
 from samoe_jax.data.vocabularies import get_vocabulary
 from samoe_jax.evaluation.tasks import get_task
 from samoe_jax.evaluation.tokenization import EvalTokenizer
-from samoe_jax.finetune import finetune_config
-from samoe_jax.models.model import LanguageModel, token_cross_entropy
+from samoe_jax.models.model import EVAL, LanguageModel, token_cross_entropy
 from samoe_jax.training import loop
+from samoe_jax.training.finetune_config import finetune_config
 from tests.config_files import tiny_config
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -62,7 +62,7 @@ def test_examples_are_the_evaluators_gold_request_and_only_the_continuation_is_s
   params = model.init_params(jax.random.key(0))
   batch = {'decoder_input_tokens': jnp.asarray(rows[:, :-1]), 'decoder_target_tokens': jnp.asarray(rows[:, 1:]),
            'decoder_loss_weights': jnp.asarray(weights)}
-  _, metrics = model.loss_fn(params, batch, None, train=False)
+  _, metrics = model.loss_fn(params, batch, None, EVAL)
   ce = token_cross_entropy(model.logits(params, batch['decoder_input_tokens']), batch['decoder_target_tokens'])
   np.testing.assert_allclose(metrics['cross_entropy'], np.mean(np.asarray(ce)[0, scored]), rtol=1e-5)
   long = task_finetune.example_rows(tokenizer, [('x' * 100, ' yes')], 16)
@@ -72,25 +72,26 @@ def test_examples_are_the_evaluators_gold_request_and_only_the_continuation_is_s
 def test_finetune_iterator_resumes_exactly_and_bad_tasks_are_named():
   from samoe_jax.data import pipeline
   config = piqa_data(**{'data.batch_size': 2})
-  it = pipeline.make_train_iterator(config.data)
+  rows = task_finetune.train_rows(config.data)
+  it = pipeline.make_train_iterator(config.data, examples=rows)
   first = [next(it) for _ in range(5)]   # 4 documents, batch 2: two batches per epoch
-  again = pipeline.make_train_iterator(config.data)
-  again.set_state(json.loads(json.dumps(pipeline.make_train_iterator(config.data).get_state())))
+  again = pipeline.make_train_iterator(config.data, examples=rows)
+  again.set_state(json.loads(json.dumps(pipeline.make_train_iterator(config.data, examples=rows).get_state())))
   for _ in range(2):
     next(again)
   state = again.get_state()
-  resumed = pipeline.make_train_iterator(config.data)
+  resumed = pipeline.make_train_iterator(config.data, examples=rows)
   resumed.set_state(state)
   for want, got in zip(first[2:], [next(resumed) for _ in range(3)]):
     for key in want:
       np.testing.assert_array_equal(want[key], got[key])
   assert state['corpus'].startswith('piqa:train:')
-  evals = pipeline.make_eval_batches(config.data, 4)
+  evals = pipeline.make_eval_batches(config.data, 4, examples=task_finetune.eval_rows(config.data))
   assert len(evals) == 2 and not evals[-1]['decoder_loss_weights'][1].any()   # 3 validation docs, padded
   with pytest.raises(ValueError, match=r"data.finetune_task='lambada_openai'.*one of piqa"):
     task_finetune.get_finetune_task(piqa_data(**{'data.finetune_task': 'lambada_openai'}).data)
   with pytest.raises(ValueError, match=r"data.finetune_task='piqa'.*nowhere/piqa/train.jsonl does not exist"):
-    task_finetune.SplitExamples.load(piqa_data(**{'data.finetune_data_dir': '/nowhere'}).data, 'train')
+    task_finetune.load_split(piqa_data(**{'data.finetune_data_dir': '/nowhere'}).data, 'train')
 
 
 # ------------------------------------------------------------------------------------- trained run and its use
@@ -139,7 +140,7 @@ def test_a_refused_finetune_writes_nothing(trained, tmp_path):
 
 
 def test_bad_tasks_factors_and_workdirs_are_refused_before_any_work(trained, tmp_path):
-  from samoe_jax.config.validate import validate_config
+  from samoe_jax.training.config_checks import validate_config
   source = str(trained / 'source')
   with pytest.raises(ValueError, match=r"data.finetune_task='lambada_openai': must be an evaluation task with a "
                      r'training split: one of piqa, boolq'):

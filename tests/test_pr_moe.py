@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from method_checks import assert_causal, assert_loss_falls, load_config_file, shrink_for_training, tiny_model_config
-from samoe_jax import accounting, describe
+from samoe_jax import describe
+from samoe_jax.models import accounting
 from samoe_jax.config import pyramid
-from samoe_jax.config.validate import config_errors
+from samoe_jax.training.config_checks import config_errors
 from samoe_jax.layers.experts import ExpertWeights
 from samoe_jax.layers.reference import reference_mix
 from samoe_jax.layers.residual_moe import residual_moe_output

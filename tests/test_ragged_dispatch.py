@@ -12,17 +12,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from samoe_jax.config.validate import config_errors
+from samoe_jax.training.config_checks import config_errors
 from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.experts import ExpertWeights
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.layers.moe_call import MoeCall
 from samoe_jax.layers.ragged import sort_by_expert
 from samoe_jax.layers.reference import reference_moe
-from samoe_jax.layers.routers import ExpertChoice, HashRouting, TokenChoice
-from samoe_jax.layers.routing import route
+from samoe_jax.layers.routing_strategies import ExpertChoice, HashRouting, TokenChoice
+from samoe_jax.layers.token_choice import RouteOptions, route
 from samoe_jax.models.decoding import greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import TRAIN, LanguageModel
 from method_checks import L as L_LM, V as V_LM, tiny_model_config
 from test_moe_layer import B, D, E, L, P, _fast, _reference, _setup
 
@@ -121,7 +121,7 @@ def test_expert_level_output_mixing_equals_gather(layer_results):
 def test_sorted_rows_group_by_expert_and_leave_unkept_rows_last():
   logits = jax.random.normal(jax.random.key(0), (2, 5, E))
   mask = jnp.array([[1, 1, 1, 0, 1], [1, 1, 1, 1, 1]], bool)
-  routing = jax.jit(lambda lg, m: route(lg, m, top_k=2, capacity=5))(logits, mask)
+  routing = jax.jit(lambda lg, m: route(lg, m, RouteOptions(top_k=2), capacity=5))(logits, mask)
   rows = jax.jit(lambda r: sort_by_expert(r.expert_GSK, r.kept_GSK, E))(routing)
   experts = np.asarray(routing.expert_GSK).reshape(-1)[np.asarray(rows.order_N)]
   valid = np.asarray(rows.valid_N)
@@ -264,6 +264,7 @@ def test_train_step_loss_equals_gather_at_a_large_capacity():
   from samoe_jax.training import optimizer as optimizer_lib
   from samoe_jax.training.state import init_state
   from samoe_jax.training.step import train_step
+  from samoe_jax.training.step_options import StepOptions
   tokens = jax.random.randint(jax.random.key(4), (2, L_LM + 1), 1, V_LM)
   batch = {'decoder_input_tokens': tokens[:, :-1], 'decoder_target_tokens': tokens[:, 1:],
            'decoder_loss_weights': jnp.ones((2, L_LM), jnp.float32)}
@@ -271,9 +272,10 @@ def test_train_step_loss_equals_gather_at_a_large_capacity():
   model = LanguageModel(config)
   opt, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), model.param_logical_axes())
   state = jax.jit(lambda r: init_state(model, opt, r))(jax.random.key(0))
-  new_state, metrics = jax.jit(lambda s, b: train_step(model, opt, schedule, s, b, jax.random.key(1)))(state, batch)
+  new_state, metrics = jax.jit(lambda s, b: train_step(StepOptions(model, opt, schedule), s, b, jax.random.key(1)))(
+      state, batch)
   gather = LanguageModel(_lm_config('gather', **{'moe.capacity_factor_train': float(E)}))
-  _, m_gather = jax.jit(lambda p, b: gather.loss_fn(p, b, jax.random.key(1), True))(state.params, batch)
+  _, m_gather = jax.jit(lambda p, b: gather.loss_fn(p, b, jax.random.key(1), TRAIN))(state.params, batch)
   assert np.isfinite(float(metrics['loss'])) and float(metrics['loss']) > 1.0
   assert float(m_gather['moe/dropped_fraction']) == 0.0 == float(metrics['moe/dropped_fraction'])
   np.testing.assert_allclose(float(metrics['loss']), float(m_gather['loss']), rtol=1e-6)

@@ -1,4 +1,4 @@
-"""Routing policies of the MoE layer (docs/methods/routing.md; layers/routing.py, capacity.py, expert_choice.py,
+"""Routing policies of the MoE layer (docs/methods/routing.md; layers/token_choice.py, capacity.py, expert_choice.py,
 hash_routing.py, router_noise.py; docs/methods/routing.md).
 
 Every policy is compared with a plain Python loop over tokens, choices and experts (`reference_route`,
@@ -17,9 +17,9 @@ import numpy as np
 import pytest
 
 from method_checks import assert_causal, assert_loss_falls, load_config_file, shrink_for_training, tiny_model_config
-from samoe_jax import accounting
-from samoe_jax.config.validate import validate_config
-from samoe_jax.layers import routing as r
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import validate_config
+from samoe_jax.layers import token_choice as r
 from samoe_jax.layers.capacity import expert_capacity
 from samoe_jax.layers.expert_choice import expert_choice_route
 from samoe_jax.layers.experts import ExpertWeights
@@ -27,9 +27,9 @@ from samoe_jax.layers.hash_routing import hash_experts, hash_experts_numpy
 from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.moe import MoeFFN
 from samoe_jax.layers.moe_call import MoeCall
-from samoe_jax.layers.routers import TokenChoice
+from samoe_jax.layers.routing_strategies import TokenChoice
 from samoe_jax.models.decoding import greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import TRAIN, LanguageModel
 from samoe_jax.training.optimizer import make_optimizer
 
 
@@ -130,8 +130,9 @@ def _mask(shape=(2, 9)):
 def test_route_matches_the_python_loop(top_k, capacity, priority, gate, renorm, active_k):
   logits, probs = _probs(top_k * 10 + capacity)
   mask = _mask()
-  got = r.route(jnp.asarray(logits), jnp.asarray(mask), top_k=top_k, capacity=capacity, priority=priority,
-                gate=gate, gate_renorm=renorm, active_k=None if active_k is None else jnp.int32(active_k))
+  options = r.RouteOptions(top_k=top_k, priority=priority, gate=gate, gate_renorm=renorm)
+  got = r.route(jnp.asarray(logits), jnp.asarray(mask), options, capacity=capacity,
+                active_k=None if active_k is None else jnp.int32(active_k))
   want = reference_route(probs, mask, top_k=top_k, capacity=capacity, priority=priority, gate=gate,
                          gate_renorm=renorm, active_k=active_k)
   assert_matches(got, want)
@@ -141,8 +142,8 @@ def test_bpr_hand_case():
   """Two tokens want expert 0 (capacity 1): position gives it to token 0, BPR to the more confident token 1."""
   probs = np.array([[[.6, .4], [.9, .1]]], np.float32)
   mask = jnp.ones((1, 2), bool)
-  pos = r.route(jnp.log(probs), mask, top_k=1, capacity=1)
-  bpr = r.route(jnp.log(probs), mask, top_k=1, capacity=1, priority='bpr')
+  pos = r.route(jnp.log(probs), mask, r.RouteOptions(top_k=1), capacity=1)
+  bpr = r.route(jnp.log(probs), mask, r.RouteOptions(top_k=1, priority='bpr'), capacity=1)
   assert np.asarray(pos.kept_GSK)[0, :, 0].tolist() == [True, False]
   assert np.asarray(bpr.kept_GSK)[0, :, 0].tolist() == [False, True]
 
@@ -165,10 +166,11 @@ def test_random_policies_match_the_loop_with_the_same_draws():
       (dict(priority='random'), dict(priority='random', order_key=order)),
   ]
   for kwargs, ref in cases:
-    got = r.route(jnp.asarray(logits), jnp.asarray(mask), top_k=2, capacity=3, rng=key, **kwargs)
+    got = r.route(jnp.asarray(logits), jnp.asarray(mask), r.RouteOptions(top_k=2, **kwargs), capacity=3, rng=key)
     assert_matches(got, reference_route(probs, mask, top_k=2, capacity=3, **ref))
   # random routing really discards some second choices, and they are not counted as dropped
-  got = r.route(jnp.asarray(logits), jnp.asarray(mask), top_k=2, capacity=20, rng=key, second_policy='random')
+  got = r.route(jnp.asarray(logits), jnp.asarray(mask), r.RouteOptions(top_k=2, second_policy='random'), capacity=20,
+                rng=key)
   assert not bool(np.all(np.asarray(got.chosen_GSK)[mask]))
   assert float(r.routing_metrics(got, jnp.asarray(mask))['dropped_fraction']) == 0.0
 
@@ -177,7 +179,7 @@ def test_gaussian_noise_changes_selection_and_gates():
   logits, probs = _probs(6)
   mask = jnp.ones(probs.shape[:2], bool)
   key = jax.random.key(3)
-  got = r.route(jnp.asarray(logits), mask, top_k=2, capacity=20, noise='gaussian', rng=key)
+  got = r.route(jnp.asarray(logits), mask, r.RouteOptions(top_k=2, noise='gaussian'), capacity=20, rng=key)
   k0 = jax.random.split(key, 4)[0]
   noisy = jax.nn.softmax(np.log(probs) + jax.random.normal(k0, probs.shape) / 4, -1)   # sigma = 1/E, E = 4
   np.testing.assert_allclose(np.asarray(got.probs_GSE), np.asarray(noisy), rtol=1e-5, atol=1e-6)
@@ -186,7 +188,7 @@ def test_gaussian_noise_changes_selection_and_gates():
 
 def test_random_policies_need_an_rng():
   with pytest.raises(ValueError, match='pass rng'):
-    r.route(jnp.zeros((1, 2, 4)), jnp.ones((1, 2), bool), top_k=2, capacity=2, second_policy='sampling')
+    r.route(jnp.zeros((1, 2, 4)), jnp.ones((1, 2), bool), r.RouteOptions(top_k=2, second_policy='sampling'), capacity=2)
 
 
 # ------------------------------------------------------------------------------------------------- capacity
@@ -210,7 +212,7 @@ def test_no_dropping_with_capacity_none():
   """C = T: even when every token picks the same experts, nothing is dropped."""
   logits = jnp.tile(jnp.asarray([[[3.0, 2.0, 0.0, 0.0]]]), (2, 9, 1))
   capacity = expert_capacity(9, 4, 2, 0.1, 0, 'none')
-  got = r.route(logits, jnp.ones((2, 9), bool), top_k=2, capacity=capacity)
+  got = r.route(logits, jnp.ones((2, 9), bool), r.RouteOptions(top_k=2), capacity=capacity)
   assert bool(np.all(np.asarray(got.kept_GSK)))
 
 
@@ -315,9 +317,10 @@ def test_bpr_and_random_priorities_are_not_causal(priority):
   # random priority: find a key whose order puts token 2 first (the loop reference's order)
   while priority == 'random' and np.argsort(np.asarray(jax.random.uniform(jax.random.split(key, 4)[3], (1, 3))))[0, 0] != 2:
     key = jax.random.fold_in(key, 1)
-  kw = dict(top_k=1, capacity=1, priority=priority, rng=key if priority == 'random' else None)
-  before = np.asarray(r.route(jnp.log(probs), mask, **kw).kept_GSK)[0, :, 0]
-  after = np.asarray(r.route(jnp.log(later), mask, **kw).kept_GSK)[0, :, 0]
+  kw = dict(capacity=1, rng=key if priority == 'random' else None)
+  options = r.RouteOptions(top_k=1, priority=priority)
+  before = np.asarray(r.route(jnp.log(probs), mask, options, **kw).kept_GSK)[0, :, 0]
+  after = np.asarray(r.route(jnp.log(later), mask, options, **kw).kept_GSK)[0, :, 0]
   assert before[:2].tolist() != after[:2].tolist()
 
 
@@ -334,11 +337,11 @@ def test_active_k_equals_routing_with_top_k_active_k():
   logits, _ = _probs(9, (2, 8, 4))
   mask = jnp.asarray(_mask((2, 8)))
   for gate, renorm in [('softmax', 'auto'), ('uniform', 'auto'), ('topk_softmax', 'after_drop')]:
-    route_fn = jax.jit(lambda lg, a: r.route(lg, mask, top_k=4, capacity=3, active_k=a, gate=gate,
-                                              gate_renorm=renorm))   # active_k traced: one compilation
+    route_fn = jax.jit(lambda lg, a: r.route(lg, mask, r.RouteOptions(top_k=4, gate=gate, gate_renorm=renorm),
+                                              capacity=3, active_k=a))   # active_k traced: one compilation
     for k in (1, 2, 3):
       masked = route_fn(jnp.asarray(logits), jnp.int32(k))
-      small = r.route(jnp.asarray(logits), mask, top_k=k, capacity=3, gate=gate, gate_renorm=renorm)
+      small = r.route(jnp.asarray(logits), mask, r.RouteOptions(top_k=k, gate=gate, gate_renorm=renorm), capacity=3)
       np.testing.assert_allclose(np.asarray(masked.gate_GSK[..., :k]), np.asarray(small.gate_GSK), rtol=1e-6)
       np.testing.assert_array_equal(np.asarray(masked.kept_GSK[..., :k]), np.asarray(small.kept_GSK))
       assert not np.asarray(masked.kept_GSK[..., k:]).any() and not np.asarray(masked.gate_GSK[..., k:]).any()
@@ -361,8 +364,8 @@ def test_probs_override_drives_selection_gates_and_loss():
   logits, probs = _probs(12)
   mask = jnp.asarray(_mask())
   garbage = jnp.asarray(np.random.default_rng(0).normal(size=logits.shape), jnp.float32)
-  got = r.route(garbage, mask, top_k=2, capacity=3, probs_GSE=jnp.asarray(probs))
-  want = r.route(jnp.asarray(logits), mask, top_k=2, capacity=3)
+  got = r.route(garbage, mask, r.RouteOptions(top_k=2), capacity=3, probs_GSE=jnp.asarray(probs))
+  want = r.route(jnp.asarray(logits), mask, r.RouteOptions(top_k=2), capacity=3)
   assert_matches(got, reference_route(probs, np.asarray(mask), top_k=2, capacity=3))
   np.testing.assert_allclose(float(r.load_balancing_loss(got, mask)), float(r.load_balancing_loss(want, mask)),
                              rtol=1e-5)
@@ -383,7 +386,7 @@ def test_frozen_router_is_never_updated():
 
   @jax.jit
   def step(p, s, i):
-    grads = jax.grad(lambda q: model.loss_fn(q, batch, jax.random.key(i), True)[0])(p)
+    grads = jax.grad(lambda q: model.loss_fn(q, batch, jax.random.key(i), TRAIN)[0])(p)
     updates, s = optimizer.update(grads, s, p)
     return jax.tree.map(lambda a, u: a + u, p, updates), s
 
@@ -419,7 +422,7 @@ def test_train_without_rng_is_refused_for_random_policies():
   tokens = jnp.ones((1, 12), jnp.int32)
   batch = {'decoder_input_tokens': tokens, 'decoder_target_tokens': tokens, 'decoder_loss_weights': jnp.ones((1, 12))}
   with pytest.raises(ValueError, match='routing policy'):
-    model.loss_fn(params, batch, None, True)
+    model.loss_fn(params, batch, None, TRAIN)
 
 
 @pytest.mark.parametrize('name', ['tiny_switch_top1', 'tiny_hash', 'tiny_gshard_top2_random'])
@@ -430,7 +433,7 @@ def test_loss_falls(name, tmp_path):
 
 
 def test_describe_names_the_policy_and_its_causality():
-  from samoe_jax.layers.routing_policy import describe_policy
+  from samoe_jax.layers.routing_checks import describe_policy
   assert describe_policy(tiny_model_config().moe) is None
   assert 'NOT causal' in describe_policy(load_config_file('tiny_expert_choice').moe)
   line = describe_policy(load_config_file('tiny_hash').moe)

@@ -18,7 +18,7 @@ from lm_eval import utils as harness_utils
 from samoe_jax.config.defaults import get_base_config
 from samoe_jax.evaluation.scorer import LoglikelihoodScorer, rolling_windows, scoring_row
 from samoe_jax.models.buckets import default_buckets
-from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.models.model import SEQUENCE_ROUTING, LanguageModel, token_mask
 
 V, L = 300, 32
 
@@ -119,7 +119,7 @@ def test_bucketing_and_batch_size_never_change_a_score(models):
     model, params, _ = models[name]
     rows = [scoring_row(c, x, L).inputs for c, x in requests]
     inputs = jnp.asarray([list(r) + [0] * (L - len(r)) for r in rows], jnp.int32)
-    _, auxes = jax.jit(lambda p, t, m=model: m.hidden(p, t, sequence_routing=True))(params, inputs)
+    _, auxes = jax.jit(lambda p, t, m=model: m.hidden(p, t, SEQUENCE_ROUTING))(params, inputs)
     dropped = [float(a['dropped_fraction']) for a in auxes]   # share of real tokens' choices without a slot
     assert min(dropped) > 0.1, f'{name}: too few tokens are dropped ({dropped}), so the test would prove nothing'
     results = [LoglikelihoodScorer(model, params, batch_size=b, buckets=buckets).score(requests)

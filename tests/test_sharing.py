@@ -18,11 +18,11 @@ import numpy as np
 import pytest
 
 from method_checks import assert_causal, assert_loss_falls, load_config_file, shrink_for_training, tiny_model_config
-from samoe_jax import accounting
-from samoe_jax.config.validate import config_errors, validate_config
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import config_errors, validate_config
 from samoe_jax.describe import describe, format_text
 from samoe_jax.models.decoding import greedy_generate, prompt_inputs
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import EVAL, LanguageModel
 from samoe_jax.training.metrics_writer import read_metrics
 
 V, L = 64, 12
@@ -94,7 +94,7 @@ def test_shared_model_equals_unshared_model_with_tied_values(overrides):
   tokens, batch = _tokens(), _batch()
 
   def run(model):   # evaluation-routing logits, and the training-routing loss with its gradient
-    grad_fn = jax.value_and_grad(lambda p: model.loss_fn(p, batch, None, train=False)[0])
+    grad_fn = jax.value_and_grad(lambda p: model.loss_fn(p, batch, None, EVAL)[0])
     return jax.jit(lambda p: (model.logits(p, tokens, sequence_routing=True), *grad_fn(p)))
 
   logits, loss, g = run(shared_model)(params)
@@ -220,7 +220,7 @@ def test_entropy_term_equals_hand_computation_and_its_gradient_direction(granula
   batch = _batch()
 
   def run(model):   # loss, metrics and (layer granularity) the gradient w.r.t. alpha
-    f = lambda a: model.loss_fn(dict(params, mixing_logits={'alpha': a}), batch, None, train=False)
+    f = lambda a: model.loss_fn(dict(params, mixing_logits={'alpha': a}), batch, None, EVAL)
     if granularity == 'expert':   # the same code path; only the value is checked, to save compile time
       return jax.jit(f)(alpha), None
     return jax.jit(jax.value_and_grad(f, has_aux=True))(alpha)
@@ -253,7 +253,7 @@ def test_entropy_term_equals_hand_computation_and_its_gradient_direction(granula
 def test_entropy_off_adds_nothing_to_the_graph():
   batch = _batch()
   count = lambda overrides: len(jax.make_jaxpr(
-      lambda p, m=LanguageModel(tiny_model_config(**overrides)): m.loss_fn(p, batch, None, train=False))(
+      lambda p, m=LanguageModel(tiny_model_config(**overrides)): m.loss_fn(p, batch, None, EVAL))(
           LanguageModel(tiny_model_config()).abstract_params()).jaxpr.eqns)
   assert count({}) == count({'pool.entropy_coef': 0.0}) < count({'pool.entropy_coef': 0.1})
 

@@ -15,13 +15,13 @@ import pytest
 
 from method_checks import ROOT, assert_causal, assert_loss_falls, load_config_file, shrink_for_training, \
     tiny_model_config
-from samoe_jax import accounting
-from samoe_jax.config.validate import config_errors
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import config_errors
 from samoe_jax.describe import describe
 from samoe_jax.layers import k_schedule
 from samoe_jax.layers.experts import ExpertWeights
 from samoe_jax.layers.moe_call import MoeCall
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import EVAL, TRAIN, LanguageModel
 from samoe_jax.models.spec import ModelSpec
 from samoe_jax.models.transformer import make_moe_ffn
 
@@ -169,8 +169,8 @@ def _outputs(model, params, batch, active_k=None):
   """(train-mode cross-entropy, eval-mode cross-entropy, evaluation-routing logits) of one model, jitted."""
   @jax.jit
   def run(p, b):
-    _, train = model.loss_fn(p, b, None, True, active_k=active_k)
-    _, evaluation = model.loss_fn(p, b, None, False)
+    _, train = model.loss_fn(p, b, None, TRAIN, active_k=active_k)
+    _, evaluation = model.loss_fn(p, b, None, EVAL)
     return train, evaluation['cross_entropy'], model.logits(p, b['decoder_input_tokens'], sequence_routing=True)
   return run(params, batch)
 
@@ -315,7 +315,7 @@ def test_slimmability_cli_end_to_end(trained, tmp_path):
   model = LanguageModel(c2)
   params = restore_params(model, Partitioner(make_mesh(c2.mesh)), str(workdir), config.train.steps)
   batch = pipeline.make_eval_batches(c2.data, 1)[0]
-  _, metrics = model.loss_fn(params, jax.tree.map(jnp.asarray, batch), None, False)
+  _, metrics = model.loss_fn(params, jax.tree.map(jnp.asarray, batch), None, EVAL)
   assert rows['top-2']['cross_entropy'] == pytest.approx(float(metrics['cross_entropy']), rel=1e-5)
   assert rows['top-2']['perplexity'] == pytest.approx(math.exp(float(metrics['cross_entropy'])), rel=1e-5)
   assert rows['top-2']['active_params_per_token'] < rows['uniform']['active_params_per_token']
@@ -328,13 +328,15 @@ def test_train_step_with_accumulation_runs_at_k_of_the_step():
   from samoe_jax.training import optimizer as optimizer_lib
   from samoe_jax.training.state import init_state
   from samoe_jax.training.step import train_step
+  from samoe_jax.training.step_options import StepOptions
   config = smoe_config(**{'moe.k_schedule_steps': 4, 'model.num_layers': 2, 'pool.size': 2})
   model = LanguageModel(config)
   opt, schedule = optimizer_lib.make_optimizer(config.train, model.abstract_params(), model.param_logical_axes())
   state = jax.jit(lambda r: init_state(model, opt, r))(jax.random.key(0)).replace(step=jnp.int32(2))
   batch = _batch(b=4)
-  _, metrics = jax.jit(lambda s, b: train_step(model, opt, schedule, s, b, jax.random.key(1), microbatches=2))(
+  _, metrics = jax.jit(lambda s, b: train_step(StepOptions(model, opt, schedule, microbatches=2), s, b,
+                                                jax.random.key(1)))(
       state, batch)
   assert float(metrics['moe/active_k']) == 3 == k_schedule.KSchedule.from_config(config).numpy(2)
-  _, direct = jax.jit(lambda p, b: model.loss_fn(p, b, None, True, active_k=jnp.int32(3)))(state.params, batch)
+  _, direct = jax.jit(lambda p, b: model.loss_fn(p, b, None, TRAIN, active_k=jnp.int32(3)))(state.params, batch)
   np.testing.assert_allclose(metrics['cross_entropy'], direct['cross_entropy'], rtol=1e-5)

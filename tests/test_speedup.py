@@ -19,7 +19,7 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
   sys.path.insert(0, str(ROOT))
 
-from samoe_jax import accounting  # noqa: E402
+from samoe_jax.models import accounting  # noqa: E402
 from samoe_jax.analysis import frontier as F  # noqa: E402
 from samoe_jax.analysis import speedup  # noqa: E402
 

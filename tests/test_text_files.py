@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from samoe_jax.config.defaults import get_base_config
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.data import in_memory
 from samoe_jax.data import pipeline
 from samoe_jax.data import preprocessors

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from samoe_jax.config.defaults import get_base_config
-from samoe_jax.config import validate
-from samoe_jax.config.validate import validate_config
+from samoe_jax.config import section_checks
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.data import documents
 from samoe_jax.data import gpt2_vocabulary
 from samoe_jax.data import pipeline
@@ -85,7 +85,7 @@ def test_gpt2_ids_are_r50k_base_plus_one(r50k_base):
 def test_gpt2_special_ids_sizes_and_round_trip():
   vocab = vocabularies.get_vocabulary('gpt2')
   assert (vocab.vocab_size, vocab.eos_id, vocab.pad_id, vocab.unk_id) == (50258, 50257, 0, None)
-  assert gpt2_vocabulary.GPT2_VOCAB_SIZE == validate.GPT2_VOCAB_SIZE == vocab.vocab_size
+  assert gpt2_vocabulary.GPT2_VOCAB_SIZE == section_checks.GPT2_VOCAB_SIZE == vocab.vocab_size
   assert vocabularies.vocabulary_key('gpt2') == vocabularies.vocabulary_key(vocabularies.SHIPPED_GPT2) == 'gpt2'
   text = 'KING.\n\tWhat say you?  Speak!\r\n日本語 🎭 <|endoftext|> done '
   ids = vocab.encode(text)

@@ -23,10 +23,11 @@ import numpy as np
 import pytest
 
 from config_files import write_tiny_config  # pylint: disable=g-bad-import-order  (tests/ helper)
-from samoe_jax import report
+from samoe_jax.analysis import run_report
 from samoe_jax.models.model import LanguageModel
-from samoe_jax.training import loop, resume_config
-from samoe_jax.training.checkpoint import IncompatibleCheckpointError
+from samoe_jax.checkpointing import resume_config
+from samoe_jax.training import loop
+from samoe_jax.checkpointing.store import IncompatibleCheckpointError
 from samoe_jax.training.metrics_writer import read_metrics
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -181,14 +182,14 @@ def test_non_finite_loss_or_gradient_norm_names_the_step_checkpoint_and_hint():
 
 
 def test_report_figures(runs, tmp_path):
-  path = report.write_report(runs['full'])
+  path = run_report.write_report(runs['full'])
   text = pathlib.Path(path).read_text()
   assert 'final validation perplexity' in text and '| total |' in text and '(mixing_weights.png)' in text
   for name in ('loss_curves.png', 'mixing_weights.png'):
     with open(os.path.join(runs['full'], name), 'rb') as f:
       assert f.read(8) == b'\x89PNG\r\n\x1a\n'
   expert_level = np.random.default_rng(0).dirichlet(np.ones(3), size=(2, 4))   # [L_moe, E, P]
-  report.plot_mixing_weights(expert_level, ['block 1', 'block 3'], str(tmp_path / 'expert.png'))
+  run_report.plot_mixing_weights(expert_level, ['block 1', 'block 3'], str(tmp_path / 'expert.png'))
   assert (tmp_path / 'expert.png').stat().st_size > 0
 
 
@@ -204,7 +205,7 @@ def test_command_line_rerun_of_a_finished_run_changes_nothing(runs, tmp_path):
   """`python -m samoe_jax.train` on a finished workdir leaves every file as it was; unknown keys fail cleanly."""
   config_file = write_tiny_config(tmp_path / 'tiny.py', OVERRIDES)
   env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get('PYTHONPATH', ''), JAX_PLATFORMS='cpu')
-  report.write_report(runs['full'])
+  run_report.write_report(runs['full'])
   before = _tree_state(runs['full'])
   cmd = [sys.executable, '-m', 'samoe_jax.train', f'--config={config_file}', f'--workdir={runs["full"]}']
   done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300, check=False)

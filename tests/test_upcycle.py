@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 from method_checks import assert_loss_falls, load_config_file, shrink_for_training
 
-from samoe_jax import accounting
-from samoe_jax.config.validate import validate_config
+from samoe_jax.models import accounting
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.evaluation.checkpoints import restore_params
 from samoe_jax.layers.mlp import LayerNorm
 from samoe_jax.models.model import LanguageModel, token_mask

@@ -13,16 +13,16 @@ import threading
 import time
 from typing import Any
 
-from samoe_jax.training import checkpoint_integrity as integrity
+from samoe_jax.checkpointing import integrity
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 # A run whose checksum files cannot be written (their sync fails with ENOSPC, as on a full disk), then the trainer.
 CHECKSUMS_DISK_FULL = '''
 import errno, os, runpy
-from samoe_jax.training import checkpoint_integrity
+from samoe_jax.checkpointing import integrity
 def disk_full(f):
   raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-checkpoint_integrity._sync = disk_full
+integrity._sync = disk_full
 runpy.run_module('samoe_jax.train', run_name='__main__', alter_sys=True)
 '''
 

@@ -65,7 +65,7 @@ print('samoe_jax from', os.path.dirname(samoe_jax.__file__))"""),
 the command line; `validate_config` names every bad value before anything is built."""),
     ('code', """\
 from samoe_jax.config.presets import tiny
-from samoe_jax.config.validate import validate_config
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.models.model import LanguageModel
 
 config = tiny('samoe')

@@ -75,10 +75,10 @@ def config_drop_floors(config: Any, train: bool = True) -> dict[int, float]:
 
 
 def whole_sequence_group_sizes(seq_len: int, batch_size: int) -> list[int]:
-  """The moe.group_size values of whole sequences that config/validate.py accepts, ascending: seq_len and the
-  multiples of it that divide batch_size * seq_len. Smaller groups are left out: moe.min_capacity pads them past
-  the capacity factor (at T <= min_capacity every expert has T slots, a capacity factor of E), so their low floor
-  is bought with expert buffers several times the tokens."""
+  """The moe.group_size values of whole sequences that the config checks accept (config/checks.py), ascending:
+  seq_len and the multiples of it that divide batch_size * seq_len. Smaller groups are left out: moe.min_capacity
+  pads them past the capacity factor (at T <= min_capacity every expert has T slots, a capacity factor of E), so
+  their low floor is bought with expert buffers several times the tokens."""
   return [r * seq_len for r in range(1, batch_size + 1) if batch_size % r == 0]
 
 

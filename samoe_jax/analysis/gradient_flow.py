@@ -29,21 +29,18 @@ import ml_collections
 import numpy as np
 
 from samoe_jax import cli
+from samoe_jax.analysis import gradient_flow_outputs
+from samoe_jax.analysis.gradient_flow_outputs import fmt
 from samoe_jax.config.layer_plan import moe_layer_indices
-from samoe_jax.config.sections import complete_config
 from samoe_jax.config.pyramid import format_counts, groups_of_config
+from samoe_jax.config.sections import complete_config
 from samoe_jax.layers.mixing import mixing_for
+from samoe_jax.training.metrics_writer import read_metrics
 
 PROG = 'samoe_jax.analysis.gradient_flow'
 # Layer types of the per-type tables and of grad_norm_vs_step.png, in display order.
 LAYER_TYPES = ('total', 'embedding', 'norms', 'attention', 'ffn', 'router', 'residual', 'experts', 'pool',
                'mixing', 'shared', 'other')
-LAYER_TYPE_NAMES = {'total': 'all parameters', 'embedding': 'embeddings', 'norms': 'LayerNorms',
-                    'attention': 'attention (mean over blocks)', 'ffn': 'dense FFN (mean over dense blocks)',
-                    'router': 'router (mean over MoE blocks)', 'residual': 'Residual-MoE MLP (mean over blocks)',
-                    'experts': 'layer experts (mean over MoE blocks of mean_rms)',
-                    'pool': 'pool entries (mean of entry_rms)', 'mixing': 'mixing logits',
-                    'shared': 'WideNet shared router / attention', 'other': 'other top-level parameters'}
 METRICS = ('norm', 'rms', 'update_ratio')
 SIMPLE_PARTS = ('total', 'embedding', 'norms', 'mixing', 'shared', 'other')
 SHARED_POOL_KINDS = ('samoe', 'tied', 'manual', 'widenet')   # kinds whose pool entries serve several MoE layers
@@ -119,7 +116,6 @@ class Run:
 
 def load_run(workdir: str) -> Run:
   """The run's config.json and grad_stats records; ValueError for a missing workdir, config or records."""
-  from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(workdir):
     raise ValueError(f'workdir {workdir} does not exist')
   path = os.path.join(workdir, 'config.json')
@@ -418,11 +414,6 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 # --------------------------------------------------------------------------------------------- sentences
-def fmt(x: float | None) -> str:
-  """3 significant digits ('n/a' for None): the format every number of the sentences uses."""
-  return 'n/a' if x is None else f'{x:.3g}'
-
-
 def _change(metric: str, lo_e: int, lo: float, hi_e: int, hi: float) -> str:
   if hi == lo:
     return f'{metric} is {fmt(lo)} at both E={lo_e} and E={hi_e}'
@@ -528,7 +519,6 @@ def gradient_flow_analysis(workdirs: Sequence[str], out_dir: str, step: int | No
                            window: int = 1) -> dict[str, Any]:
   """Reads the runs, writes OUT_DIR/{gradient_flow.json, gradient_flow.md, *.png}; returns the JSON's content
   ('figures': {name: file name in out_dir}, 'files': {'json', 'md'}: paths, 'sentences': the findings)."""
-  from samoe_jax.analysis import gradient_flow_outputs  # pylint: disable=g-import-not-at-top
   report = build_report(workdirs, step, window)
   os.makedirs(out_dir, exist_ok=True)
   report['figures'] = gradient_flow_outputs.write_figures(report, out_dir)
@@ -542,8 +532,9 @@ def gradient_flow_analysis(workdirs: Sequence[str], out_dir: str, step: int | No
   return report
 
 
-def main() -> None:
-  """Console entry point (flags defined here so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   from absl import app, flags  # pylint: disable=g-import-not-at-top
   flags.DEFINE_list('workdirs', None, 'Comma-separated samoe_jax.train run directories.', required=True)
   flags.DEFINE_string('out', None, 'Output directory.', required=True)
@@ -560,8 +551,8 @@ def main() -> None:
     print('\n'.join(report['sentences']))
     print(report['files']['md'])
 
-  cli.run_app(PROG, _run, sys.argv)
+  cli.run_app(PROG, _run, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

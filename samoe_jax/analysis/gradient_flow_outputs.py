@@ -20,7 +20,19 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-from samoe_jax.analysis.gradient_flow import LAYER_TYPE_NAMES, fmt  # pylint: disable=wrong-import-position
+# The layer types' names in the tables and figures (samoe_jax.analysis.gradient_flow.LAYER_TYPES).
+LAYER_TYPE_NAMES = {'total': 'all parameters', 'embedding': 'embeddings', 'norms': 'LayerNorms',
+                    'attention': 'attention (mean over blocks)', 'ffn': 'dense FFN (mean over dense blocks)',
+                    'router': 'router (mean over MoE blocks)', 'residual': 'Residual-MoE MLP (mean over blocks)',
+                    'experts': 'layer experts (mean over MoE blocks of mean_rms)',
+                    'pool': 'pool entries (mean of entry_rms)', 'mixing': 'mixing logits',
+                    'shared': 'WideNet shared router / attention', 'other': 'other top-level parameters'}
+
+
+def fmt(x: float | None) -> str:
+  """3 significant digits ('n/a' for None): the format every number of the sentences uses."""
+  return 'n/a' if x is None else f'{x:.3g}'
+
 
 FIGURES = {'grad_norm_vs_step': 'grad_norm_vs_step.png',
            'expert_grad_vs_num_experts': 'expert_grad_vs_num_experts.png',

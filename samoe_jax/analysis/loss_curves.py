@@ -1,4 +1,4 @@
-"""A run's loss figure (loss_curves.png of samoe_jax/report.py): what is drawn, and the drawing.
+"""A run's loss figure (loss_curves.png of samoe_jax/analysis/run_report.py): what is drawn, and the drawing.
 
 `loss_plot_data` decides everything from metrics.jsonl records (train and eval) and `plot_loss_curves` only
 draws it, so tests check the figure through the data:

@@ -27,6 +27,18 @@ from typing import Any, Sequence
 from absl import app, flags
 
 from samoe_jax import cli
+from samoe_jax.data import pipeline
+from samoe_jax.evaluation import checkpoints, task_finetune
+from samoe_jax.layers.graph_routing import GraphMixer
+from samoe_jax.layers.grouping import from_runs
+from samoe_jax.layers.inference import InferenceMode
+from samoe_jax.layers.moe_call import MoeCall
+from samoe_jax.layers.routing_strategies import Router
+from samoe_jax.models.model import LanguageModel, token_mask
+from samoe_jax.models.spec import ModelSpec
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training.config_checks import validate_config
 import ml_collections
 from ml_collections import config_flags
 
@@ -35,7 +47,6 @@ os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 def check_supported(config: ml_collections.ConfigDict) -> None:
   """A top-1 expert needs a token-choice MoE with per-layer routers."""
-  from samoe_jax.models.spec import ModelSpec  # pylint: disable=g-import-not-at-top
   spec = ModelSpec.from_config(config)
   if not spec.moe_layers:
     raise ValueError('routing_fluctuation: the model has no MoE layers (model.layer_plan)')
@@ -52,12 +63,6 @@ def top1_experts(model: Any, params: Any, tokens_BL: Any) -> tuple[Any, list[Any
   layers' Router (logits) and GraphMixer (p~) outputs of one evaluation-routing forward pass."""
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.graph_routing import GraphMixer  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.inference import InferenceMode  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.grouping import from_runs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.moe_call import MoeCall  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.routers import Router  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import token_mask  # pylint: disable=g-import-not-at-top
   b, l = tokens_BL.shape
   (_, auxes), state = model.module.apply(
       {'params': params}, tokens_BL, token_mask(tokens_BL), train=False, call=MoeCall(inference=InferenceMode()),
@@ -89,10 +94,6 @@ def collect(config: ml_collections.ConfigDict, workdir: str, steps: Sequence[int
   """Top-1 experts of every step on `batches` (host numpy batches) and the report (see the module docstring)."""
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
   model = LanguageModel(config)
   partitioner = Partitioner(make_mesh(config.mesh))
   fn = jax.jit(functools.partial(top1_experts, model))
@@ -172,9 +173,6 @@ def write_outputs(directory: str, report: dict[str, Any]) -> dict[str, str]:
 def run(config: ml_collections.ConfigDict, workdir: str, *, steps: str = 'all', batches: int = 0) -> dict[str, Any]:
   """Routing fluctuation of `workdir`'s checkpoints `steps` on `batches` validation batches (0: train.eval_batches)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   validate_config(config)
   check_supported(config)
   if not isinstance(batches, int) or batches < 0:
@@ -183,7 +181,8 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, steps: str = 'all', 
   if len(selected) < 2:
     raise ValueError(f'--steps={steps!r} names {len(selected)} checkpoint(s) of {workdir}; fluctuation compares '
                      'consecutive checkpoints, so give at least two')
-  host = pipeline.make_eval_batches(config.data, batches or int(config.train.eval_batches) or 1)
+  host = pipeline.make_eval_batches(config.data, batches or int(config.train.eval_batches) or 1,
+                                    examples=task_finetune.eval_rows(config.data))
   report = collect(config, workdir, sorted(selected), host)
   if jax.process_index() == 0:
     report['files'] = write_outputs(os.path.join(workdir, 'analysis'), report)
@@ -194,22 +193,23 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, steps: str = 'all', 
 def _main(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
   config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
   run(config, f.workdir, steps=f.steps, batches=f.batches)
 
 
-def main() -> None:
-  """Console entry point (flags defined here so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Model config file; default: WORKDIR/config.json.',
                                                 lock_config=True)
   flags.DEFINE_string('workdir', None, 'A samoe_jax.train run directory.', required=True)
   flags.DEFINE_string('steps', 'all', 'all, or comma-separated checkpoint steps (at least two).')
   flags.DEFINE_integer('batches', 0, 'Validation batches of the fixed token set (0: train.eval_batches).')
-  cli.run_app('samoe_jax.analysis.routing_fluctuation', functools.partial(_main, config_flag), sys.argv)
+  cli.run_app('samoe_jax.analysis.routing_fluctuation', functools.partial(_main, config_flag),
+              sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -13,7 +13,7 @@ smoothly as k grows; a learned-router MoE trained at one k typically degrades aw
 
 Prints a table and writes DIR/analysis/{slimmability.json, slimmability.md, slimmability.png}: per mode the
 cross-entropy, perplexity, accuracy, token count, and the active parameters and forward FLOPs per token at that k
-(samoe_jax.accounting).
+(samoe_jax.models.accounting).
 """
 
 from __future__ import annotations
@@ -28,6 +28,17 @@ from typing import Any, Sequence
 from absl import app, flags
 
 from samoe_jax import cli
+from samoe_jax.config.sections import MoeSection
+from samoe_jax.data import pipeline
+from samoe_jax.evaluation import checkpoints, task_finetune
+from samoe_jax.evaluation.perplexity import ALL_BATCHES, parse_validation_batches
+from samoe_jax.evaluation.validation import validation_metrics, make_eval_step
+from samoe_jax.models import accounting
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.spec import ModelSpec
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training.config_checks import validate_config
 import ml_collections
 from ml_collections import config_flags
 
@@ -45,7 +56,6 @@ class Mode:
 
 def num_experts_of(config: ml_collections.ConfigDict) -> int:
   """E: the smallest expert count of any MoE layer (Pyramid-MoE: of any group); ValueError for a dense model."""
-  from samoe_jax.models.spec import ModelSpec  # pylint: disable=g-import-not-at-top
   spec = ModelSpec.from_config(config)
   if not spec.moe_layers:
     raise ValueError('slimmability: the model has no MoE layers (model.layer_plan), so there is no k to vary')
@@ -84,16 +94,12 @@ def config_at(config: ml_collections.ConfigDict, mode: Mode) -> ml_collections.C
 def slimmability_curve(config: ml_collections.ConfigDict, params: Any, partitioner: Any,
                        batches: Sequence[dict[str, Any]], modes: Sequence[Mode]) -> list[dict[str, Any]]:
   """One row per mode: validation metrics over `batches` (sharded global batches) and the per-token costs."""
-  from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.validation import evaluate  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.step import make_eval_step  # pylint: disable=g-import-not-at-top
   rows = []
   for mode in modes:
     c = config_at(config, mode)
     model = LanguageModel(c)
     eval_fn = make_eval_step(model, partitioner, partitioner.logical_to_mesh(model.param_logical_axes()))
-    metrics = evaluate(eval_fn, params, list(batches))
+    metrics = validation_metrics(eval_fn, params, list(batches))
     at_k = ml_collections.ConfigDict(c.to_dict())
     at_k.moe.top_k = mode.top_k
     rows.append({'mode': mode.name, 'k': mode.top_k, 'gate': model.spec.moe.eval_gate or model.spec.moe.gate,
@@ -152,13 +158,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
         validation_batches: str = 'config', uniform: bool = True) -> dict[str, Any]:
   """Evaluates one checkpoint of `workdir` at every k; writes WORKDIR/analysis/slimmability.*; returns the report."""
   import jax  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.perplexity import ALL_BATCHES, parse_validation_batches  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
 
   validate_config(config)
   num_experts = num_experts_of(config)
@@ -170,11 +169,12 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
   partitioner = Partitioner(make_mesh(config.mesh))
   params = checkpoints.restore_params(LanguageModel(config), partitioner, workdir, steps[0])
   shard = {'shard_index': jax.process_index(), 'num_shards': jax.process_count()}
-  batches = [partitioner.shard_batch(b) for b in pipeline.make_eval_batches(config.data, num_batches, **shard)]
+  host = pipeline.make_eval_batches(config.data, num_batches, **shard, examples=task_finetune.eval_rows(config.data))
+  batches = [partitioner.shard_batch(b) for b in host]
   rows = slimmability_curve(config, params, partitioner, batches, modes)
   report = {'workdir': workdir, 'step': steps[0], 'num_batches': len(batches), 'num_experts': num_experts,
             'top_k': config.moe.top_k, 'gate': config.moe.gate,
-            'k_schedule': config.moe.k_schedule, 'rows': rows}
+            'k_schedule': MoeSection.of(config).smoe_dropout.kind, 'rows': rows}
   if jax.process_index() == 0:
     report['files'] = write_outputs(os.path.join(workdir, 'analysis'), report)
     print(markdown_table(rows, f'{workdir} step {steps[0]}'), flush=True)
@@ -184,7 +184,6 @@ def run(config: ml_collections.ConfigDict, workdir: str, *, ks: str = '', checkp
 def _main(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f'unexpected arguments: {argv[1:]}')
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
   f = flags.FLAGS
   # The user's input raises ValueError or OSError: cli.run_app prints its message, exit code 1.
   config = config_flag.value if config_flag.value is not None else checkpoints.run_config(f.workdir)
@@ -192,8 +191,9 @@ def _main(config_flag: flags.FlagHolder, argv: Sequence[str]) -> None:
       uniform=f.uniform)
 
 
-def main() -> None:
-  """Console entry point (flags defined here so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   config_flag = config_flags.DEFINE_config_file('config', None, 'Model config file; default: WORKDIR/config.json.',
                                                 lock_config=True)
   flags.DEFINE_string('workdir', None, 'A samoe_jax.train run directory.', required=True)
@@ -201,8 +201,9 @@ def main() -> None:
   flags.DEFINE_string('checkpoint', 'latest', 'latest or one checkpoint step.')
   flags.DEFINE_string('validation_batches', 'config', 'config (train.eval_batches), all, or a number of batches.')
   flags.DEFINE_bool('uniform', True, "Also evaluate the dense mode: all experts, uniform gates 1/E ('uniform').")
-  cli.run_app('samoe_jax.analysis.slimmability', functools.partial(_main, config_flag), sys.argv)
+  cli.run_app('samoe_jax.analysis.slimmability', functools.partial(_main, config_flag),
+              sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -11,7 +11,7 @@ frontier and the interpolation are in samoe_jax/analysis/frontier.py. Per workdi
 
   compute   cumulative training model FLOPs after step s: s * accounting.flops_per_step(config)['train']
             (3 x forward matmul FLOPs, top-k active experts, no capacity padding, SaMoE mixing included). For
-            SMoE-Dropout's k schedule (moe.k_schedule != 'constant') the per-step FLOPs are summed exactly over
+            SMoE-Dropout's k schedule (moe.smoe_dropout.kind != 'constant') the per-step FLOPs are summed exactly over
             k(0), ..., k(s-1) (the update that ends at step s runs with state.step = s-1), not taken at the mean
             k of accounting.k_schedule_summary. Evaluation, a distillation teacher's forward passes and the
             training of an init.from_workdir source run are not counted (a warning says so).
@@ -45,6 +45,12 @@ from absl import app, flags, logging
 
 from samoe_jax import cli
 from samoe_jax.analysis import frontier as frontier_lib
+from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.sections import MoeSection
+from samoe_jax.evaluation.checkpoints import run_config
+from samoe_jax.layers.k_schedule import KSchedule
+from samoe_jax.models import accounting
+from samoe_jax.training.metrics_writer import read_metrics
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
@@ -88,8 +94,6 @@ def _numeric(value: Any) -> float | None:
 
 def load_run(path: str) -> RunData:
   """Reads WORKDIR/config.json, metrics.jsonl ('eval' and 'tasks' records) and eval/summary.json."""
-  from samoe_jax.evaluation.checkpoints import run_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
   if not os.path.isdir(path):
     raise ValueError(f'workdir {path} does not exist')
   if not os.path.isfile(os.path.join(path, 'config.json')):
@@ -120,11 +124,8 @@ def cumulative_train_flops(config: Any, steps: Sequence[int]) -> np.ndarray:
   """[S] float64: training model FLOPs after each of `steps` updates (module docstring; the k schedule is summed
   over k(0) .. k(s-1))."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.layer_plan import moe_layer_indices  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.k_schedule import KSchedule  # pylint: disable=g-import-not-at-top
   steps = np.asarray(steps, np.int64)
-  if config.moe.k_schedule == 'constant' or not moe_layer_indices(config.model):
+  if MoeSection.of(config).smoe_dropout.kind == 'constant' or not moe_layer_indices(config.model):
     return steps.astype(np.float64) * float(accounting.flops_per_step(config)['train'])
   k_N = KSchedule.from_config(config).numpy(np.arange(int(steps.max(initial=0))))   # k of each update
   flops_by_k = {}
@@ -157,12 +158,11 @@ class Group:
     return cumulative_train_flops(self.config, steps)
 
   def describe(self) -> dict[str, Any]:
-    from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
     c = self.config
     counts = accounting.param_counts(c)
-    k_kind = c.moe.k_schedule if counts['num_moe_layers'] else 'constant'
+    k_kind = MoeSection.of(c).smoe_dropout.kind if counts['num_moe_layers'] else 'constant'
     rule = ("step x accounting.flops_per_step(config)['train']" if k_kind == 'constant' else
-            f'sum over updates of flops_per_step at k(step) (moe.k_schedule={k_kind}; '
+            f'sum over updates of flops_per_step at k(step) (moe.smoe_dropout.kind={k_kind}; '
             'train_flops_per_step is at k_max = moe.top_k)')
     return {'role': self.role, 'workdirs': [r.path for r in self.runs], 'n_seeds': len(self.runs),
             'seeds': [[r.config.train.seed, r.config.data.shuffle_seed] for r in self.runs],
@@ -512,8 +512,9 @@ def _main(argv: Sequence[str]) -> None:
   print(markdown_report(report), flush=True)
 
 
-def main() -> None:
-  """Console entry point (flags defined here so importing the module is harmless)."""
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   flags.DEFINE_string('dense', None, 'Comma-separated dense workdirs (several sizes; seeds are grouped).',
                       required=True)
   flags.DEFINE_string('runs', None, 'Comma-separated workdirs to compare (seeds are grouped).', required=True)
@@ -521,8 +522,8 @@ def main() -> None:
   flags.DEFINE_string('metric', 'eval/cross_entropy', 'Validation metric of the frontier (eval/... or tasks/...).')
   flags.DEFINE_string('tasks', 'auto', 'auto (every task metric of all dense groups and the run), none, or a '
                       'comma list of tasks/<task>/<metric>.')
-  cli.run_app('samoe_jax.analysis.speedup', _main, sys.argv)
+  cli.run_app('samoe_jax.analysis.speedup', _main, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

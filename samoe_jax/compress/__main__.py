@@ -17,11 +17,17 @@ from __future__ import annotations
 import json
 import os
 import sys
-from typing import Any
+from typing import Any, Sequence
 
 from absl import app, flags, logging
 
 from samoe_jax import cli
+from samoe_jax.analysis.provenance import commit
+from samoe_jax.compress import low_rank, merge, methods, runs, stats as stats_lib
+from samoe_jax.compress.sweep import FinetuneSettings, model_row, score, threshold_factor, write_report
+from samoe_jax.evaluation import task_finetune
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.training import loop
 
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 COMMANDS = ('stats', 'uncurl', 'mcsmoe')
@@ -56,18 +62,16 @@ def _factor(text: str) -> int:
 
 def _check_task(config: Any) -> None:
   """The task has a training split and its files load (tokenized once; cached for the run)."""
-  from samoe_jax.data import task_finetune  # pylint: disable=g-import-not-at-top
   if not FLAGS.eval_data_dir:
     raise ValueError('--eval_data_dir is required with --task (the directory of <task>/<split>.jsonl files)')
   data = config.data.copy_and_resolve_references()
   data.task, data.finetune_task, data.finetune_data_dir = task_finetune.TASK, FLAGS.task, FLAGS.eval_data_dir
   task_finetune.get_finetune_task(data)
-  task_finetune.SplitExamples.load(data, task_finetune.TRAIN_SPLIT)
-  task_finetune.SplitExamples.load(data, None)
+  task_finetune.load_split(data, task_finetune.TRAIN_SPLIT)
+  task_finetune.load_split(data, None)
 
 
 def _collect_stats(source: Any) -> tuple[list[Any], str]:
-  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
   if FLAGS.task:
     batches = stats_lib.task_batches(source.config, FLAGS.task, FLAGS.eval_data_dir, FLAGS.num_samples,
                                      FLAGS.stats_batch_size)
@@ -79,7 +83,6 @@ def _collect_stats(source: Any) -> tuple[list[Any], str]:
 
 
 def _settings(distill: bool) -> Any:
-  from samoe_jax.compress.sweep import FinetuneSettings  # pylint: disable=g-import-not-at-top
   return FinetuneSettings(task=FLAGS.task, data_dir=FLAGS.eval_data_dir, steps=FLAGS.finetune_steps,
                           learning_rate=FLAGS.learning_rate, batch_size=FLAGS.batch_size,
                           eval_limit=FLAGS.eval_limit, distill=distill, metric=FLAGS.metric)
@@ -87,8 +90,6 @@ def _settings(distill: bool) -> Any:
 
 def _compressed_run(source: Any, layers: Any, out: str, record: dict[str, Any]) -> str:
   """Writes (or reuses, when written before from the same source step) one compressed run in `out`."""
-  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   previous = os.path.join(out, 'compression.json')
   if os.path.isfile(previous):
     with open(previous) as f:
@@ -114,7 +115,6 @@ def _scored_dir(out: str, name: str) -> str:
 
 
 def _stats(source: Any) -> None:
-  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
   layer_stats, name = _collect_stats(source)
   out = FLAGS.out or os.path.join(source.workdir, 'routing_stats', name.replace('/', '_'))
   record = stats_lib.save(layer_stats, out, {'source_workdir': os.path.abspath(source.workdir),
@@ -127,8 +127,6 @@ def _stats(source: Any) -> None:
 def _baseline(source: Any, out: str) -> tuple[str, dict[str, float], Any]:
   """The uncompressed model's scores (fine-tuned when --finetune_steps > 0) and the run compressed from (the
   fine-tuned model when fine-tuning: compression is task-aware), loaded."""
-  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.sweep import score  # pylint: disable=g-import-not-at-top
   settings = _settings(distill=False)
   if settings.steps <= 0:
     return source.workdir, score(source.workdir, os.path.join(out, 'uncompressed'), settings), source
@@ -140,8 +138,6 @@ def _baseline(source: Any, out: str) -> tuple[str, dict[str, float], Any]:
 def _prepare(source: Any, out: str) -> tuple[str, Any, list[Any], dict[str, Any]]:
   """The uncompressed model scored (and fine-tuned), the run to compress, its routing statistics (also saved to
   OUT/routing_stats) and the uncompressed model's report row."""
-  from samoe_jax.compress import stats as stats_lib  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.sweep import model_row  # pylint: disable=g-import-not-at-top
   base_dir, base_scores, compress_from = _baseline(source, out)
   layer_stats, data_name = _collect_stats(compress_from)
   stats_lib.save(layer_stats, os.path.join(out, 'routing_stats'), {'source_workdir': compress_from.workdir,
@@ -152,8 +148,6 @@ def _prepare(source: Any, out: str) -> tuple[str, Any, list[Any], dict[str, Any]
 
 
 def _uncurl(source: Any) -> None:
-  from samoe_jax.compress import methods, merge  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.sweep import model_row, score, threshold_factor, write_report  # pylint: disable=g-import-not-at-top
   factors = [_factor(x) for x in FLAGS.factors]
   reduces = _choices(FLAGS.reduce, merge.METHODS, 'reduce')
   routers = _choices(FLAGS.router, merge.ROUTERS, 'router')
@@ -175,7 +169,6 @@ def _uncurl(source: Any) -> None:
         rows.append(model_row(name, run_dir, scores, metric, factor=r, series=f'{reduce}, router {router}'))
   scratch_dirs = list(FLAGS.scratch or [])
   if FLAGS.train_scratch:   # UNCURL's baseline: E/r experts trained from scratch with the source's recipe
-    from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
     for r in factors:
       scratch_dir = os.path.join(out, f'scratch_r{r}', 'pretrained')
       loop.train(methods.scratch_config(source.config, r), scratch_dir)   # resumes; a finished run is left as is
@@ -197,7 +190,6 @@ def _uncurl(source: Any) -> None:
 
 def _check_compress_flags(source: Any) -> None:
   """--compress --rank --sparsity (MC-SMoE's low-rank + sparse stage) checked before any work."""
-  from samoe_jax.compress import low_rank  # pylint: disable=g-import-not-at-top
   if not FLAGS.compress:
     given = [f'--{k}' for k in ('rank', 'sparsity') if FLAGS[k].present]
     if given:
@@ -215,8 +207,6 @@ def _scratch_label(workdir: str, out: str) -> str:
 
 
 def _mcsmoe(source: Any) -> None:
-  from samoe_jax.compress import low_rank, methods  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.sweep import model_row, score, write_report  # pylint: disable=g-import-not-at-top
   methods.check_router(FLAGS.router)
   smallest = min(l.num_experts for l in source.layers)
   if not 1 <= FLAGS.groups <= smallest:
@@ -259,14 +249,12 @@ def _mcsmoe(source: Any) -> None:
 
 
 def _meta(source: Any, method: str) -> dict[str, Any]:
-  from samoe_jax.experiments.report import commit  # pylint: disable=g-import-not-at-top
   return {'method': method, 'command': ' '.join(['python -m samoe_jax.compress', *sys.argv[1:]]),
           'commit': commit(), 'source_workdir': source.workdir, 'source_step': source.step, 'task': FLAGS.task,
           'finetune_steps': FLAGS.finetune_steps, 'tolerance': FLAGS.tolerance}
 
 
 def _main(argv: list[str]) -> None:
-  from samoe_jax.compress import runs  # pylint: disable=g-import-not-at-top
   if len(argv) != 2 or argv[1] not in COMMANDS:
     raise app.UsageError(f'give one command: {", ".join(COMMANDS)} (got {argv[1:]})')
   command = argv[1]
@@ -287,7 +275,9 @@ def _main(argv: list[str]) -> None:
   {'stats': _stats, 'uncurl': _uncurl, 'mcsmoe': _mcsmoe}[command](source)
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   flags.DEFINE_string('workdir', None, 'The trained run to analyse or compress.')
   flags.DEFINE_integer('step', 0, 'Its checkpoint step; 0 = latest.')
   flags.DEFINE_string('task', '', 'Evaluation task with a training split (statistics data, fine-tuning, metric).')
@@ -317,8 +307,8 @@ def main() -> None:
   flags.DEFINE_bool('train_scratch', False, 'uncurl: also train, for every factor r, the source run\'s config with '
                     'E/r experts from scratch (OUT/scratch_r<r>/pretrained; resumable), scored the same way.')
   flags.mark_flags_as_required(['workdir'])
-  cli.run_app('samoe_jax.compress', _main, sys.argv)
+  cli.run_app('samoe_jax.compress', _main, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

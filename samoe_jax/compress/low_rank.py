@@ -20,8 +20,16 @@ import jax
 import ml_collections
 import numpy as np
 
+from samoe_jax.compress.runs import write_run
+from samoe_jax.compress.sweep import run_config
+from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.evaluation.checkpoints import available_steps, restore_params
 from samoe_jax.layers.low_rank_experts import MATRICES, SPARSE_SUFFIX
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training.sparse_pruning import config_problems
 
 
 def factorize(w_MN: np.ndarray, rank: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -43,7 +51,6 @@ def check_low_rank(config: ml_collections.ConfigDict, workdir: str, rank: int, s
                    finetune_steps: int | None = None) -> None:
   """A clear error before any work: a dense or already low-rank run, a bad rank or sparsity, or (finetune_steps
   given) a sparsity > 0 without fine-tuning steps to prune in."""
-  from samoe_jax.training.sparse_pruning import config_problems  # pylint: disable=g-import-not-at-top
   if not moe_layer_indices(config.model):
     raise ValueError(f'{workdir!r} is a dense model (model.layer_plan={config.model.layer_plan!r}): it has no '
                      'experts to compress')
@@ -67,7 +74,6 @@ def low_rank_config(config: ml_collections.ConfigDict, rank: int, sparsity: floa
   """The source config with low-rank experts of rank `rank`, S pruned to `sparsity` during fine-tuning."""
   out = ml_collections.ConfigDict(config.to_dict())
   if 'low_rank_sparse' not in out:
-    from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
     out.low_rank_sparse = get_base_config().low_rank_sparse
   out.low_rank_sparse.rank, out.low_rank_sparse.sparsity = rank, sparsity
   out.init.from_workdir, out.distill.teacher_workdir = '', ''
@@ -90,12 +96,6 @@ def write_low_rank_run(source_dir: str, out: str, rank: int, sparsity: float, st
   """Writes the low-rank + sparse version of run `source_dir` (checkpoint `step`, 0 = latest) into `out`
   (compress/runs.write_run: a new directory; a written one from the same source is reused). Returns `out`."""
   import json  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.runs import write_run  # pylint: disable=g-import-not-at-top
-  from samoe_jax.compress.sweep import run_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.checkpoints import available_steps, restore_params  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
   config = run_config(source_dir)
   check_low_rank(config, source_dir, rank, sparsity)
   steps = available_steps(source_dir)

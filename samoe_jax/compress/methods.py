@@ -18,6 +18,7 @@ import numpy as np
 from samoe_jax.compress import grouping, merge
 from samoe_jax.compress.runs import CompressedLayers, SourceRun
 from samoe_jax.compress.stats import LayerStats
+from samoe_jax.config import pyramid
 
 
 def check_factor(source: SourceRun, factor: int, router: str = 'map') -> None:
@@ -75,7 +76,6 @@ def scratch_config(source_config: Any, factor: int) -> Any:
   E_l / r experts in every MoE layer, trained from random initialisation. top_k (and eval_top_k) are capped at
   E_l / r when fewer experts remain."""
   import ml_collections  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config import pyramid  # pylint: disable=g-import-not-at-top
   config = ml_collections.ConfigDict(source_config.to_dict())
   counts = [n // factor for n in pyramid.stored_counts(source_config)]
   moe = config.moe

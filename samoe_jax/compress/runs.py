@@ -24,11 +24,20 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from samoe_jax.checkpointing.store import Checkpointer
 from samoe_jax.compress.experts import LayerExpertsNP
+from samoe_jax.compress.merge import summed_router
 from samoe_jax.config import expert_map as expert_map_lib
 from samoe_jax.config import pyramid
+from samoe_jax.config.defaults import get_base_config
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.evaluation.checkpoints import available_steps, restore_params, run_config
 from samoe_jax.layers.mixing import mixing_for
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import loop, state as state_lib
+from samoe_jax.training.init_from import place
 
 Flat = dict[tuple[str, ...], Any]
 
@@ -68,8 +77,6 @@ def check_compressible(config: ml_collections.ConfigDict, workdir: str) -> None:
 
 def run_config_checked(workdir: str, step: int = 0) -> ml_collections.ConfigDict:
   """The run's config (config.json over the defaults), checked compressible, with checkpoint `step` on disk."""
-  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.checkpoints import available_steps, run_config  # pylint: disable=g-import-not-at-top
   config = get_base_config()
   config.update(run_config(workdir))
   check_compressible(config, workdir)
@@ -83,10 +90,6 @@ def run_config_checked(workdir: str, step: int = 0) -> ml_collections.ConfigDict
 
 def load_source(workdir: str, step: int = 0) -> SourceRun:
   """The run's config, checkpoint `step` (0 = latest) and per-layer experts and routers (numpy)."""
-  from samoe_jax.evaluation.checkpoints import available_steps, restore_params  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
   config = run_config_checked(workdir, step)
   step = step or max(available_steps(workdir))
   model = LanguageModel(config)
@@ -97,7 +100,6 @@ def load_source(workdir: str, step: int = 0) -> SourceRun:
 def source_from_params(config: ml_collections.ConfigDict, params: Any, workdir: str = '', step: int = 0,
                        model: Any = None) -> SourceRun:
   """A SourceRun of parameters in memory (host arrays) of the model `config` describes."""
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   check_compressible(config, workdir)
   model = model or LanguageModel(config)
   layers = [LayerExpertsNP.from_weights(w) for w in model.materialize(params)]
@@ -158,7 +160,6 @@ def compressed_config(source: SourceRun, layers: CompressedLayers) -> ml_collect
 def compressed_params(source: SourceRun, layers: CompressedLayers, model: Any) -> Any:
   """The compressed model's parameters: every non-expert array copied from the source (same path and shape),
   the pools filled from `layers`, the routers kept ('map') or summed ('sum')."""
-  from samoe_jax.compress.merge import summed_router  # pylint: disable=g-import-not-at-top
   fresh = traverse_util.flatten_dict(jax.device_get(model.init_params(jax.random.key(0))))
   src = traverse_util.flatten_dict(source.params)
   out: Flat = {}
@@ -197,10 +198,6 @@ def compressed_params(source: SourceRun, layers: CompressedLayers, model: Any) -
 def write_run(out: str, config: ml_collections.ConfigDict, params: Any, record: dict[str, Any]) -> dict[str, int]:
   """Writes the compressed run into `out` (which must not hold a checkpoint): config.json, param_summary.json,
   compression.json and a checkpoint at step 0. Returns the parameter summary."""
-  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.checkpoint import Checkpointer  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.init_from import place  # pylint: disable=g-import-not-at-top
   if Checkpointer.steps_on_disk(out):
     raise ValueError(f'{out} already holds a checkpoint: nothing is overwritten; choose a new --out')
   run = loop.build_run(config, out)

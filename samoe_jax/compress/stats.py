@@ -7,7 +7,7 @@ Per MoE layer, over the real tokens T of the pass (decoder inputs that are not p
   frequency [E]  counts / (T x top_k): the usage frequency f_e
   output_norm [E] mean over the tokens choosing e of ||FFN_e(x)||_2 (NaN for an expert no token chose)
 Data: `--task`: a seeded sample of the task's training documents, each written as the evaluator's prompt plus the
-gold continuation (data/task_finetune.py); `--split`: the run's own validation batches (data.eval_split).
+gold continuation (evaluation/task_finetune.py); `--split`: the run's own validation batches (data.eval_split).
 Saved as stats.json (counts, frequencies, norms), stats.npz (also the logits) and usage.png (heatmap per layer).
 """
 
@@ -24,7 +24,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from samoe_jax.compress.experts import LayerExpertsNP, gelu
+from samoe_jax.data import pipeline
+from samoe_jax.evaluation import task_finetune
 from samoe_jax.layers.mlp import LayerNorm
+from samoe_jax.models.model import LanguageModel
 from samoe_jax.models.model import token_mask
 
 
@@ -99,7 +102,6 @@ def stats_model_of(source: Any) -> Any:
   """The source's model without activation rematerialisation (same parameters; captures see every block)."""
   if source.model.spec.model.remat == 'none':
     return source.model
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   config = source.config.copy_and_resolve_references()
   config.model.remat = 'none'
   return LanguageModel(config)
@@ -108,10 +110,9 @@ def stats_model_of(source: Any) -> Any:
 def task_batches(config: Any, task: str, data_dir: str, num_samples: int, batch_size: int, seed: int = 0
                  ) -> list[dict[str, np.ndarray]]:
   """`num_samples` documents of the task's training split (a seeded sample; all when fewer), as batches."""
-  from samoe_jax.data import task_finetune  # pylint: disable=g-import-not-at-top
   data = config.data.copy_and_resolve_references()
   data.task, data.finetune_task, data.finetune_data_dir = task_finetune.TASK, task, data_dir
-  examples = task_finetune.SplitExamples.load(data, task_finetune.TRAIN_SPLIT)
+  examples = task_finetune.load_split(data, task_finetune.TRAIN_SPLIT)
   n = len(examples.rows)
   index = np.sort(np.random.default_rng(seed).permutation(n)[:min(num_samples, n)])
   rows = examples.rows[index]
@@ -120,8 +121,7 @@ def task_batches(config: Any, task: str, data_dir: str, num_samples: int, batch_
 
 def validation_batches(config: Any, num_batches: int) -> list[dict[str, np.ndarray]]:
   """The run's own validation batches (pretraining data.eval_split)."""
-  from samoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
-  return pipeline.make_eval_batches(config.data, num_batches)
+  return pipeline.make_eval_batches(config.data, num_batches, examples=task_finetune.eval_rows(config.data))
 
 
 def save(stats: list[LayerStats], out: str, meta: dict[str, Any]) -> dict[str, Any]:

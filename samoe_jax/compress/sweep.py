@@ -3,7 +3,7 @@
 Every model of a comparison is scored the same way: fine-tuned on the task's training split for `steps` steps
 (python -m samoe_jax.finetune's recipe; 0 = no fine-tuning) and evaluated with the evaluator on the task's
 evaluated split. The report gives, per model, stored parameters, expert parameters and their float32 memory,
-forward FLOPs per token (samoe_jax.accounting), the task metric and its change against the uncompressed model;
+forward FLOPs per token (samoe_jax.models.accounting), the task metric and its change against the uncompressed model;
 for UNCURL the threshold factor r* per variant: the largest r whose metric is within `tolerance` of the
 uncompressed model's.
 """
@@ -16,6 +16,22 @@ import os
 from typing import Any
 
 from absl import logging
+
+from samoe_jax.config import pyramid
+from samoe_jax.config.defaults import get_base_config
+from samoe_jax.evaluation import checkpoints, outputs
+from samoe_jax.evaluation.backend import ModelBackend
+from samoe_jax.evaluation.checkpoints import run_config as saved
+from samoe_jax.evaluation.runner import EvalSettings, run_evaluation
+from samoe_jax.evaluation.tokenization import EvalTokenizer
+from samoe_jax.layers.low_rank_experts import sparse_names
+from samoe_jax.models import accounting
+from samoe_jax.models.model import LanguageModel
+from samoe_jax.sharding.mesh import make_mesh
+from samoe_jax.sharding.partitioner import Partitioner
+from samoe_jax.training import loop
+from samoe_jax.training.finetune_config import finetune_config
+from samoe_jax.training.sparse_pruning import sparse_density
 
 BYTES_PER_PARAM = 4   # float32 parameters
 
@@ -36,8 +52,6 @@ class FinetuneSettings:
 
 
 def run_config(workdir: str) -> Any:
-  from samoe_jax.config.defaults import get_base_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.checkpoints import run_config as saved  # pylint: disable=g-import-not-at-top
   config = get_base_config()
   config.update(saved(workdir))
   return config
@@ -49,8 +63,6 @@ def score(run_dir: str, out_dir: str, settings: FinetuneSettings, teacher: str =
   teacher: distil from this run (settings.distill)."""
   if settings.steps <= 0:
     return evaluate_latest(run_dir, settings, out_dir)
-  from samoe_jax.finetune import finetune_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   config = finetune_config(run_config(run_dir), task=settings.task, eval_data_dir=settings.data_dir,
                            init_from=run_dir, steps=settings.steps, learning_rate=settings.learning_rate,
                            batch_size=settings.batch_size, eval_limit=settings.eval_limit,
@@ -59,7 +71,6 @@ def score(run_dir: str, out_dir: str, settings: FinetuneSettings, teacher: str =
   if settings.distill and teacher:
     config.distill.teacher_workdir = teacher
   loop.train(config, out_dir)   # a finished run is left as it is
-  from samoe_jax.evaluation import outputs  # pylint: disable=g-import-not-at-top
   key = outputs.setting_key({'num_fewshot': 0, 'limit': settings.eval_limit or None})
   path = os.path.join(outputs.eval_dir(out_dir), f'step_{settings.steps}' + (f'_{key}' if key else ''),
                       'results.json')
@@ -70,13 +81,6 @@ def score(run_dir: str, out_dir: str, settings: FinetuneSettings, teacher: str =
 def evaluate_latest(run_dir: str, settings: FinetuneSettings, out_dir: str) -> dict[str, float]:
   """The task scores of run_dir's latest checkpoint (the evaluator, zero-shot), saved as out_dir/scores.json;
   an earlier scores.json of the same checkpoint is read instead of evaluating again."""
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.backend import ModelBackend  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.runner import EvalSettings, run_evaluation  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation.tokenization import EvalTokenizer  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
   step = max(checkpoints.available_steps(run_dir))
   path = os.path.join(out_dir, 'scores.json')
   if os.path.isfile(path):
@@ -105,8 +109,6 @@ def model_row(name: str, run_dir: str, scores: dict[str, float], metric: str, fi
   """One model of the comparison: sizes from its param_summary.json and config, its score. Low-rank + sparse
   experts (low_rank_sparse.rank > 0) are measured from `final_dir`'s latest checkpoint instead: U, V, biases and
   the nonzero entries of S (what a sparse format stores), with the measured density of S."""
-  from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config import pyramid  # pylint: disable=g-import-not-at-top
   with open(os.path.join(run_dir, 'param_summary.json')) as f:
     summary = json.load(f)
   config = run_config(run_dir)
@@ -132,12 +134,6 @@ def stored_expert_entries(workdir: str) -> dict[str, float]:
   """The expert pools of `workdir`'s latest checkpoint as a sparse format stores them: every entry of U, V and the
   biases, the nonzeros of S ('stored'), and the fraction of S's entries that are nonzero ('density')."""
   import numpy as np  # pylint: disable=g-import-not-at-top
-  from samoe_jax.evaluation import checkpoints  # pylint: disable=g-import-not-at-top
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.mesh import make_mesh  # pylint: disable=g-import-not-at-top
-  from samoe_jax.sharding.partitioner import Partitioner  # pylint: disable=g-import-not-at-top
-  from samoe_jax.layers.low_rank_experts import sparse_names  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training.sparse_pruning import sparse_density  # pylint: disable=g-import-not-at-top
   config = run_config(workdir)
   model = LanguageModel(config)
   params = checkpoints.restore_params(model, Partitioner(make_mesh(config.mesh)), workdir,

@@ -10,7 +10,9 @@ the line is the deepest one of the file in the traceback (for a return value: ge
 error was raised in other code of the user's (not a library's), that place follows in parentheses. The original
 exception is the ConfigFileError's __cause__ (SAMOE_TRACEBACK=1 prints both tracebacks, samoe_jax/cli.py).
 `python -m samoe_jax.X --config=FILE` loads with this (cli.run_app), and so do the gin front end's
-samoe.experiment.config_file, a distillation teacher's config and the bench's --configs.
+samoe.experiment.config_file, a distillation teacher's config and the bench's --configs. A file that sets the moe
+section's old flat method keys (moe.graph_lambda, ...) gives the config with them moved to their subsections
+(config/aliases.py).
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import traceback
 from typing import Any, Sequence
 
 import ml_collections
+
+from samoe_jax.config import aliases
 
 _LIBRARY_DIRS = tuple(sorted({os.path.realpath(p) + os.sep for key, p in sysconfig.get_paths().items()
                               if key in ('stdlib', 'platstdlib', 'purelib', 'platlib')}))
@@ -111,6 +115,7 @@ def load(path: str, args: Sequence[str] = (), module_name: str = 'config_config'
     line = f' line {code.co_firstlineno}' if code is not None and _same_file(code.co_filename, path) else ''
     raise ConfigFileError(f'config file {path}{line}: get_config() returned {_returned(config)}, not an '
                           'ml_collections ConfigDict')
+  config = aliases.resolve(config)   # a file written with the moe section's old flat method keys
   if lock:
     config.lock()
   return config

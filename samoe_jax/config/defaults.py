@@ -1,8 +1,8 @@
 """The one base config every experiment starts from (ml-collections).
 
 Config files in `configs/` call `get_base_config()` and override fields; the command line overrides any key with
-`--config.section.key=value`. `samoe_jax.config.validate.validate_config` checks the result before anything is
-built and names the bad value in its error.
+`--config.section.key=value`. The config checks (config/checks.py: one pass, every problem in one ValueError) check
+the result before anything is built and name the bad value in their error.
 
 Sections:
   model   GPT-3-style decoder (sizes, layer plan, dropout, dtype).
@@ -62,17 +62,19 @@ def get_base_config() -> ml_collections.ConfigDict:
   # Expert-buffer slot priority: 'position' (token order; causal, the decoder default) or 'choice' (fairseq:
   # all first choices before second choices; a later token can displace an earlier one: not causal).
   c.moe.slot_priority = 'position'
-  # MomentumSMoE / AdamSMoE (docs/methods/momentum.md, samoe_jax/layers/momentum.py): a state carried
-  # across the MoE layers. 'none' (off), 'heavy_ball' (p = mu p + gamma f; x += p) or 'adam'
-  # (x += gamma m / sqrt(v + eps)). adam_layers: 'first' (official code: Adam in the first MoE layer, heavy ball
-  # after) or 'all' (the paper's formula in every MoE layer).
-  c.moe.momentum = 'none'
-  c.moe.momentum_mu = 0.7            # heavy-ball coefficient in [0, 1) (official layer default; sweep 0.3-0.9)
-  c.moe.momentum_gamma = 1.0         # step size gamma > 0 (heavy ball and Adam)
-  c.moe.adam_beta1 = 0.9
-  c.moe.adam_beta2 = 0.999
-  c.moe.adam_eps = 1e-8
-  c.moe.adam_layers = 'first'
+  # MomentumSMoE / AdamSMoE (docs/methods/momentum.md, samoe_jax/layers/momentum.py; the fields of its
+  # MomentumConfig): a state carried across the MoE layers. kind: 'none' (off), 'heavy_ball' (p = mu p + gamma f;
+  # x += p) or 'adam' (x += gamma m / sqrt(v + eps)). adam_layers: 'first' (official code: Adam in the first MoE
+  # layer, heavy ball after) or 'all' (the paper's formula in every MoE layer). Written before the method subsections as
+  # moe.momentum, moe.momentum_mu, moe.momentum_gamma, moe.adam_* (config/aliases.py still reads them).
+  c.moe.momentum_smoe = ml_collections.ConfigDict()
+  c.moe.momentum_smoe.kind = 'none'
+  c.moe.momentum_smoe.mu = 0.7       # heavy-ball coefficient in [0, 1) (official layer default; sweep 0.3-0.9)
+  c.moe.momentum_smoe.gamma = 1.0    # step size gamma > 0 (heavy ball and Adam)
+  c.moe.momentum_smoe.beta1 = 0.9
+  c.moe.momentum_smoe.beta2 = 0.999
+  c.moe.momentum_smoe.eps = 1e-8
+  c.moe.momentum_smoe.adam_layers = 'first'
   # PR-MoE = Pyramid-MoE + Residual-MoE (DeepSpeed-MoE, docs/methods/pr_moe.md).
   # experts_per_layer: one expert count per MoE layer, comma list with 'NxM' runs ('32x10,64x2' = ten MoE layers of
   # 32 experts, then two of 64); '' = moe.num_experts everywhere. Layers with equal counts share a pool group.
@@ -85,18 +87,20 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.expert_map = ''
   c.moe.residual = 'none'
   # SMoE-Dropout (docs/methods/smoe_dropout.md; samoe_jax/layers/k_schedule.py): the number of experts
-  # per token k changes over training. k_schedule: 'constant' (k = top_k, the default), 'linear_increase',
-  # 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase', 'exp_decrease' from k_min to k_max
-  # (k_max = top_k, the layers' static maximum; 0 = top_k) over k_schedule_steps (0 = train.steps).
+  # per token k changes over training. smoe_dropout.kind: the k schedule, 'constant' (k = top_k, the default),
+  # 'linear_increase', 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase', 'exp_decrease' from
+  # k_min to k_max (k_max = top_k, the layers' static maximum; 0 = top_k) over `steps` (0 = train.steps); written
+  # before the method subsections as moe.k_schedule, moe.k_min, moe.k_max, moe.k_schedule_steps (config/aliases.py).
   # eval_top_k: k for evaluation (validation, scoring, decoding; 0 = top_k); eval_gate: the gate for evaluation
   # ('' = moe.gate; 'uniform' with eval_top_k = num_experts: every expert with weight 1/E, the paper's dense mode).
-  c.moe.k_schedule = 'constant'
-  c.moe.k_min = 1
-  c.moe.k_max = 0
-  c.moe.k_schedule_steps = 0
+  c.moe.smoe_dropout = ml_collections.ConfigDict()
+  c.moe.smoe_dropout.kind = 'constant'
+  c.moe.smoe_dropout.k_min = 1
+  c.moe.smoe_dropout.k_max = 0
+  c.moe.smoe_dropout.steps = 0
   c.moe.eval_top_k = 0
   c.moe.eval_gate = ''
-  # Routing policies (docs/methods/routing.md; samoe_jax/layers/routers.py). The defaults
+  # Routing policies (docs/methods/routing.md; samoe_jax/layers/routing_strategies.py). The defaults
   # are the standard top-k MoE. routing: 'token_choice', 'expert_choice' (Zhou et al. 2022; NOT causal) or 'hash'
   # (Roller et al. 2021; expert = fixed hash of the token id, k = 1, no router). gate: 'softmax' (p over all E),
   # 'topk_softmax' (softmax over the chosen logits), 'uniform' (1/k). gate_renorm: 'auto' (top-1 raw, top-k
@@ -115,18 +119,21 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.moe.capacity_formula = 'deepspeed'
   c.moe.router_bias = False
   c.moe.router_trainable = True
-  # Similarity- / Attention-Aware (S)MoE (docs/methods/graph_routing.md, Nguyen et al. 2025; samoe_jax/layers/graph_routing.py,
-  # docs/methods/graph_routing.md). graph_routing: 'none', 'similarity' (S_ij = softmax_j(x_i^T M x_j / tau), j <= i)
-  # or 'attention' (S = the block's head-averaged attention probabilities); p~ = (1 - lambda) p + lambda S p is used
-  # for selection, gates and the balancing loss. graph_lambda_learned: lambda = sigmoid(theta) per MoE layer, starting
-  # at graph_lambda. similarity_temperature: tau (0 = sqrt of the compared width). similarity_metric: 'identity'
-  # (M = I) or 'learned' (M = W_s W_s^T, W_s [D, similarity_dim]; 0 = d_model). Needs moe.group_size 0 or seq_len.
-  c.moe.graph_routing = 'none'
-  c.moe.graph_lambda = 1.0
-  c.moe.graph_lambda_learned = False
-  c.moe.similarity_temperature = 0.0
-  c.moe.similarity_metric = 'identity'
-  c.moe.similarity_dim = 0
+  # Similarity- / Attention-Aware (S)MoE (docs/methods/graph_routing.md, Nguyen et al. 2025;
+  # samoe_jax/layers/graph_routing.py; the fields of its GraphConfig). graph.kind: 'none', 'similarity'
+  # (S_ij = softmax_j(x_i^T M x_j / tau), j <= i) or 'attention' (S = the block's head-averaged attention
+  # probabilities); p~ = (1 - lambda) p + lambda S p is used for selection, gates and the balancing loss. lam: lambda;
+  # lam_learned: lambda = sigmoid(theta) per MoE layer, starting at lam. temperature: tau (0 = sqrt of the compared
+  # width). metric: 'identity' (M = I) or 'learned' (M = W_s W_s^T, W_s [D, dim]; 0 = d_model). Needs
+  # moe.group_size 0 or seq_len. Written before the method subsections as moe.graph_routing, moe.graph_lambda,
+  # moe.graph_lambda_learned, moe.similarity_* (config/aliases.py still reads them).
+  c.moe.graph = ml_collections.ConfigDict()
+  c.moe.graph.kind = 'none'
+  c.moe.graph.lam = 1.0
+  c.moe.graph.lam_learned = False
+  c.moe.graph.temperature = 0.0
+  c.moe.graph.metric = 'identity'
+  c.moe.graph.dim = 0
 
   c.pool = ml_collections.ConfigDict()
   c.pool.size = 2                    # P: global MoE layers in the pool (P=1: fully tied experts)
@@ -168,7 +175,7 @@ def get_base_config() -> ml_collections.ConfigDict:
   c.data.validation_fraction = 0.01  # in (0, 1); only with data.files
   c.data.txt_documents = 'paragraph'  # a .txt file's documents: 'paragraph' (blank-line separated), 'line', 'file'
   c.data.cache_dir = ''              # tokenized text_files rows saved here as .npy (keyed by a sha256); '' = none
-  # Task 'task_finetune' (samoe_jax/data/task_finetune.py, docs/training.md): fine-tune on an evaluation task's
+  # Task 'task_finetune' (samoe_jax/evaluation/task_finetune.py, docs/training.md): fine-tune on an evaluation task's
   # training split, each document as the evaluator's prompt + the gold continuation, loss on the continuation only;
   # validation on the task's evaluated split. python -m samoe_jax.finetune sets these.
   c.data.finetune_task = ''          # an evaluation task with a 'train' split, e.g. 'piqa'

@@ -13,7 +13,9 @@ ConfigDict `--config=` would give, validated the same way, so the two front ends
 Sections (configurables in the gin module 'samoe'): experiment (config_file), model, moe, pool, data, train, eval,
 mesh, distill, init. gin macros (`STEPS = 1000`, `samoe.train.steps = %STEPS`) and `include` work as usual. A binding of a key
 the base config does not have is an error naming the key and the section's keys; relative config_file paths
-are resolved against the gin file's directory, then the working directory.
+are resolved against the gin file's directory, then the working directory. A method subsection is bound as a dict
+(`samoe.moe.graph = {'kind': 'similarity', 'lam': 0.5}`: the keys given are set); the moe section's old flat
+method keys (`samoe.moe.graph_lambda = 0.5`) set their subsection's field (config/aliases.py).
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 import gin
 import ml_collections
 
-from samoe_jax.config import config_file
+from samoe_jax.config import aliases, config_file
 
 SECTIONS = ('model', 'moe', 'pool', 'data', 'train', 'eval', 'mesh', 'distill', 'init')
 
@@ -68,16 +70,29 @@ def _resolve_config_file(path: str, gin_files: Sequence[str]) -> str:
 
 
 def apply_overrides(config: ml_collections.ConfigDict, section: str, overrides: dict[str, Any]) -> None:
-  """Sets config.<section>.<key> for every binding; unknown keys are an error naming the allowed ones."""
-  node = config[section]
+  """Sets config.<section>.<key> for every binding (a subsection's dict key by key; an old flat key of the moe
+section its subsection's field); unknown keys are an error naming the allowed ones."""
   for key, value in overrides.items():
-    if key not in node:
-      raise ValueError(f'gin binding samoe.{section}.{key}: the base config has no key {section}.{key}; '
-                       f'{section} has {sorted(node.keys())}')
-    current = node[key]
-    if isinstance(current, float) and isinstance(value, int) and not isinstance(value, bool):
-      value = float(value)
-    node[key] = value
+    path = aliases.DOTTED.get(f'{section}.{key}', f'{section}.{key}').split('.')
+    if isinstance(value, dict) and isinstance(config[section].get(key), ml_collections.ConfigDict):
+      for field, item in value.items():
+        _set(config, f'samoe.{section}.{key}', path + [field], item)
+    else:
+      _set(config, f'samoe.{section}.{key}', path, value)
+
+
+def _set(config: ml_collections.ConfigDict, binding: str, path: list[str], value: Any) -> None:
+  """config.<path> = value (an int where the base has a float becomes a float)."""
+  node = config
+  for part in path[:-1]:
+    node = node[part]
+  key, where = path[-1], '.'.join(path[:-1])
+  if key not in node:
+    raise ValueError(f'gin binding {binding}: the base config has no key {".".join(path)}; {where} has '
+                     f'{sorted(node.keys())}')
+  if isinstance(node[key], float) and isinstance(value, int) and not isinstance(value, bool):
+    value = float(value)
+  node[key] = value
 
 
 def config_from_gin(gin_files: Sequence[str], gin_bindings: Sequence[str] = ()) -> ml_collections.ConfigDict:

@@ -1,21 +1,25 @@
 """Typed config sections: frozen dataclasses whose field names are the config keys.
 
 `MoeSection.of(config)` is `MoeSection(**config.moe)`, with the keys a config written before a key existed lacks
-(an older run's config.json) taken from config/defaults.py, the one place defaults are written. The model spec
-(models/spec.py) is composed of these sections, and the routing strategy, the graph-routing and momentum configs
-read their keys from them by name, so no key is renamed or given a second default on its way to a layer.
-Sections are read after validation (config/validate.py), which names every bad value; a key the defaults do not
+(an older run's config.json) taken from config/defaults.py, the one place defaults are written, and the old flat
+method keys moved to their subsections (config/aliases.py). The model spec (models/spec.py) is composed of these
+sections; a method subsection (moe.graph, moe.momentum_smoe, moe.smoe_dropout) is a FrozenConfigDict whose keys are
+the method dataclass's fields (GraphConfig(**moe.graph)), so no key is renamed or given a second default on its way
+to a layer.
+Sections are read after validation (config/checks.py), which names every bad value; a key the defaults do not
 know is refused here too, naming it.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import functools
 from typing import Any, ClassVar
 
 import ml_collections
 
+from samoe_jax.config import aliases
 from samoe_jax.config.defaults import get_base_config
 
 
@@ -25,20 +29,30 @@ def _defaults(section: str) -> tuple[tuple[str, Any], ...]:
 
 
 def section_values(config: ml_collections.ConfigDict, section: str) -> dict[str, Any]:
-  """Every key of config.<section>: the config's values over the defaults."""
-  values = dict(_defaults(section))
+  """Every key of config.<section>: the config's values over the defaults (a subsection key by key)."""
+  values = copy.deepcopy(dict(_defaults(section)))
+  config = aliases.resolve(config)
   given = config[section] if section in config else {}
-  unknown = sorted(set(given.keys()) - set(values))
+  given = given.to_dict() if isinstance(given, ml_collections.ConfigDict) else dict(given)
+  _refuse_unknown(f'config.{section}', values, given)
+  return _overlay(values, given)
+
+
+def _refuse_unknown(where: str, known: dict, given: dict) -> None:
+  unknown = sorted(set(given) - set(known))
   if unknown:
-    raise ValueError(f'config.{section} has unknown key(s) {unknown}; known: {sorted(values)}')
-  values.update({k: given[k] for k in given.keys()})
-  return values
+    raise ValueError(f'{where} has unknown key(s) {unknown}; known: {sorted(known)}')
+  for key, value in given.items():
+    if isinstance(known[key], dict) and isinstance(value, dict):
+      _refuse_unknown(f'{where}.{key}', known[key], value)
 
 
 def complete_config(config: ml_collections.ConfigDict | dict) -> ml_collections.ConfigDict:
   """The base config overlaid with `config` (e.g. a run's config.json): every key present, so code reads keys as
-  attributes and a run written before a key existed gets its default from config/defaults.py. The config's
-  values are kept as given (a wrongly typed value stays for validate_config to name)."""
+  attributes and a run written before a key existed gets its default from config/defaults.py; old flat method keys
+  move to their subsections (config/aliases.py). The config's values are kept as given (a wrongly typed value stays
+  for validate_config to name)."""
+  config = aliases.resolve(config)
   given = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
   return ml_collections.ConfigDict(_overlay(get_base_config().to_dict(), given))
 
@@ -55,6 +69,12 @@ def _overlay(base: dict, given: dict) -> dict:
 class Section:
   """Base of the typed sections; `name` is the config section."""
   name: ClassVar[str] = ''
+
+  def __post_init__(self):
+    for field in dataclasses.fields(self):   # a subsection: immutable and hashable, like the section
+      value = getattr(self, field.name)
+      if isinstance(value, (dict, ml_collections.ConfigDict)):
+        object.__setattr__(self, field.name, ml_collections.FrozenConfigDict(value))
 
   @classmethod
   def of(cls, config: ml_collections.ConfigDict):
@@ -89,10 +109,6 @@ class ModelSection(Section):
 class MoeSection(Section):
   """config.moe (config/defaults.py documents every key)."""
   name: ClassVar[str] = 'moe'
-  adam_beta1: float
-  adam_beta2: float
-  adam_eps: float
-  adam_layers: str
   capacity_factor_eval: float
   capacity_factor_train: float
   capacity_formula: str
@@ -104,19 +120,11 @@ class MoeSection(Section):
   experts_per_layer: str
   gate: str
   gate_renorm: str
-  graph_lambda: float
-  graph_lambda_learned: bool
-  graph_routing: str
+  graph: ml_collections.FrozenConfigDict            # layers/graph_routing.GraphConfig
   group_size: int
-  k_max: int
-  k_min: int
-  k_schedule: str
-  k_schedule_steps: int
   lb_loss_coef: float
   min_capacity: int
-  momentum: str
-  momentum_gamma: float
-  momentum_mu: float
+  momentum_smoe: ml_collections.FrozenConfigDict    # layers/momentum.MomentumConfig
   noise: str
   noise_eps: float
   num_experts: int
@@ -125,10 +133,8 @@ class MoeSection(Section):
   router_trainable: bool
   routing: str
   second_policy: str
-  similarity_dim: int
-  similarity_metric: str
-  similarity_temperature: float
   slot_priority: str
+  smoe_dropout: ml_collections.FrozenConfigDict     # the k schedule (layers/k_schedule.py)
   top_k: int
   z_loss_coef: float
 

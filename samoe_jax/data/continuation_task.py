@@ -22,11 +22,13 @@ import json
 import os
 import random
 import sys
+from typing import Sequence
 
 from absl import app, flags
 
 from samoe_jax import cli
 from samoe_jax.data import documents
+from samoe_jax.data.in_memory import corpus_path
 
 
 def line_pairs(passages: list[str], min_words: int) -> list[tuple[int, str, str]]:
@@ -61,7 +63,6 @@ def build_rows(passages: list[str], n: int, min_words: int, rnd: random.Random) 
 def write_task(out: str, corpus: str = 'shakespeare', train: int = 2000, validation: int = 500,
                min_words: int = 5, train_fraction: float = 0.7, seed: int = 0) -> dict[str, int]:
   """Writes OUT/piqa/{train,validation}.jsonl; returns the row counts. Existing files are never overwritten."""
-  from samoe_jax.data.in_memory import corpus_path  # pylint: disable=g-import-not-at-top
   target = os.path.join(out, 'piqa')
   for split in ('train', 'validation'):
     if os.path.exists(os.path.join(target, f'{split}.jsonl')):
@@ -86,7 +87,9 @@ def _main(argv: list[str]) -> None:
   print(f'wrote {counts} rows to {os.path.join(f.out, "piqa")}')
 
 
-def main() -> None:
+def main(argv: Sequence[str] | None = None) -> None:
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
   flags.DEFINE_string('out', None, 'Directory; OUT/piqa/{train,validation}.jsonl are written.')
   flags.DEFINE_string('corpus', 'shakespeare', "An embedded corpus ('shakespeare' or 'shakespeare_tiny').")
   flags.DEFINE_integer('train', 2000, 'Training rows (at most).')
@@ -94,8 +97,8 @@ def main() -> None:
   flags.DEFINE_integer('min_words', 5, 'Fewest words of a goal line and of its answer.')
   flags.DEFINE_integer('seed', 0, 'Seed of the sampling.')
   flags.mark_flags_as_required(['out'])
-  cli.run_app('samoe_jax.data.continuation_task', _main, sys.argv)
+  cli.run_app('samoe_jax.data.continuation_task', _main, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -43,7 +43,7 @@ from samoe_jax.data.corpus_attribution import attribution
 from samoe_jax.data import documents
 from samoe_jax.data import experiment_corpus_sources as sources
 from samoe_jax.data import train_tokenizer
-from samoe_jax.data.experiment_corpus_sources import Block
+from samoe_jax.data.experiment_corpus_blocks import Block
 
 BUILDER_VERSION = 1
 VALIDATION_FRACTION = 0.02

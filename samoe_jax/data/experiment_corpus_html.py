@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import html.parser
 
-from samoe_jax.data.experiment_corpus_sources import Block
+from samoe_jax.data.experiment_corpus_blocks import Block
 
 _HTML_SKIP_TAGS = {'head', 'script', 'style', 'noscript', 'object'}
 # Navigation, tables of contents, sidebars, search boxes and anchors of the page layouts of the HTML sources:

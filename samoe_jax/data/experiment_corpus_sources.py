@@ -9,21 +9,17 @@ the output depends on nothing but the pinned files.
 
 from __future__ import annotations
 
-import dataclasses
 import html
 import html.entities
 import re
 import textwrap
 
+from samoe_jax.data.experiment_corpus_blocks import Block
+from samoe_jax.data.experiment_corpus_html import html_blocks
+
 MAX_CODE_LINES = 12          # longer code/literal blocks are dropped
 MIN_PROSE_LETTERS = 0.5      # a prose block keeps only if letters / non-space characters >= this
 MIN_CODE_LETTERS = 0.4       # the same for (short) code blocks
-
-
-@dataclasses.dataclass(frozen=True)
-class Block:
-  kind: str   # 'heading' | 'prose' | 'code'
-  text: str
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -500,9 +496,6 @@ def vimhelp_blocks(text: str) -> list[Block]:
 def plain_blocks(text: str) -> list[Block]:
   return [Block('prose', '\n'.join(p)) for p in _paragraphs(text)]
 
-
-# The HTML converter lives in experiment_corpus_html.py (imported here, after Block, which it uses).
-from samoe_jax.data.experiment_corpus_html import html_blocks  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 # converter name -> (text -> raw blocks); `clean_blocks` applies the shared rules afterwards.
 CONVERTERS = {

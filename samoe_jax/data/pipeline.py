@@ -24,7 +24,7 @@ import numpy as np
 
 from samoe_jax.data import in_memory
 from samoe_jax.data import sources
-from samoe_jax.data import task_finetune
+from samoe_jax.data import finetune_rows
 
 Batch = dict[str, np.ndarray]
 FEATURES = ('decoder_input_tokens', 'decoder_target_tokens', 'decoder_loss_weights')
@@ -37,7 +37,7 @@ def _sequences(task: str):
   module stays cheap); an unknown task or missing TensorFlow / TFDS / seqio is refused in one line."""
   sources.check_task(task)
   sources.require_streaming(task)
-  from samoe_jax.data import sequences  # pylint: disable=g-import-not-at-top
+  from samoe_jax.data import sequences  # local import: imports TensorFlow and seqio; only data.task='tfds_lm' needs it
   return sequences
 
 
@@ -107,15 +107,16 @@ def count_tokens(batch: Batch) -> int:
 class TrainIterator:
   """Infinite, deterministic iterator of training batches with exact get_state() / set_state() resume."""
 
-  def __init__(self, data_cfg: Any, *, shard_index: int = 0, num_shards: int = 1):
+  def __init__(self, data_cfg: Any, *, shard_index: int = 0, num_shards: int = 1,
+               examples: finetune_rows.ExampleRows | None = None):
     self._batch = _check_sharding(data_cfg, shard_index, num_shards)
     self._cfg = data_cfg
     self._shard_index, self._num_shards = shard_index, num_shards
     self._epoch = self._batch_in_epoch = self._served = 0
     self._epoch_iter: Iterator[Batch] | None = None
     self._finetune = None
-    if data_cfg.task == task_finetune.TASK:   # an evaluation task's training split (task_finetune.py)
-      self._finetune = task_finetune.training_examples(data_cfg)
+    if data_cfg.task == finetune_rows.TASK:   # an evaluation task's training split (finetune_rows.py)
+      self._finetune = finetune_rows.require(examples, 'training')
       return
     self._in_memory = in_memory.is_in_memory(data_cfg.task)
     if not self._in_memory:
@@ -143,7 +144,7 @@ class TrainIterator:
     """The batches of `epoch` from batch index `start` on (this shard's rows)."""
     cfg = self._cfg
     if self._finetune is not None:
-      return task_finetune.epoch_batches(self._finetune, cfg.batch_size, cfg.shuffle_seed, epoch, start,
+      return finetune_rows.epoch_batches(self._finetune, cfg.batch_size, cfg.shuffle_seed, epoch, start,
                                          self._shard_index, self._num_shards)
     if self._in_memory:
       rows = self._rows
@@ -211,16 +212,20 @@ class TrainIterator:
     self._epoch_iter = None
 
 
-def make_train_iterator(data_cfg: Any, *, shard_index: int = 0, num_shards: int = 1) -> TrainIterator:
-  """The infinite training iterator for `data_cfg` (batches of data.batch_size // num_shards sequences)."""
-  return TrainIterator(data_cfg, shard_index=shard_index, num_shards=num_shards)
+def make_train_iterator(data_cfg: Any, *, shard_index: int = 0, num_shards: int = 1,
+                        examples: finetune_rows.ExampleRows | None = None) -> TrainIterator:
+  """The infinite training iterator for `data_cfg` (batches of data.batch_size // num_shards sequences).
+  examples: the training rows of data.task='task_finetune' (evaluation/task_finetune.train_rows)."""
+  return TrainIterator(data_cfg, shard_index=shard_index, num_shards=num_shards, examples=examples)
 
 
 # ---------------------------------------------------------------------------------------------- evaluation
 
 
-def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, num_shards: int = 1) -> list[Batch]:
-  """The first `num_batches` global batches of data.eval_split, in corpus order (this shard's rows).
+def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, num_shards: int = 1,
+                      examples: finetune_rows.ExampleRows | None = None) -> list[Batch]:
+  """The first `num_batches` global batches of data.eval_split, in corpus order (this shard's rows); for
+  data.task='task_finetune' of `examples`, its evaluated split (evaluation/task_finetune.eval_rows).
 
   A split shorter than that gives as many full batches as it has, and at least one: a split with fewer sequences
   than one global batch fills it with all-zero rows (loss weight 0).
@@ -228,8 +233,9 @@ def make_eval_batches(data_cfg: Any, num_batches: int, *, shard_index: int = 0, 
   if not _is_int(num_batches) or num_batches <= 0:
     raise ValueError(f'num_batches={num_batches!r} must be a positive integer.')
   batch = _check_sharding(data_cfg, shard_index, num_shards)
-  if data_cfg.task == task_finetune.TASK:   # the task's evaluated split, gold continuations (task_finetune.py)
-    return task_finetune.eval_batches(data_cfg, num_batches, shard_index, num_shards)
+  if data_cfg.task == finetune_rows.TASK:   # the task's evaluated split, gold continuations (finetune_rows.py)
+    return finetune_rows.eval_batches(finetune_rows.require(examples, 'validation'), int(data_cfg.batch_size),
+                                      num_batches, shard_index, num_shards)
   global_batch, seq_len = data_cfg.batch_size, data_cfg.seq_len
   wanted = num_batches * global_batch
   if in_memory.is_in_memory(data_cfg.task):

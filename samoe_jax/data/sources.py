@@ -9,13 +9,13 @@ from __future__ import annotations
 from typing import Any
 
 from samoe_jax import deps
+from samoe_jax.data import finetune_rows
 from samoe_jax.data import in_memory
-from samoe_jax.data import task_finetune
 from samoe_jax.data import text_files
 from samoe_jax.data import vocabularies
 
 STREAMED = ('tfds_lm',)   # through seqio and tf.data (data/sequences.py, data/tasks.py)
-TASKS = (*in_memory.EMBEDDED, *STREAMED, text_files.TASK, task_finetune.TASK)
+TASKS = (*in_memory.EMBEDDED, *STREAMED, text_files.TASK, finetune_rows.TASK)
 STREAMED_PACKAGES = ('tensorflow', 'tensorflow_datasets', 'seqio')
 
 
@@ -32,14 +32,11 @@ def require_streaming(task: str) -> None:
 
 def check_data_source(data_cfg: Any) -> None:
   """The data checks run before a run writes anything (no corpus is tokenized): the task name, the vocabulary
-  (loaded: a file that is not a SentencePiece model is named), for 'task_finetune' both splits (tokenized, cached)
-  and one global batch of training documents, and for 'tfds_lm' the packages and the prepared dataset."""
+  (loaded: a file that is not a SentencePiece model is named) and for 'tfds_lm' the packages and the prepared
+  dataset ('task_finetune' reads its evaluation task's files: evaluation/task_finetune.check_data)."""
   check_task(data_cfg.task)
   vocabularies.get_vocabulary(data_cfg.vocabulary)
-  if data_cfg.task == task_finetune.TASK:   # the task, its files read and tokenized (cached for the run)
-    task_finetune.training_examples(data_cfg)      # at least one global batch of training documents
-    task_finetune.SplitExamples.load(data_cfg, None)
   if data_cfg.task in STREAMED:
     require_streaming(data_cfg.task)
-    from samoe_jax.data import tasks  # pylint: disable=g-import-not-at-top  (TensorFlow, TFDS)
-    tasks.check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)
+    from samoe_jax.data import tfds_dataset  # local import: imports TensorFlow; only data.task='tfds_lm' needs it
+    tfds_dataset.check_tfds_dataset(data_cfg.tfds_name, data_cfg.tfds_data_dir, data_cfg.text_key)

@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 from absl import logging
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.data import documents
+from samoe_jax.data import vocabularies
 
 TASK = 'text_files'
 SPLITS = ('train', 'validation')
@@ -99,6 +101,15 @@ def setting_errors(data_cfg: Any) -> list[tuple[str, Any, str]]:
     if split is not None and split not in SPLITS:
       errors.append((key, split, f"must be one of {', '.join(map(repr, SPLITS))} for data.task='text_files'"))
   return errors
+
+
+@register('data')
+def check_text_files_settings(c: Any, problems: Problems) -> None:
+  """The file keys' types and combination when data.task='text_files' (a registered check, config/checks.py;
+  the files themselves: check_text_files)."""
+  if c.data.task == TASK:
+    for key, value, allowed in setting_errors(c.data):
+      problems.add(f'data.{key}', value, allowed)
 
 
 def _raise_setting_errors(data_cfg: Any) -> None:
@@ -353,7 +364,6 @@ def vocabulary_identity(vocabulary: str) -> str:
   """'byte', or the sha256 of the vocabulary's file (the shipped SentencePiece / GPT-2 file or a path)."""
   if vocabulary == 'byte':
     return 'byte'
-  from samoe_jax.data import vocabularies  # pylint: disable=g-import-not-at-top  (imports sentencepiece, tiktoken)
   named = {'sentencepiece': vocabularies.SHIPPED_MODEL, 'gpt2': vocabularies.SHIPPED_GPT2}
   path = named.get(vocabulary, vocabulary)
   with open(path, 'rb') as f:

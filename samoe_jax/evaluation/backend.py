@@ -19,6 +19,7 @@ from absl import logging
 from samoe_jax.evaluation import checkpoints
 from samoe_jax.evaluation.requests import (GenerationRequest, LoglikelihoodRequest,
                                            RollingLoglikelihoodRequest)
+from samoe_jax.config.gin_config import load_config_file
 from samoe_jax.evaluation.scorer import LoglikelihoodScorer
 from samoe_jax.evaluation.tokenization import EvalTokenizer
 from samoe_jax.models.decoding import generate
@@ -131,7 +132,6 @@ def load_run(workdir: str, *, checkpoint: str = 'latest', config_path: str | Non
   or a ConfigDict."""
   if config is None:
     if config_path:
-      from samoe_jax.config.gin_config import load_config_file  # pylint: disable=g-import-not-at-top
       config = load_config_file(config_path)
     else:
       config = checkpoints.run_config(workdir)

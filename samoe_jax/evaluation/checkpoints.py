@@ -5,7 +5,7 @@
 training's memory) into arrays carrying the current mesh's shardings, so a run trained on one mesh is
 evaluated on another.
 
-Damaged checkpoints (training/checkpoint_integrity.py: files that no longer match the checksums recorded when
+Damaged checkpoints (checkpointing/integrity.py: files that no longer match the checksums recorded when
 they were written) are never evaluated and never moved by evaluation: 'latest' falls back to the newest intact
 checkpoint and 'all' skips the damaged ones, each with a warning; a damaged step named explicitly is an error.
 """
@@ -24,8 +24,8 @@ from absl import logging
 from samoe_jax.config.sections import complete_config
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.partitioner import Partitioner
-from samoe_jax.training import checkpoint_integrity as integrity
-from samoe_jax.training.checkpoint import all_finite
+from samoe_jax.checkpointing import integrity
+from samoe_jax.checkpointing.store import all_finite
 
 
 def checkpoint_dir(workdir: str) -> str:

@@ -17,6 +17,7 @@ requests (tests/test_evaluate.py runs the harness offline and checks this).
 
 from __future__ import annotations
 
+import sys
 from typing import Any
 
 from lm_eval.api.instance import Instance
@@ -25,6 +26,8 @@ from lm_eval.api.registry import register_model
 
 from samoe_jax.evaluation.requests import (Backend, GenerationRequest, LoglikelihoodRequest,
                                            RollingLoglikelihoodRequest)
+from samoe_jax import cli
+from samoe_jax.evaluation.backend import load_backend
 
 _IGNORED_HARNESS_ARGS = ('device', 'max_batch_size')
 
@@ -54,7 +57,6 @@ class SamoeLM(LM):
     if backend is None:
       if not workdir:
         raise ValueError('samoe harness model: give model_args workdir=<a samoe_jax.train run directory>')
-      from samoe_jax.evaluation.backend import load_backend  # pylint: disable=g-import-not-at-top
       size = 16 if batch_size in (None, 'auto') else int(batch_size)
       backend = load_backend(workdir, checkpoint=str(checkpoint), config_path=config, batch_size=size)
     self.backend = backend
@@ -89,9 +91,7 @@ def main() -> None:
 
   Without --batch_size it runs at the evaluator's batch size (16), not lm-eval's default 1, so the documented
   command gives the evaluator's numbers bit for bit (batching changes scores only within float32 rounding)."""
-  import sys  # pylint: disable=g-import-not-at-top
   from lm_eval.__main__ import cli_evaluate  # pylint: disable=g-import-not-at-top
-  from samoe_jax import cli  # pylint: disable=g-import-not-at-top
   if not any(a == '--batch_size' or a.startswith('--batch_size=') or a == '-b' for a in sys.argv[1:]):
     sys.argv += ['--batch_size', str(EVALUATOR_BATCH_SIZE)]
   with cli.user_errors('samoe_jax.evaluation.harness'):   # bad model_args, a missing run: one message, exit 1
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -23,11 +23,11 @@ import jax
 import ml_collections
 
 from samoe_jax.data import pipeline
-from samoe_jax.evaluation.tasks.readers import read_text
+from samoe_jax.evaluation import task_finetune
 from samoe_jax.evaluation.requests import Backend, RollingLoglikelihoodRequest
+from samoe_jax.evaluation.tasks.readers import read_text
+from samoe_jax.evaluation.validation import validation_metrics, make_eval_step
 from samoe_jax.sharding.partitioner import Partitioner
-from samoe_jax.training.step import make_eval_step
-from samoe_jax.training.validation import evaluate
 
 ALL_BATCHES = 1 << 30
 
@@ -97,9 +97,10 @@ def validation_perplexity(model: Any, params: Any, partitioner: Partitioner, con
   """Cross-entropy, perplexity and token count of data.eval_split of the config's pretraining task
   (num_batches = 0: the whole split)."""
   shard = {'shard_index': jax.process_index(), 'num_shards': jax.process_count()}
-  host = pipeline.make_eval_batches(config.data, num_batches or ALL_BATCHES, **shard)
+  host = pipeline.make_eval_batches(config.data, num_batches or ALL_BATCHES, **shard,
+                                    examples=task_finetune.eval_rows(config.data))
   batches = [partitioner.shard_batch(b) for b in host]
   eval_fn = make_eval_step(model, partitioner, partitioner.logical_to_mesh(model.param_logical_axes()))
-  metrics = evaluate(eval_fn, params, batches)
+  metrics = validation_metrics(eval_fn, params, batches)
   return {'cross_entropy': metrics['eval/cross_entropy'], 'perplexity': metrics['eval/perplexity'],
           'accuracy': metrics['eval/accuracy'], 'num_tokens': metrics['eval/num_tokens']}

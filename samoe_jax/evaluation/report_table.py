@@ -1,5 +1,6 @@
 """The evaluation part of a run's report.md: every WORKDIR/eval/step_*/results.json as a table of value +- standard
-error and document count, under the file and the command that produced it (samoe_jax/report.py calls this)."""
+error and document count, under the file and the command that produced it (samoe_jax/analysis/run_report.py calls
+this)."""
 
 from __future__ import annotations
 

@@ -13,9 +13,11 @@ from typing import Any
 
 from absl import logging
 
+from samoe_jax.config.checks import Problems
 from samoe_jax.evaluation import perplexity
-from samoe_jax.evaluation.task_specs import DEEPSPEED_MOE_TASKS, parse_seeds, parse_tasks, unknown_tasks
-from samoe_jax.evaluation.tasks import TASK_NAMES, evaluate_task, get_task
+from samoe_jax.evaluation.task_specs import (DEEPSPEED_MOE_TASKS, FLAG_NAMES, check_task_settings, parse_seeds,
+                                             parse_tasks)
+from samoe_jax.evaluation.tasks import evaluate_task, get_task
 
 __all__ = ['DEEPSPEED_MOE_TASKS', 'EvalSettings', 'parse_seeds', 'parse_tasks', 'run_evaluation']
 
@@ -34,25 +36,18 @@ class EvalSettings:
   bootstrap_iters: int = 100000
 
   def problems(self) -> list[str]:
-    """Every problem with the settings themselves (nothing is read), one line each."""
-    problems = []
-    unknown = unknown_tasks(self.tasks)
-    if unknown:
-      problems.append(f'unknown task(s) {unknown}: use any of {", ".join(TASK_NAMES)}')
-    if self.tasks and not self.data_dir:
-      problems.append('evaluation tasks need a data directory (--eval_data_dir): it holds <task>/<split>.jsonl, '
-                      'see docs/evaluation.md for where to get each data set')
-    if not isinstance(self.num_fewshot, int) or self.num_fewshot < 0:
-      problems.append(f'num_fewshot={self.num_fewshot!r} must be an integer >= 0')
-    if not self.fewshot_seeds:
-      problems.append('fewshot_seeds must name at least one seed')
+    """Every problem with the settings themselves (nothing is read), one line each: the eval section's rules
+    (task_specs.check_task_settings, named by evaluate's flags) and the document limit."""
+    problems = Problems()
+    check_task_settings(FLAG_NAMES, self.tasks, ','.join(self.tasks), self.data_dir, self.num_fewshot,
+                        self.fewshot_seeds, ','.join(map(str, self.fewshot_seeds)), problems)
     if self.limit is not None and self.limit < 1:
-      problems.append(f'limit={self.limit!r} must be >= 1 (or unset for every document)')
-    return problems
+      problems.line(f'--limit={self.limit!r} must be >= 1 (or unset for every document)')
+    return problems.lines
 
   def check(self) -> None:
-    """Raises one ValueError listing every problem of `problems` (the config path reports the same rules for the
-    eval section through validate_config first)."""
+    """Raises one ValueError listing every problem of `problems` (the config path checks the same rules for the
+    eval section in the one config pass, training/config_checks.py)."""
     problems = self.problems()
     if len(problems) == 1:
       raise ValueError(problems[0])

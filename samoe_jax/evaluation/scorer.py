@@ -29,7 +29,7 @@ from jax.sharding import PartitionSpec
 from samoe_jax.layers.experts import expert_weight_axes
 from samoe_jax.models.buckets import check_buckets, pick_bucket
 from samoe_jax.models.losses import num_chunks
-from samoe_jax.models.model import LanguageModel
+from samoe_jax.models.model import SEQUENCE_ROUTING, LanguageModel
 from samoe_jax.models.transformer import LayerExperts
 from samoe_jax.sharding.partitioner import Partitioner
 
@@ -100,7 +100,7 @@ def _token_scores(model: LanguageModel, params: Params, h_BLD: jax.Array,
 def score_rows(model: LanguageModel, params: Params, experts: dict[int, LayerExperts], inputs_BL: jax.Array,
                targets_BL: jax.Array, weights_BL: jax.Array) -> tuple[jax.Array, jax.Array]:
   """Per row: (sum of weighted target log-probs float32 [B], every weighted target is the argmax bool [B])."""
-  h_BLD, _ = model.hidden(params, inputs_BL, sequence_routing=True, experts=experts)
+  h_BLD, _ = model.hidden(params, inputs_BL, SEQUENCE_ROUTING, experts=experts)
   logprob_BL, greedy_BL = _token_scores(model, params, h_BLD, targets_BL)
   scored_BL = weights_BL > 0
   return (jnp.sum(jnp.where(scored_BL, logprob_BL, 0.0), axis=-1),

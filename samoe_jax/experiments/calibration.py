@@ -23,113 +23,32 @@ from the runs' metrics.jsonl; no sentence is written by hand.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
+import shlex
+import sys
 from typing import Any, Sequence
 
-import ml_collections
 import numpy as np
+from absl import app, flags
 
-from samoe_jax import accounting
-from samoe_jax.config.defaults import get_base_config
-from samoe_jax.config.layer_plan import moe_layer_indices
-from samoe_jax.experiments import suites
-from samoe_jax.experiments.suites import ConfigSpec, Suite
+from samoe_jax import cli
+from samoe_jax.analysis import provenance
+from samoe_jax.experiments import cpu_comparison, results, runner
+from samoe_jax.experiments.calibration_design import (CALIBRATION, CALIBRATION_EVERY_OTHER, DESIGN,
+                                                      DESIGN_EVERY_OTHER, Design)
+from samoe_jax.experiments.suites import Suite
+from samoe_jax.models import accounting
+from samoe_jax.training.metrics_writer import read_metrics
+from samoe_jax.training.throughput_bench import benchmark
 
 PASS_STDS = 2.0
 FAR_TOKENS = 1e12   # a fitted crossing beyond this many tokens is reported as such, not as a number
-VOCABS = {1024: 'sp1k.model', 2048: 'sp2k.model'}
-
-
-@dataclasses.dataclass(frozen=True)
-class Design:
-  """One calibration design: a 4-block GPT of width d_model (FFN 4 d_model, heads of 32), SentencePiece vocab,
-  seq 128 x batch, `steps` steps at `lr`, the MoE on the blocks of `layer_plan` (model.layer_plan: 'all', or
-  'every_other' as in GShard and Switch); `wide` the wider dense model's d_model."""
-  d_model: int = 64
-  wide: int = 128
-  vocab: int = 1024
-  batch: int = 64
-  steps: int = 1200
-  lr: float = 3e-3
-  num_layers: int = 4
-  seq_len: int = 128
-  experts: tuple[int, ...] = (4, 8, 16)
-  evals: int = 6
-  eval_tokens: int = 65536     # per validation (>= 64k: eval noise well below seed noise)
-  layer_plan: str = 'all'
-
-  @property
-  def num_moe(self) -> int:
-    """MoE blocks under layer_plan."""
-    return len(moe_layer_indices(ml_collections.ConfigDict({'num_layers': self.num_layers,
-                                                            'layer_plan': self.layer_plan})))
-
-  @property
-  def tokens(self) -> int:
-    return self.steps * self.batch * self.seq_len
-
-
-def heads(d_model: int) -> int:
-  """Heads of width 32."""
-  return max(1, d_model // 32)
-
-
-def make_base(design: Design):
-  """The base config builder (corpus_dir, cache_dir) -> ConfigDict of `design` (the dense model's shape; the
-  specs set the MoE)."""
-  def base(corpus_dir: str, cache_dir: str) -> ml_collections.ConfigDict:
-    c = get_base_config()
-    d = design.d_model
-    c.model.vocab_size, c.model.d_model, c.model.num_layers = design.vocab, d, design.num_layers
-    c.model.num_heads, c.model.d_ff, c.model.max_len = heads(d), 4 * d, design.seq_len
-    c.moe.num_experts = max(design.experts)
-    c.pool.size, c.pool.mixing = design.num_moe, 'fixed'
-    suites._corpus_data(c, corpus_dir, cache_dir)   # pylint: disable=protected-access
-    c.data.vocabulary = os.path.join(corpus_dir, VOCABS[design.vocab])
-    c.data.seq_len, c.data.batch_size = design.seq_len, design.batch
-    c.moe.group_size = suites.GROUP_SIZE
-    c.train.learning_rate = design.lr
-    c.train.eval_batches = max(1, -(-design.eval_tokens // (design.batch * design.seq_len)))
-    suites._common(c)   # pylint: disable=protected-access
-    c.model.layer_plan = design.layer_plan
-    return c
-  return base
-
-
-def specs(design: Design) -> tuple[ConfigSpec, ...]:
-  """dense (base), dense_dWIDE, moe_eE for E in design.experts (the largest: role 'moe')."""
-  out = [suites.dense(design.d_model, heads(design.d_model), name='dense'),
-         suites.dense(design.wide, heads(design.wide))]
-  top = max(design.experts)
-  out += [suites.standard_moe(e, design.num_moe, role='moe' if e == top else 'sweep') for e in design.experts]
-  return tuple(out)
-
-
-def make_suite(name: str, design: Design, seeds: int = 3, budget: str = '') -> Suite:
-  """The calibration Suite of `design` (grad_stats: one record, the gradient-flow analysis is not its point)."""
-  return Suite(name, f'Calibration: d_model {design.d_model} vs {design.wide}, MoE E = '
-               f'{"/".join(map(str, design.experts))} top-1 on {PLACEMENT.get(design.layer_plan, design.layer_plan)}, '
-               f'vocab {design.vocab}, '
-               f'{design.tokens / 1e6:.1f}M tokens per run.', make_base(design), specs(design), seeds=seeds,
-               steps=design.steps, evals=design.evals, grad_stats=1, needs_corpus=True, budget=budget)
-
-
-PLACEMENT = {'all': 'every block', 'every_other': 'every other block'}
-DESIGN = Design(batch=32, steps=400, evals=5)
-CALIBRATION = make_suite('calibration', DESIGN, seeds=3, budget='about 45 minutes on 2 idle CPU cores')
-# The second design: the MoE on every other block (GShard, Lepikhin et al. 2020; Switch, Fedus et al. 2022), after
-# a probe found the all-blocks top-1 MoE behind dense with or without drops (docs/results/calibration_every_other).
-DESIGN_EVERY_OTHER = dataclasses.replace(DESIGN, layer_plan='every_other')
-CALIBRATION_EVERY_OTHER = make_suite('calibration_every_other', DESIGN_EVERY_OTHER, seeds=3,
-                                     budget='about 45 minutes on 2 idle CPU cores')
+PROG = 'samoe_jax.experiments.calibration'
 DESIGNS = {CALIBRATION.name: (CALIBRATION, DESIGN), CALIBRATION_EVERY_OTHER.name: (CALIBRATION_EVERY_OTHER,
-                                                                                   DESIGN_EVERY_OTHER)}
-for _suite, _ in DESIGNS.values():
-  suites.REGISTRY[_suite.name] = _suite   # suites.py imports this module at its end: either order works
-# The cpu suite (the comparison in DESIGN_EVERY_OTHER; it adds itself to REGISTRY and DESIGNS) is imported after
-# the names it uses, so that importing suites, calibration or cpu_comparison first all work.
-from samoe_jax.experiments import cpu_comparison  # noqa: E402,F401  pylint: disable=wrong-import-position
+                                                                                   DESIGN_EVERY_OTHER),
+           cpu_comparison.CPU.name: (cpu_comparison.CPU, cpu_comparison.DESIGN)}   # the cpu suite: its regime (a)-(c)
 
 
 # ------------------------------------------------------------------------------------------- the conditions
@@ -221,7 +140,6 @@ def fit_crossing(tokens: Sequence[float], gaps: Sequence[float], line: float) ->
 def throughput(out_dir: str) -> dict[str, dict[str, float]]:
   """Per config from OUT/suite_log.jsonl (complete, uninterrupted runs only): runs, mean seconds per run, model
   GFLOP/s (accounting's train FLOPs / seconds; evaluation, compile and data included in the seconds)."""
-  from samoe_jax.experiments import runner  # pylint: disable=g-import-not-at-top
   by: dict[str, list[dict[str, Any]]] = {}
   for r in runner.read_log(out_dir):
     if r.get('status') == 'finished' and r.get('complete'):
@@ -233,7 +151,6 @@ def throughput(out_dir: str) -> dict[str, dict[str, float]]:
 
 def analyze(suite: Suite, design: Design, out_dir: str, corpus_dir: str = '') -> dict[str, Any]:
   """Everything the report states, from OUT/runs/*/metrics.jsonl and OUT/suite_log.jsonl."""
-  from samoe_jax.experiments import results, runner  # pylint: disable=g-import-not-at-top
   runs = runner.plan(suite, out_dir, corpus_dir)
   collected = {r.spec.name: r for r in results.collect(runs)}
   finished = {r.name for r in runs if runner.is_finished(r)}
@@ -268,7 +185,6 @@ def analyze(suite: Suite, design: Design, out_dir: str, corpus_dir: str = '') ->
 def dropped_by_quarter(workdirs: Sequence[str], steps: int) -> list[float | None]:
   """Mean over runs of the training moe/dropped_fraction averaged over each quarter of the steps (None: no
   record in that quarter)."""
-  from samoe_jax.training.metrics_writer import read_metrics  # pylint: disable=g-import-not-at-top
   quarters: list[list[float]] = [[] for _ in range(4)]
   for workdir in workdirs:
     per_run: list[list[float]] = [[] for _ in range(4)]
@@ -451,14 +367,12 @@ def write_report(out_dir: str, suite: Suite = CALIBRATION, design: Design = DESI
                  command: str = '', bench_json: str = '') -> str:
   """Writes OUT/report/calibration.md, calibration.json and calibration_gaps.png (with the bench rows of
   `bench_json` when given); returns the .md path."""
-  import json  # pylint: disable=g-import-not-at-top
-  from samoe_jax.experiments import report  # pylint: disable=g-import-not-at-top
   analysis = analyze(suite, design, out_dir, corpus_dir)
   if bench_json:
     with open(bench_json) as f:
       analysis['bench'] = json.load(f)
-  analysis.update(command=command or f'python -m {__name__} --out={out_dir}', commit=report.commit(),
-                  machine=report.machine(), verdict=verdict_lines(analysis))
+  analysis.update(command=command or f'python -m {__name__} --out={out_dir}', commit=provenance.commit(),
+                  machine=provenance.machine(), verdict=verdict_lines(analysis))
   out = os.path.join(out_dir, 'report')
   os.makedirs(out, exist_ok=True)
   with open(os.path.join(out, 'calibration.json'), 'w') as f:
@@ -473,10 +387,8 @@ def write_report(out_dir: str, suite: Suite = CALIBRATION, design: Design = DESI
 def bench(out_path: str, steps: int, repeats: int, suite: Suite = CALIBRATION) -> list[dict[str, Any]]:
   """samoe_jax.bench's same-process timing (model GFLOP/s vs the matmul rate) of the suite's configs, seed 0, on
   synthetic batches; written as JSON to out_path when given."""
-  import json  # pylint: disable=g-import-not-at-top
-  from samoe_jax import bench as bench_lib  # pylint: disable=g-import-not-at-top
   named = [(spec.name, suite.config(spec, 0)) for spec in suite.configs]
-  rows = bench_lib.benchmark(named, steps, repeats)
+  rows = benchmark(named, steps, repeats)
   if out_path:
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     with open(out_path, 'w') as f:
@@ -484,39 +396,34 @@ def bench(out_path: str, steps: int, repeats: int, suite: Suite = CALIBRATION) -
   return rows
 
 
+def _run(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise app.UsageError(f'unexpected arguments: {argv[1:]}')
+  f = flags.FLAGS
+  suite, design = DESIGNS[f.suite]
+  if f.bench:
+    bench(f.bench_json, f.steps, f.repeats, suite)
+    return
+  if not f.out:
+    raise ValueError('--out is required')
+  print(write_report(f.out, suite, design, corpus_dir=f.corpus_dir,
+                     command=shlex.join([PROG] + list(sys.argv[1:])), bench_json=f.bench_json))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
-  """The CLI (module docstring)."""
-  import shlex  # pylint: disable=g-import-not-at-top
-  import sys  # pylint: disable=g-import-not-at-top
-  from absl import app, flags  # pylint: disable=g-import-not-at-top
-  from samoe_jax import cli  # pylint: disable=g-import-not-at-top
-  out = flags.DEFINE_string('out', '', 'The suite directory of the calibration runs (reproduce --out).')
-  from samoe_jax.experiments import calibration as registered  # pylint: disable=g-import-not-at-top,import-self
-  designs = registered.DESIGNS   # run as __main__, the designs other modules registered are in the imported module
-  suite_name = flags.DEFINE_enum('suite', CALIBRATION.name, list(designs), 'Which calibration design (or the cpu '
-                                 'suite, whose regime conditions it checks).')
-  corpus = flags.DEFINE_string('corpus_dir', '', 'The corpus the runs trained on (only named in the configs).')
-  do_bench = flags.DEFINE_bool('bench', False, 'Time the configs (samoe_jax.bench) instead of reporting.')
-  bench_json = flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here; report: add '
-                                   'the throughput table of such a file.')
-  steps = flags.DEFINE_integer('steps', 10, '--bench: timed steps per round.')
-  repeats = flags.DEFINE_integer('repeats', 2, '--bench: rounds (each config reports its best).')
-  prog = 'samoe_jax.experiments.calibration'
-
-  def run(args: Sequence[str]) -> None:
-    if len(args) > 1:
-      raise app.UsageError(f'unexpected arguments: {args[1:]}')
-    suite, design = designs[suite_name.value]
-    if do_bench.value:
-      bench(bench_json.value, steps.value, repeats.value, suite)
-      return
-    if not out.value:
-      raise ValueError('--out is required')
-    print(write_report(out.value, suite, design, corpus_dir=corpus.value,
-                       command=shlex.join([prog] + list(sys.argv[1:])), bench_json=bench_json.value))
-
-  cli.run_app(prog, run, list(argv) if argv is not None else sys.argv)
+  """The command (python -m, a console script): defines its flags here, not at import (every command module
+  imports in one process), and runs through cli.run_app."""
+  flags.DEFINE_string('out', '', 'The suite directory of the calibration runs (reproduce --out).')
+  flags.DEFINE_enum('suite', CALIBRATION.name, list(DESIGNS), 'Which calibration design (or the cpu suite, whose '
+                    'regime conditions it checks).')
+  flags.DEFINE_string('corpus_dir', '', 'The corpus the runs trained on (only named in the configs).')
+  flags.DEFINE_bool('bench', False, 'Time the configs (samoe_jax.bench) instead of reporting.')
+  flags.DEFINE_string('bench_json', '', '--bench: also write the rows as JSON here; report: add the throughput '
+                      'table of such a file.')
+  flags.DEFINE_integer('steps', 10, '--bench: timed steps per round.')
+  flags.DEFINE_integer('repeats', 2, '--bench: rounds (each config reports its best).')
+  cli.run_app(PROG, _run, sys.argv if argv is None else list(argv))
 
 
 if __name__ == '__main__':
-  main()
+  sys.exit(main())

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 
-from samoe_jax.experiments import calibration, suites
+from samoe_jax.experiments import calibration_design, suites
 from samoe_jax.experiments.suites import ConfigSpec, Suite
 
-DESIGN = calibration.DESIGN_EVERY_OTHER
+DESIGN = calibration_design.DESIGN_EVERY_OTHER
 DENSE_WIDTHS = (48, 96, 128)        # beside the base d_model 64: the compute-to-loss frontier (Artetxe et al. 2021)
 SWEEP = (4, 8, 16)                  # the standard MoE's E sweep; E = 16 is the baseline
 GRAD_STATS = 10                     # gradient-statistics records per run (the gradient-flow analysis)
@@ -40,12 +40,12 @@ def samoe(pool_size: int, num_moe: int, reach: float = suites.MIXING_REACH, name
                     {'pool.size': pool_size, 'pool.mixing': 'learned', 'pool.target_reach': reach})
 
 
-def configs(design: calibration.Design) -> tuple[ConfigSpec, ...]:
+def configs(design: calibration_design.Design) -> tuple[ConfigSpec, ...]:
   """dense (base width) and DENSE_WIDTHS, the MoE sweep (E = max: role 'moe'), SaMoE P = 1 .. num_moe at the
   suites' reach, and P = num_moe at the plain optimizer."""
   d, num_moe, top = design.d_model, design.num_moe, max(SWEEP)
-  out = [suites.dense(d, calibration.heads(d), name='dense')]
-  out += [suites.dense(w, calibration.heads(w)) for w in DENSE_WIDTHS]
+  out = [suites.dense(d, calibration_design.heads(d), name='dense')]
+  out += [suites.dense(w, calibration_design.heads(w)) for w in DENSE_WIDTHS]
   out += [suites.standard_moe(e, num_moe, role='moe' if e == top else 'sweep') for e in SWEEP]
   out += [samoe(p, num_moe) for p in range(1, num_moe + 1)]
   out.append(samoe(num_moe, num_moe, reach=0.0, name=f'samoe_p{num_moe}_reach1'))
@@ -53,7 +53,7 @@ def configs(design: calibration.Design) -> tuple[ConfigSpec, ...]:
 
 
 def _base(corpus_dir: str, cache_dir: str):
-  c = calibration.make_base(dataclasses.replace(DESIGN, experts=SWEEP))(corpus_dir, cache_dir)
+  c = calibration_design.make_base(dataclasses.replace(DESIGN, experts=SWEEP))(corpus_dir, cache_dir)
   c.moe.num_experts = max(SWEEP)
   return c
 
@@ -64,5 +64,3 @@ CPU = Suite(
     f'{DESIGN.tokens / 1e6:.2f}M tokens per run (docs/results/cpu).', _base, configs(DESIGN), seeds=3,
     steps=DESIGN.steps, evals=DESIGN.evals, grad_stats=GRAD_STATS, needs_corpus=True,
     budget='about 75 minutes on 2 idle CPU cores')
-suites.REGISTRY[CPU.name] = CPU   # calibration.py imports this module after its designs
-calibration.DESIGNS[CPU.name] = (CPU, DESIGN)   # `python -m samoe_jax.experiments.calibration --suite=cpu`: (a)-(c)

@@ -34,8 +34,14 @@ from typing import Any, Callable, Mapping, Sequence
 import ml_collections
 
 from samoe_jax.config.defaults import get_base_config
+from samoe_jax.data import pipeline
+from samoe_jax.evaluation import validation
+from samoe_jax.experiments import runner
 from samoe_jax.experiments import suites
 from samoe_jax.experiments.suites import ConfigSpec, Suite
+from samoe_jax.models import accounting
+from samoe_jax.training import loop, state as state_lib
+from samoe_jax.training.config_checks import validate_config
 
 NAME = 'h100'
 BUDGET_S = 420.0          # seconds for the whole suite: timing pass, training, validation, report
@@ -118,7 +124,6 @@ def make_suite(design: Design = DESIGN) -> Suite:
 
 
 H100 = make_suite()
-suites.REGISTRY[NAME] = H100   # suites.py imports this module at its end
 
 
 # ---------------------------------------------------------------------------------------------- the plan
@@ -176,7 +181,6 @@ def check_corpus(configs: Sequence[ml_collections.ConfigDict], corpus_dir: str) 
 def time_data(config: ml_collections.ConfigDict) -> tuple[dict[str, float], dict[str, Any]]:
   """(seconds to make the training iterator's first batch and the validation batches: the first time, which
   tokenizes into data.cache_dir unless it holds the rows already, and again, what each run pays; that batch)."""
-  from samoe_jax.data import pipeline  # pylint: disable=g-import-not-at-top
   out = {}
   for key in ('first_s', 'again_s'):
     start = time.perf_counter()
@@ -194,8 +198,6 @@ def time_config(config: ml_collections.ConfigDict, workdir: str, host_batch: dic
   `host_batch` (a training batch, used again for every step): compile_s (train and eval steps), step_s (mean of `timed_steps` steps after a warm-up step),
   eval_s (one validation of train.eval_batches batches, after a warm-up)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import loop, validation  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import state as state_lib  # pylint: disable=g-import-not-at-top
   run = loop.build_run(config, workdir)
   try:
     train_fn, eval_fn, compile_s = loop.compile_steps(run)
@@ -211,9 +213,9 @@ def time_config(config: ml_collections.ConfigDict, workdir: str, host_batch: dic
         state, metrics = train_fn(state, batch, rng, step)
       jax.block_until_ready(metrics)
       step_s = (time.perf_counter() - start) / timed_steps
-      validation.evaluate(eval_fn, state.params, [batch])   # warm-up
+      validation.validation_metrics(eval_fn, state.params, [batch])   # warm-up
       start = time.perf_counter()
-      validation.evaluate(eval_fn, state.params, [batch] * int(config.train.eval_batches))
+      validation.validation_metrics(eval_fn, state.params, [batch] * int(config.train.eval_batches))
       eval_s = time.perf_counter() - start
   finally:
     run.checkpointer.close()
@@ -222,7 +224,6 @@ def time_config(config: ml_collections.ConfigDict, workdir: str, host_batch: dic
 
 def estimate(config: ml_collections.ConfigDict, steps: int, flops_per_s: float = ESTIMATE_FLOPS) -> dict[str, float]:
   """Tokens and model FLOPs of a run of `steps` steps, and its seconds at `flops_per_s` (an estimate)."""
-  from samoe_jax import accounting  # pylint: disable=g-import-not-at-top
   flops = accounting.flops_per_step(config)['train']
   tokens = config.data.batch_size * config.data.seq_len
   return {'tokens_per_step': tokens, 'train_flops_per_step': flops, 'flops_per_token': flops / tokens,
@@ -232,16 +233,12 @@ def estimate(config: ml_collections.ConfigDict, steps: int, flops_per_s: float =
 # ------------------------------------------------------------------------------------------------ the run
 def run(out_dir: str, corpus_dir: str, budget_s: float = BUDGET_S, *, design: Design = DESIGN,
         margin: float = MARGIN, timed_steps: int = TIMED_STEPS, min_steps: int = MIN_STEPS,
-        max_steps: int | None = None, command: str = '', run_suite: Callable[..., str] | None = None
+        max_steps: int | None = None, command: str = '', run_suite: Callable[..., str]
         ) -> dict[str, Any]:
   """Timing pass, plan (OUT/plan.json), training and the suite report, in this process; returns the plan.
-  design: the suite's shape (tests: a tiny model); max_steps: a cap on the planned steps; run_suite: reproduce's
-  (passed in by reproduce's main, where that module runs as __main__; imported otherwise)."""
+  design: the suite's shape (tests: a tiny model); max_steps: a cap on the planned steps; run_suite:
+  samoe_jax.experiments.reproduce.run_suite (passed in: reproduce imports this module)."""
   import jax  # pylint: disable=g-import-not-at-top
-  from samoe_jax.config.validate import validate_config  # pylint: disable=g-import-not-at-top
-  from samoe_jax.experiments import runner  # pylint: disable=g-import-not-at-top
-  if run_suite is None:
-    from samoe_jax.experiments.reproduce import run_suite  # pylint: disable=g-import-not-at-top
   t0 = time.time()
   out, corpus = os.path.abspath(out_dir), os.path.abspath(corpus_dir)
   if budget_s <= 0:

@@ -58,4 +58,3 @@ MIXING_PROBE = Suite('mixing', 'The mixing probe: what lets SaMoE\'s learned mix
                      'E = 4 top-1, d_model 64, bytes of Shakespeare, 1.2M tokens per run).', probe_base, CONFIGS,
                      seeds=2, steps=600, evals=4, grad_stats=1, needs_corpus=False,
                      budget='about 20 minutes on 2 CPU cores')
-suites.REGISTRY[MIXING_PROBE.name] = MIXING_PROBE   # suites.py imports this module at its end

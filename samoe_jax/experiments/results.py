@@ -1,6 +1,6 @@
 """A suite's numbers, per config over its seeds, and the conclusions computed from them (docs/experiments.md).
 
-Per config: stored / active / materialized parameters (samoe_jax.accounting), tokens trained, the final
+Per config: stored / active / materialized parameters (samoe_jax.models.accounting), tokens trained, the final
 validation perplexity exp(cross-entropy) mean and sample std over seeds, the validation cross-entropy curves, the
 reduction in stored parameters against the standard MoE, the final speedup factor against the dense family
 (samoe_jax.analysis.speedup), and the share of (token, choice) assignments the MoE layers dropped at the last step,
@@ -20,14 +20,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from samoe_jax import accounting
+from samoe_jax.models import accounting
 from samoe_jax.analysis import mixing_trajectories
 from samoe_jax.analysis.drop_floor import config_drop_floors
 from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.experiments.runner import Run
 from samoe_jax.experiments.suites import ConfigSpec
 from samoe_jax.training.metrics_writer import read_metrics
-from samoe_jax.training.validation import DROPPED
+from samoe_jax.evaluation.validation import DROPPED
 
 METRIC = 'eval/cross_entropy'
 EVAL_DROPPED = 'eval/' + DROPPED

@@ -21,8 +21,10 @@ import jax
 import ml_collections
 from absl import logging
 
-from samoe_jax import accounting
+from samoe_jax.analysis import provenance, run_report
 from samoe_jax.experiments.suites import ConfigSpec, Suite, run_name
+from samoe_jax.models import accounting
+from samoe_jax.training import loop
 from samoe_jax.training.metrics_writer import format_duration
 
 LOG = 'suite_log.jsonl'
@@ -41,7 +43,7 @@ class Run:
     return os.path.basename(self.workdir)
 
   def train_flops(self) -> float:
-    """Model FLOPs of the whole run (samoe_jax.accounting)."""
+    """Model FLOPs of the whole run (samoe_jax.models.accounting)."""
     return accounting.flops_per_step(self.config)['train'] * self.config.train.steps
 
 
@@ -129,9 +131,6 @@ def train_runs(runs: Sequence[Run], out_dir: str) -> list[Run]:
 
 def _train_one(run: Run, i: int, todo: Sequence[Run], out_dir: str, estimator: Estimator) -> None:
   """Trains run i of `todo` (resuming its checkpoint), writes its report and logs it."""
-  from samoe_jax import report as run_report  # pylint: disable=g-import-not-at-top  (heavy imports after the flags)
-  from samoe_jax.experiments import report  # pylint: disable=g-import-not-at-top
-  from samoe_jax.training import loop  # pylint: disable=g-import-not-at-top
   estimates = [estimator.seconds_for(r) for r in todo[i:]]
   suite_eta = None if any(e is None for e in estimates) else sum(estimates)
   logging.info('suite: run %d/%d %s (%s, seed %d): estimated %s; suite ETA %s', i + 1, len(todo), run.name,
@@ -144,7 +143,7 @@ def _train_one(run: Run, i: int, todo: Sequence[Run], out_dir: str, estimator: E
   record = {'run': run.name, 'config': run.spec.name, 'seed': run.seed, 'status': 'finished',
             'complete': not resumed, 'seconds': seconds, 'train_flops': run.train_flops(),
             'finished_at': time.strftime('%Y-%m-%dT%H:%M:%S'), 'eval/perplexity': final.get('eval/perplexity'),
-            'commit': report.commit()}
+            'commit': provenance.commit()}
   _append_log(out_dir, record)
   estimator.add(record)
   logging.info('suite: %s done in %s (validation perplexity %.2f)', run.name, format_duration(seconds),

@@ -224,15 +224,3 @@ GPU = Suite(
                           pool_sizes=(1, 2, 3)),
     seeds=3, steps=600, evals=6, grad_stats=20, needs_corpus=True,
     budget='about 10 minutes on one H100-class GPU (estimated, not yet timed)')
-REGISTRY = {'smoke': SMOKE, 'gpu': GPU}
-from samoe_jax.experiments import calibration  # noqa: E402,F401  (adds REGISTRY['calibration'] and, through
-# calibration's end, REGISTRY['cpu'] of cpu_comparison, which builds on calibration's designs; issue 25)
-from samoe_jax.experiments import h100  # noqa: E402,F401  (adds REGISTRY['h100'], issue 25)
-from samoe_jax.experiments import mixing_probe  # noqa: E402,F401  (adds REGISTRY['mixing'], issue 25)
-
-
-def get_suite(name: str) -> Suite:
-  """A trainable suite by name ('paper' has commands only: samoe_jax.experiments.paper)."""
-  if name not in REGISTRY:
-    raise ValueError(f'--suite={name!r} is not a trainable suite: use one of {", ".join(map(repr, SUITES))}')
-  return REGISTRY[name]

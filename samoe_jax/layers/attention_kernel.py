@@ -18,6 +18,9 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import ml_collections
+
+from samoe_jax.config.checks import Problems, is_int, register
 
 ATTENTION_KERNELS = ('auto', 'einsum', 'cudnn')
 FUSED_DTYPES = ('bfloat16',)   # of the model dtypes (float32, bfloat16), the ones cuDNN's kernel takes
@@ -37,9 +40,8 @@ def cudnn_problems(dtype: str, dropout_rate: float, head_width: int) -> list[str
   return problems
 
 
-def check_attention(setting: str, dtype: str, dropout_rate: float, head_width: int) -> list[str]:
-  """Config-validation messages for model.attention (config/validate.py); the backend is checked when the model is
-  traced (resolve_kernel), since a config may be checked on another machine than the one it runs on."""
+def _attention_problems(setting: str, dtype: str, dropout_rate: float, head_width: int) -> list[str]:
+  """Why model.attention cannot run this model, one line each, backend aside."""
   if setting not in ATTENTION_KERNELS:
     return [f'model.attention={setting!r}: must be one of {ATTENTION_KERNELS}']
   if setting != 'cudnn':
@@ -48,11 +50,21 @@ def check_attention(setting: str, dtype: str, dropout_rate: float, head_width: i
           "or 'einsum'" for p in cudnn_problems(dtype, dropout_rate, head_width)]
 
 
+@register('model')
+def check_attention(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """model.attention (a registered check, config/checks.py); the backend is checked when the model is traced
+  (resolve_kernel), since a config may be checked on another machine than the one it runs on."""
+  m = c.model
+  if is_int(m.d_model) and is_int(m.num_heads) and m.num_heads >= 1:
+    for problem in _attention_problems(m.attention, m.dtype, m.dropout_rate, m.d_model // m.num_heads):
+      problems.line(problem)
+
+
 def resolve_kernel(setting: str, dtype: str, dropout_rate: float, head_width: int,
                    backend: str | None = None) -> str:
   """model.attention resolved for this backend (default: jax.default_backend()): 'einsum' or 'cudnn'."""
   backend = backend or jax.default_backend()
-  problems = check_attention(setting, dtype, dropout_rate, head_width)
+  problems = _attention_problems(setting, dtype, dropout_rate, head_width)
   if problems:
     raise ValueError('; '.join(problems))
   if setting == 'einsum':

@@ -21,10 +21,12 @@ from typing import Any, Protocol
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.layers.experts import LayerExperts, expert_ffn, expert_ffn_output_mixed
 from samoe_jax.layers.ragged import NAME as RAGGED, RaggedDispatcher
-from samoe_jax.layers.routing import Routing
+from samoe_jax.layers.token_choice import Routing
 
 
 class Dispatcher(Protocol):
@@ -119,6 +121,12 @@ class EinsumDispatcher(BufferDispatcher):
 
 
 DISPATCHERS: dict[str, type] = {'gather': GatherDispatcher, 'einsum': EinsumDispatcher, RAGGED: RaggedDispatcher}
+
+
+@register('moe', moe_only=True)
+def check_dispatch(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """moe.dispatch names a dispatcher (a registered check, config/checks.py)."""
+  problems.one_of('moe.dispatch', c.moe.dispatch, tuple(DISPATCHERS))
 
 
 def get_dispatcher(name: str) -> Dispatcher:

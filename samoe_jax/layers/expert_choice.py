@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from samoe_jax.layers.routing import Routing
+from samoe_jax.layers.token_choice import Routing
 
 
 def expert_choice_route(logits_GSE: jax.Array, token_mask_GS: jax.Array, *, capacity: int,

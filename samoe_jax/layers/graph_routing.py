@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.config.sections import MoeSection
 from samoe_jax.layers import initializers
 
@@ -35,13 +36,13 @@ METRICS = ('identity', 'learned')
 
 @dataclasses.dataclass(frozen=True)
 class GraphConfig:
-  """moe.graph_routing and its options (see the module docstring and docs/methods/graph_routing.md)."""
-  kind: str                          # moe.graph_routing
-  lam: float                         # moe.graph_lambda
-  lam_learned: bool                  # moe.graph_lambda_learned: lambda = sigmoid(theta), theta_0 = logit(lam)
-  temperature: float                 # moe.similarity_temperature tau; 0 = sqrt(dim of the compared vectors)
-  metric: str                        # moe.similarity_metric: 'identity' (M = I) | 'learned' (M = W_s W_s^T)
-  dim: int                           # moe.similarity_dim d_s of W_s [D, d_s] (learned metric); 0 = D
+  """config.moe.graph, field by field (see the module docstring and docs/methods/graph_routing.md)."""
+  kind: str                          # 'none' | 'similarity' | 'attention'
+  lam: float                         # lambda
+  lam_learned: bool                  # lambda = sigmoid(theta), theta_0 = logit(lam)
+  temperature: float                 # tau; 0 = sqrt(dim of the compared vectors)
+  metric: str                        # 'identity' (M = I) | 'learned' (M = W_s W_s^T)
+  dim: int                           # d_s of W_s [D, d_s] (learned metric); 0 = D
 
   @property
   def enabled(self) -> bool:
@@ -54,47 +55,47 @@ class GraphConfig:
 
   @classmethod
   def from_moe_section(cls, moe: Any) -> 'GraphConfig':
-    """From the moe section's keys (a config/sections.MoeSection or a complete ConfigDict)."""
-    return cls(kind=moe.graph_routing, lam=float(moe.graph_lambda), lam_learned=bool(moe.graph_lambda_learned),
-               temperature=float(moe.similarity_temperature), metric=moe.similarity_metric,
-               dim=int(moe.similarity_dim))
+    """From moe.graph of a config/sections.MoeSection or of a config's moe section (its old flat keys count,
+    config/aliases.py)."""
+    section = moe if isinstance(moe, MoeSection) else MoeSection.of(ml_collections.ConfigDict({'moe': moe}))
+    return cls(**section.graph)
 
   def similarity_dim(self, d_model: int) -> int:
     """Width of the compared vectors: D (identity) or d_s (learned; 0 = D)."""
     return (self.dim or d_model) if self.metric == 'learned' else d_model
 
 
-def check_graph_config(c: ml_collections.ConfigDict, errors: Any) -> None:
-  """Validates the graph-routing keys of config.moe (MoE models; `errors` is validate.py's collector)."""
-  moe = c.moe
-  kind = moe.graph_routing
-  if not errors.one_of('moe.graph_routing', kind, KINDS) or kind == 'none':
+@register('moe', moe_only=True)
+def check_graph_config(c: ml_collections.ConfigDict, errors: Problems) -> None:
+  """The graph-routing keys config.moe.graph (a registered check, config/checks.py)."""
+  moe, graph = c.moe, c.moe.graph
+  kind = graph.kind
+  if not errors.one_of('moe.graph.kind', kind, KINDS) or kind == 'none':
     return
-  lam, learned = moe.graph_lambda, moe.graph_lambda_learned
+  lam, learned = graph.lam, graph.lam_learned
   if not isinstance(learned, bool):
-    errors.add('moe.graph_lambda_learned', learned, 'must be True or False')
+    errors.add('moe.graph.lam_learned', learned, 'must be True or False')
   if learned:
-    errors.in_range('moe.graph_lambda', lam, 1e-6, 1.0 - 1e-6, hi_open=False)   # sigmoid(theta) init: (0, 1)
+    errors.in_range('moe.graph.lam', lam, 1e-6, 1.0 - 1e-6, hi_open=False)   # sigmoid(theta) init: (0, 1)
   else:
-    errors.in_range('moe.graph_lambda', lam, 0.0, 1.0, hi_open=False)
-  tau = moe.similarity_temperature
+    errors.in_range('moe.graph.lam', lam, 0.0, 1.0, hi_open=False)
+  tau = graph.temperature
   if isinstance(tau, bool) or not isinstance(tau, (int, float)) or tau < 0:
-    errors.add('moe.similarity_temperature', tau, 'must be a number >= 0 (0 = sqrt of the compared width)')
-  metric = moe.similarity_metric
-  errors.one_of('moe.similarity_metric', metric, METRICS)
-  dim = moe.similarity_dim
+    errors.add('moe.graph.temperature', tau, 'must be a number >= 0 (0 = sqrt of the compared width)')
+  errors.one_of('moe.graph.metric', graph.metric, METRICS)
+  dim = graph.dim
   if isinstance(dim, bool) or not isinstance(dim, int) or dim < 0:
-    errors.add('moe.similarity_dim', dim, 'must be an integer >= 0 (0 = model.d_model)')
+    errors.add('moe.graph.dim', dim, 'must be an integer >= 0 (0 = model.d_model)')
   seq, group = c.data.seq_len, moe.group_size
   if group not in (0, seq):
-    errors.add('moe.group_size', group, f'must be 0 or data.seq_len={seq} with moe.graph_routing={kind!r} (tokens '
+    errors.add('moe.group_size', group, f'must be 0 or data.seq_len={seq} with moe.graph.kind={kind!r} (tokens '
                'are mixed with the earlier tokens of their own sequence, so a routing group must be one whole '
                'sequence)')
   if moe.routing != 'token_choice':
-    errors.add('moe.routing', moe.routing, f"must be 'token_choice' with moe.graph_routing={kind!r} (it "
+    errors.add('moe.routing', moe.routing, f"must be 'token_choice' with moe.graph.kind={kind!r} (it "
                'mixes router probabilities)')
   if moe.slot_priority != 'position':
-    errors.add('moe.slot_priority', moe.slot_priority, f"must be 'position' with moe.graph_routing={kind!r} "
+    errors.add('moe.slot_priority', moe.slot_priority, f"must be 'position' with moe.graph.kind={kind!r} "
                '(causal routing)')
 
 
@@ -150,7 +151,7 @@ class GraphMixer(nn.Module):
                attention_BLM: jax.Array | None = None, inference: Any = None) -> jax.Array:
     cfg = self.config
     if cfg.kind not in KINDS[1:]:
-      raise ValueError(f'GraphMixer: moe.graph_routing={cfg.kind!r} is not one of {KINDS[1:]}')
+      raise ValueError(f'GraphMixer: moe.graph.kind={cfg.kind!r} is not one of {KINDS[1:]}')
     z_BLR = None
     if cfg.kind == 'similarity':
       z_BLR = x_BLD.astype(jnp.float32)
@@ -159,7 +160,7 @@ class GraphMixer(nn.Module):
                           (x_BLD.shape[-1], cfg.similarity_dim(x_BLD.shape[-1])))
         z_BLR = z_BLR @ w_DR
     elif attention_BLM is None:
-      raise ValueError("GraphMixer: moe.graph_routing='attention' needs the block's attention probabilities")
+      raise ValueError("GraphMixer: moe.graph.kind='attention' needs the block's attention probabilities")
     p_BLE = p_BLE.astype(jnp.float32)
     cache = inference.cache if inference is not None else 'none'
     if cache == 'step':
@@ -235,8 +236,8 @@ def graph_flops_per_token(graph: GraphConfig, d_model: int, seq_len: int, num_ex
 
 
 def describe_graph(config: ml_collections.ConfigDict) -> str | None:
-  """One line for python -m samoe_jax.describe; None when moe.graph_routing='none'."""
-  graph = GraphConfig.from_moe_section(config.moe)
+  """One line for python -m samoe_jax.describe; None when moe.graph.kind='none'."""
+  graph = GraphConfig.from_moe_section(MoeSection.of(config))
   if not graph.enabled:
     return None
   lam = f'learned sigmoid(theta) from {graph.lam}' if graph.lam_learned else f'{graph.lam}'

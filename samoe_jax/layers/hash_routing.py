@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from samoe_jax.layers.routing import Routing, assign_slots
+from samoe_jax.layers.token_choice import Routing, assign_slots
 
 HASH_SEED = 0x9E3779B9
 

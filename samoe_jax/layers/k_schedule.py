@@ -2,10 +2,11 @@
 
 The number of experts each token uses, k(s), changes with the training step s. The MoE layers are built with
 their static maximum k_max = moe.top_k (dispatch buffers, slots); the train step passes the traced k(s) as
-`active_k` (only the first k(s) of a token's top_k choices are used, layers/routing.py).
+`active_k` (only the first k(s) of a token's top_k choices are used, layers/token_choice.py).
 
-With a = k_max - k_min, S = moe.k_schedule_steps (0: train.steps), s clamped to [0, S] (k is held at k(S) after
-step S) and `round` rounding half to even (Python's round, np.round, as the official code):
+The schedule is config.moe.smoe_dropout (kind, k_min, k_max, steps). With a = k_max - k_min, S = steps
+(0: train.steps), s clamped to [0, S] (k is held at k(S) after step S) and `round` rounding half to even
+(Python's round, np.round, as the official code):
 
   constant          k = moe.top_k                                      (the default: nothing changes)
   linear_increase   k = round( a s / S) + k_min                        (the paper's schedule, k_min -> k_max)
@@ -34,7 +35,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from samoe_jax.config.checks import Problems, is_int, register
 from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.pyramid import parse_experts_per_layer
+from samoe_jax.config.sections import MoeSection
+from samoe_jax.layers.token_choice import GATES
 
 KINDS = ('constant', 'linear_increase', 'linear_decrease', 'cosine_increase', 'cosine_decrease', 'exp_increase',
          'exp_decrease')
@@ -45,7 +50,7 @@ EXP_PERIODS = 300   # the repo's number of periods over S
 def schedule_numpy(kind: str, steps: Any, k_min: int, k_max: int, total_steps: int) -> np.ndarray:
   """k at each step (int64 array like `steps`): the formulas of the module docstring in float64 numpy."""
   if kind not in KINDS:
-    raise ValueError(f'moe.k_schedule={kind!r} is not one of {KINDS}')
+    raise ValueError(f'moe.smoe_dropout.kind={kind!r} is not one of {KINDS}')
   if total_steps < 1:
     raise ValueError(f'k schedule: total_steps={total_steps} must be >= 1')
   s = np.clip(np.asarray(steps, np.int64), 0, total_steps).astype(np.float64)
@@ -66,9 +71,49 @@ def schedule_numpy(kind: str, steps: Any, k_min: int, k_max: int, total_steps: i
   return np.clip(k, k_min, k_max).astype(np.int64)
 
 
+@register('moe', moe_only=True)
+def check_k_schedule(c: Any, problems: Problems) -> None:
+  """SMoE-Dropout keys (docs/methods/smoe_dropout.md; a registered check, config/checks.py): the k schedule and
+  the evaluation k / gate; the schedule's bounds only when a schedule is on."""
+  moe = c.moe
+  if not (is_int(moe.num_experts) and is_int(moe.top_k)):
+    return
+  top_k, experts = moe.top_k, moe.num_experts
+  eval_k = moe.eval_top_k
+  if not is_int(eval_k) or not 0 <= eval_k <= experts:
+    problems.add('moe.eval_top_k', eval_k, f'must be an integer in [0, moe.num_experts={experts}] (0 = moe.top_k)')
+  elif eval_k and moe.experts_per_layer:   # Pyramid-MoE: every layer needs eval_top_k experts
+    try:
+      fewest = min(parse_experts_per_layer(moe.experts_per_layer, problems.num_moe, experts))
+    except ValueError:
+      fewest = eval_k   # reported by config/section_checks.check_pyramid
+    if eval_k > fewest:
+      problems.add('moe.eval_top_k', eval_k, f'must be <= {fewest}, the fewest experts of a layer in '
+                   f'moe.experts_per_layer={moe.experts_per_layer!r}')
+  if moe.eval_gate != '':
+    problems.one_of('moe.eval_gate', moe.eval_gate, ('',) + tuple(GATES))
+  sd = moe.smoe_dropout
+  kind = sd.kind
+  if not problems.one_of('moe.smoe_dropout.kind', kind, KINDS) or kind == 'constant':
+    return
+  k_min, k_max, steps = sd.k_min, sd.k_max, sd.steps
+  if is_int(k_max) and k_max not in (0, top_k):
+    problems.add('moe.smoe_dropout.k_max', k_max, f"must be 0 or moe.top_k={top_k}: top_k is the MoE layers' "
+                 f'static maximum k, so set moe.top_k={k_max} (and moe.smoe_dropout.k_max=0) to schedule up to '
+                 f'{k_max} experts')
+  elif not is_int(k_max):
+    problems.add('moe.smoe_dropout.k_max', k_max, f'must be an integer (0 = moe.top_k={top_k})')
+  if not is_int(k_min) or not 1 <= k_min <= top_k:
+    problems.add('moe.smoe_dropout.k_min', k_min, f'must be an integer in [1, moe.top_k={top_k}] (k_min <= k_max '
+                 f'= top_k <= moe.num_experts={experts}) with moe.smoe_dropout.kind={kind!r}')
+  if not is_int(steps) or steps < 0:
+    problems.add('moe.smoe_dropout.steps', steps, 'must be an integer >= 0 (0 = train.steps)')
+
+
 @dataclasses.dataclass(frozen=True)
 class KSchedule:
-  """k(step) for moe.k_schedule `kind` between k_min and k_max over total_steps (module docstring)."""
+  """k(step) for the schedule `kind` (moe.smoe_dropout.kind) between k_min and k_max over total_steps (module
+  docstring)."""
   kind: str
   k_min: int
   k_max: int
@@ -76,9 +121,9 @@ class KSchedule:
 
   def __post_init__(self):
     if self.kind not in KINDS:
-      raise ValueError(f'moe.k_schedule={self.kind!r} is not one of {KINDS}')
+      raise ValueError(f'moe.smoe_dropout.kind={self.kind!r} is not one of {KINDS}')
     if not 1 <= self.k_min <= self.k_max:
-      raise ValueError(f'k schedule: need 1 <= moe.k_min={self.k_min} <= k_max={self.k_max}')
+      raise ValueError(f'k schedule: need 1 <= moe.smoe_dropout.k_min={self.k_min} <= k_max={self.k_max}')
     if self.total_steps < 1:
       raise ValueError(f'k schedule: total_steps={self.total_steps} must be >= 1')
 
@@ -118,20 +163,20 @@ class KSchedule:
 
   @classmethod
   def from_config(cls, config: Any) -> 'KSchedule':
-    """The schedule of config.moe (k_schedule, k_min, k_max, k_schedule_steps) and train.steps."""
-    moe = config.moe
-    kind = moe.k_schedule
-    k_max = moe.k_max or moe.top_k
-    k_min = moe.top_k if kind == 'constant' else moe.k_min
-    total = moe.k_schedule_steps or config.train.steps
-    return cls(kind, int(k_min), int(k_max), int(total))
+    """The schedule of config.moe.smoe_dropout (kind, k_min, k_max, steps), moe.top_k and train.steps."""
+    moe = MoeSection.of(config)
+    sd = moe.smoe_dropout
+    k_max = sd.k_max or moe.top_k
+    k_min = moe.top_k if sd.kind == 'constant' else sd.k_min
+    total = sd.steps or config.train.steps
+    return cls(sd.kind, int(k_min), int(k_max), int(total))
 
 
 def train_active_k(config: Any | None, step: jax.Array) -> jax.Array | None:
-  """The active k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' (then nothing
-  is passed to the model and the forward pass is the one without a schedule), for dense models and without a
-  config."""
-  if config is None or config.moe.k_schedule == 'constant' or not moe_layer_indices(
+  """The active k of the train step at `step` (int32 []), or None for moe.smoe_dropout.kind='constant' (then
+  nothing is passed to the model and the forward pass is the one without a schedule), for dense models and without
+  a config."""
+  if config is None or MoeSection.of(config).smoe_dropout.kind == 'constant' or not moe_layer_indices(
       config.model):
     return None
   return KSchedule.from_config(config)(step)

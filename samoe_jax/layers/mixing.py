@@ -26,7 +26,9 @@ from typing import Any, ClassVar, Sequence
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.config.layer_plan import ASSIGNMENTS, pool_assignment
 from samoe_jax.config.pyramid import ExpertGroup
 
@@ -143,12 +145,12 @@ class Mixing(abc.ABC):
     return cls(pool.granularity, pool.space)
 
   @classmethod
-  def check_keys(cls, pool: Any, errors: Any) -> None:
+  def check_keys(cls, pool: Any, errors: Problems) -> None:
     """The values of the scheme's own keys, checked whichever scheme is chosen (a bad value is a typo either
-    way; validate's collector: add / one_of / positive ...)."""
+    way; config/checks.py's collector)."""
 
   @classmethod
-  def check(cls, pool: Any, num_moe: int, errors: Any) -> None:
+  def check(cls, pool: Any, num_moe: int, errors: Problems) -> None:
     """The scheme's rules on the pool section when pool.mixing chooses it."""
 
 
@@ -169,10 +171,10 @@ class FixedMixing(Mixing):
     return f'manual sharing ({pool_size} pool entries, fixed {assignment!r} assignment)'
 
   @classmethod
-  def check(cls, pool: Any, num_moe: int, errors: Any) -> None:
+  def check(cls, pool: Any, num_moe: int, errors: Problems) -> None:
     size, assignment = pool.size, pool.assignment
     if isinstance(size, bool) or not isinstance(size, int) or size < 1 or assignment not in ASSIGNMENTS:
-      return   # validate names a bad size or assignment itself
+      return   # config/section_checks.py names a bad size or assignment itself
     used = set(pool_assignment(num_moe, size, assignment))
     if len(used) < size:
       errors.add('pool.size', size,
@@ -215,7 +217,7 @@ class LearnedMixing(Mixing):
     return line + (f' ({", ".join(knobs)})' if knobs else '')
 
   @classmethod
-  def check_keys(cls, pool: Any, errors: Any) -> None:
+  def check_keys(cls, pool: Any, errors: Problems) -> None:
     errors.positive('pool.temperature', pool.temperature)
     errors.one_of('pool.init', pool.init, MIXING_INITS)
     errors.non_negative('pool.one_hot_scale', pool.one_hot_scale)
@@ -233,6 +235,33 @@ class LearnedMixing(Mixing):
 
 
 MIXING_SCHEMES: dict[str, type[Mixing]] = {'learned': LearnedMixing, 'fixed': FixedMixing}
+
+
+def is_learned(mixing: Any) -> bool:
+  """Whether pool.mixing names a scheme with trainable mixing logits."""
+  return mixing in MIXING_SCHEMES and MIXING_SCHEMES[mixing].learned
+
+
+@register('pool', moe_only=True)
+def check_mixing(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """pool.mixing, every scheme's own keys, the chosen scheme's rules and the mixing-entropy regulariser (a
+  registered check, config/checks.py)."""
+  pool = c.pool
+  mixing_ok = problems.one_of('pool.mixing', pool.mixing, tuple(MIXING_SCHEMES))
+  for scheme in MIXING_SCHEMES.values():
+    scheme.check_keys(pool, problems)
+  if mixing_ok:
+    MIXING_SCHEMES[pool.mixing].check(pool, problems.num_moe, problems)
+  coef = pool.entropy_coef
+  if isinstance(coef, bool) or not isinstance(coef, (int, float)) or coef != coef or abs(coef) == float('inf'):
+    problems.add('pool.entropy_coef', coef, 'must be a finite number (> 0: towards one pool entry per layer, < 0: '
+                 'towards uniform mixing, 0: off)')
+  elif coef and mixing_ok and not is_learned(pool.mixing):
+    problems.add('pool.entropy_coef', coef, f"needs pool.mixing='learned' (got {pool.mixing!r}: fixed one-hot "
+                 'mixing has no mixing logits to regularise); use 0.0')
+  elif coef and isinstance(pool.size, int) and not isinstance(pool.size, bool) and pool.size < 2:
+    problems.add('pool.entropy_coef', coef, f'needs pool.size >= 2 (got {pool.size}: the mixture over one entry '
+                 'has zero entropy); use 0.0')
 
 
 def mixing_for(pool: Any) -> Mixing:

@@ -4,7 +4,7 @@ Einsum letters: B batch, L length, G groups, S tokens per group, D width, E expe
 
 One layer of a standard MoE (GShard / Switch), a SaMoE layer and a fully tied layer are the same module: it
 receives its effective experts, which the decoder mixed from the global pool (layers/pool.py). How tokens choose
-experts is the strategy's business (layers/routers.py); what the pass needs from outside (inference mode,
+experts is the strategy's business (layers/routing_strategies.py); what the pass needs from outside (inference mode,
 SMoE-Dropout's k, token ids, a shared router, attention probabilities) comes in one MoeCall (layers/moe_call.py).
 Dropped tokens get a zero output, so only the block's residual carries them; moe.dispatch='ragged' drops none
 (layers/ragged.py).
@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from samoe_jax.layers import routing as routing_lib
+from samoe_jax.layers import token_choice
 from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.dispatch import Dispatcher, get_dispatcher
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
@@ -26,7 +26,7 @@ from samoe_jax.layers.graph_routing import GraphConfig, GraphMixer, masked_entro
 from samoe_jax.layers.grouping import from_groups, from_runs, to_groups, to_runs
 from samoe_jax.layers.inference import InferenceMode
 from samoe_jax.layers.moe_call import MoeCall
-from samoe_jax.layers.routers import RouteInputs, RoutingStrategy
+from samoe_jax.layers.routing_strategies import RouteInputs, RoutingStrategy
 from samoe_jax.layers.shared import shared_router_logits
 
 
@@ -41,7 +41,7 @@ class MoeFFN(nn.Module):
   decoding keeps every row's per-expert assignment count of its current run in the 'cache' collection
   ('slot_counts', [B, E]), so a decoded token is kept or dropped exactly as in a full forward pass.
   """
-  routing: RoutingStrategy            # token choice, expert choice, hash (layers/routers.py)
+  routing: RoutingStrategy            # token choice, expert choice, hash (layers/routing_strategies.py)
   capacity: Capacity                  # routing groups and slots (layers/capacity.py)
   dispatch: str                       # 'gather' | 'einsum' | 'ragged' (dropless) (layers/dispatch.py)
   init_std: float
@@ -124,25 +124,25 @@ class MoeFFN(nn.Module):
       return tokens
     return self.capacity.slots(tokens, self.num_experts, self.routing.top_k, capacity_factor)
 
-  def _experts(self, x_GSD: jax.Array, experts: LayerExperts, routing: routing_lib.Routing) -> jax.Array:
+  def _experts(self, x_GSD: jax.Array, experts: LayerExperts, routing: token_choice.Routing) -> jax.Array:
     """Dispatch, expert FFNs, combine: x_GSD -> y_GSD (layers/dispatch.py)."""
     return self._dispatcher.apply(x_GSD, experts, routing, self.dtype)
 
-  def _aux(self, routing: routing_lib.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
+  def _aux(self, routing: token_choice.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
     """The strategy's losses, then the routing metrics. selection_entropy is H of the probabilities routed on
     (p~ under graph routing); router_entropy stays H(p) of the router's own softmax."""
     aux = self.routing.aux_losses(routing, mask_GS)
-    aux.update(routing_lib.routing_metrics(routing, mask_GS))
+    aux.update(token_choice.routing_metrics(routing, mask_GS))
     aux['selection_entropy'] = aux['router_entropy']
     if self.graph is not None and self.graph.enabled:
       aux['router_entropy'] = masked_entropy(jax.nn.softmax(routing.logits_GSE, axis=-1), mask_GS)
     return aux
 
   # ----------------------------------------------------------------------------------------- decoding
-  def _write_prefill_counts(self, routing: routing_lib.Routing, mask_GS: jax.Array, b: int, run: int,
+  def _write_prefill_counts(self, routing: token_choice.Routing, mask_GS: jax.Array, b: int, run: int,
                             inference: InferenceMode) -> None:
     """Stores each row's per-expert assignments within the run holding its last real position (lengths - 1)."""
-    per_token_BLE = routing_lib.token_assignments(routing.expert_GSK, mask_GS, self.num_experts,
+    per_token_BLE = token_choice.token_assignments(routing.expert_GSK, mask_GS, self.num_experts,
                                                   routing.chosen_GSK).reshape(b, -1, self.num_experts)
     lengths_B = inference.index_B.astype(jnp.int32)
     run_start_B = (lengths_B - 1) // run * run
@@ -165,7 +165,7 @@ class MoeFFN(nn.Module):
     inputs = RouteInputs(x_BLD, token_mask_BL, self._slots(run, self.capacity.capacity_factor_eval),
                          counts_GE=counts_BE, tokens_GS=call.tokens_BL, active_k=call.active_k, probs=graph_mix_BL)
     routing = self.routing.route(self, router, inputs, False)
-    counts.value = counts_BE + jnp.sum(routing_lib.token_assignments(routing.expert_GSK, token_mask_BL,
+    counts.value = counts_BE + jnp.sum(token_choice.token_assignments(routing.expert_GSK, token_mask_BL,
                                                                      self.num_experts, routing.chosen_GSK), axis=1)
     # Each group holds one token whose choices are distinct experts: one buffer slot per expert suffices.
     compact = dataclasses.replace(routing, slot_GSK=jnp.zeros_like(routing.slot_GSK), capacity=1)

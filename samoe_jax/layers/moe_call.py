@@ -6,7 +6,7 @@ the block's and the layer's signatures (docs/architecture.md). Every field is op
   inference         an InferenceMode (layers/inference.py): evaluation routing and the decoding caches; None
                     routes training/validation groups.
   active_k          SMoE-Dropout's traced int32 k in [1, top_k] of the train step (layers/k_schedule.py).
-  tokens_BL         the decoder's input token ids (hash routing, layers/routers.py).
+  tokens_BL         the decoder's input token ids (hash routing, layers/routing_strategies.py).
   shared_router_DE  WideNet's router kernel shared by every MoE layer (pool.share_router, layers/shared.py); then
                     the layer has no router of its own.
   attention_BLM     the block's head-averaged attention probabilities (moe.graph_routing='attention',

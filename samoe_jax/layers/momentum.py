@@ -18,7 +18,7 @@ along the gradient f); the minus sign is absorbed by the learnable experts (f ->
 block's usual residual form and mu = 0, gamma = 1 is exactly the plain MoE block. No bias correction (as in the
 paper and the code). Dense FFN blocks are untouched and leave the state as it is.
 
-moe.adam_layers says where Adam is used:
+moe.momentum_smoe.adam_layers says where Adam is used:
   'first'  the official code (`CustomizedMoEPositionwiseFFAdam`, `layerth < 1`): Adam in the first MoE layer, which
            also advances the heavy-ball state (p_1 = gamma f_1); every later MoE layer is a heavy-ball layer on p
            (m, v are then carried unchanged).
@@ -37,23 +37,45 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.config.sections import MoeSection
 
 KINDS = ('none', 'heavy_ball', 'adam')
 ADAM_LAYERS = ('first', 'all')
 
 
+@register('moe')
+def check_momentum(c: Any, problems: Problems) -> None:
+  """The keys of config.moe.momentum_smoe (a registered check, config/checks.py); the coefficients only when
+  its kind is not 'none'."""
+  mo = c.moe.momentum_smoe
+  kind = mo.kind
+  if not problems.one_of('moe.momentum_smoe.kind', kind, KINDS) or kind == 'none':
+    return
+  if problems.moe_layers is not None and not problems.moe_layers:
+    problems.add('moe.momentum_smoe.kind', kind, "needs MoE layers (the state is carried across them); this "
+                 "model.layer_plan has none: use moe.momentum_smoe.kind='none' or a layer plan with MoE blocks")
+  problems.in_range('moe.momentum_smoe.mu', mo.mu, 0.0, 1.0, hi_open=True)
+  problems.positive('moe.momentum_smoe.gamma', mo.gamma)
+  if kind == 'adam':
+    problems.in_range('moe.momentum_smoe.beta1', mo.beta1, 0.0, 1.0, hi_open=True)
+    problems.in_range('moe.momentum_smoe.beta2', mo.beta2, 0.0, 1.0, hi_open=True)
+    problems.positive('moe.momentum_smoe.eps', mo.eps)
+    problems.one_of('moe.momentum_smoe.adam_layers', mo.adam_layers, ADAM_LAYERS)
+
+
 @dataclasses.dataclass(frozen=True)
 class MomentumConfig:
-  """The moe.momentum* / moe.adam_* keys (config/defaults.py); kind 'none' turns the feature off."""
-  kind: str            # moe.momentum
-  mu: float            # moe.momentum_mu
-  gamma: float         # moe.momentum_gamma
-  beta1: float         # moe.adam_beta1
-  beta2: float         # moe.adam_beta2
-  eps: float           # moe.adam_eps
-  adam_layers: str     # moe.adam_layers
+  """config.moe.momentum_smoe, field by field (config/defaults.py); kind 'none' turns the feature off."""
+  kind: str            # 'none' | 'heavy_ball' | 'adam'
+  mu: float
+  gamma: float
+  beta1: float
+  beta2: float
+  eps: float
+  adam_layers: str     # 'first' | 'all'
 
   @classmethod
   def off(cls) -> 'MomentumConfig':
@@ -62,9 +84,10 @@ class MomentumConfig:
 
   @classmethod
   def from_moe_section(cls, moe: Any) -> 'MomentumConfig':
-    """From the moe section's keys (a config/sections.MoeSection or a complete ConfigDict)."""
-    return cls(kind=moe.momentum, mu=moe.momentum_mu, gamma=moe.momentum_gamma, beta1=moe.adam_beta1,
-               beta2=moe.adam_beta2, eps=moe.adam_eps, adam_layers=moe.adam_layers)
+    """From moe.momentum_smoe of a config/sections.MoeSection or of a config's moe section (its old flat keys
+    count, config/aliases.py)."""
+    section = moe if isinstance(moe, MoeSection) else MoeSection.of(ml_collections.ConfigDict({'moe': moe}))
+    return cls(**section.momentum_smoe)
 
   @property
   def enabled(self) -> bool:

@@ -37,8 +37,9 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
-from samoe_jax.layers.routing import Routing
+from samoe_jax.layers.token_choice import Routing
 
 NAME = 'ragged'
 
@@ -191,9 +192,10 @@ class RaggedDispatcher:
     return local(*args, experts)
 
 
-def check_dispatch_config(c: Any, errors: Any) -> None:
-  """Config checks of moe.dispatch='ragged' (config/validate.py, MoE models): token-choice or hash routing with the
-  'position' slot priority. `errors` is validate's collector."""
+@register('moe', moe_only=True)
+def check_dispatch_config(c: Any, errors: Problems) -> None:
+  """moe.dispatch='ragged' (a registered check, config/checks.py): token-choice or hash routing with the
+  'position' slot priority."""
   moe = c.moe
   if moe.dispatch != NAME:
     return

@@ -18,11 +18,19 @@ from __future__ import annotations
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.layers import initializers
 from samoe_jax.layers.mlp import DenseFFN
 
 MODES: tuple[str, ...] = ('none', 'sum', 'learned_softmax')
+
+
+@register('moe', moe_only=True)
+def check_residual(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """moe.residual (a registered check, config/checks.py)."""
+  problems.one_of('moe.residual', c.moe.residual, MODES)
 
 
 class ResidualCoefficients(nn.Module):

@@ -9,6 +9,7 @@ cross-entropy is reported on its own so perplexity curves are never polluted by 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -18,7 +19,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from samoe_jax.config.layer_plan import group_rows
 from samoe_jax.layers.experts import ExpertWeights, LayerExperts
+from samoe_jax.layers import k_schedule
 from samoe_jax.layers import pool as pool_lib
 from samoe_jax.layers.inference import InferenceMode
 from samoe_jax.layers.moe_call import MoeCall
@@ -31,6 +34,30 @@ from samoe_jax.models.transformer import Decoder
 
 Params = Any
 Batch = dict[str, jax.Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class ForwardOptions:
+  """The static choices of one forward pass (LanguageModel.hidden / loss_fn); frozen and hashable. The traced
+  per-call values (rng, active_k, probes, experts) stay arguments.
+
+  train: dropout, training capacities and random routing (the pass then needs an rng when the model draws one);
+    False: evaluation (moe.eval_top_k / eval_gate, evaluation capacities).
+  sequence_routing: evaluation routing (layers/inference.py): every sequence is routed on its own with a fixed
+    capacity, so a token's output depends on its own sequence's earlier tokens only, never on padding, the padded
+    length or the other rows. Needs train=False.
+  """
+  train: bool = False
+  sequence_routing: bool = False
+
+  def __post_init__(self):
+    if self.sequence_routing and self.train:
+      raise ValueError('ForwardOptions: sequence_routing is for evaluation; it needs train=False')
+
+
+TRAIN = ForwardOptions(train=True)
+EVAL = ForwardOptions()
+SEQUENCE_ROUTING = ForwardOptions(sequence_routing=True)   # evaluation routing: scoring, decoding checks
 
 
 def token_mask(tokens_BL: jax.Array) -> jax.Array:
@@ -88,27 +115,23 @@ class LanguageModel:
     return nn.get_partition_spec(jax.eval_shape(self.init_boxed, jax.random.key(0)))
 
   # ------------------------------------------------------------------------------------------------- forward
-  def hidden(self, params: Params, tokens_BL: jax.Array, *, train: bool = False, rng: jax.Array | None = None,
-             sequence_routing: bool = False, experts: dict[int, LayerExperts] | None = None,
-             active_k: jax.Array | None = None, probes: Params | None = None,
-             ) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
-    """Final hidden states h_BLD and the MoE layers' aux dicts.
+  def hidden(self, params: Params, tokens_BL: jax.Array, options: ForwardOptions = EVAL, *,
+             rng: jax.Array | None = None, active_k: jax.Array | None = None, probes: Params | None = None,
+             experts: dict[int, LayerExperts] | None = None) -> tuple[jax.Array, list[dict[str, jax.Array]]]:
+    """Final hidden states h_BLD and the MoE layers' aux dicts of a pass with `options` (train, sequence routing).
 
+    rng: the dropout (and random routing) key of a training pass.
     active_k: SMoE-Dropout's traced k (int32 [] in [1, moe.top_k], layers/k_schedule.py): every MoE layer uses only
     the first active_k of its top_k choices. None: top_k (train=True) or moe.eval_top_k (train=False).
-
-    sequence_routing: evaluation routing (layers/inference.py): every sequence is routed on its own with a fixed
-    capacity, so a token's output depends on its own sequence's earlier tokens only, never on padding, the
-    padded length or the other rows. experts: `layer_experts(params)`, mixed beforehand (else mixed here).
     probes: zeros of `abstract_probes()`, added to every MoE layer's effective experts so that the gradient with
     respect to them is the gradient with respect to the mixed experts W^(l) (training/grad_stats.py); None: none.
+    experts: `layer_experts(params)`, mixed beforehand (else mixed here).
     """
-    if sequence_routing and train:
-      raise ValueError('LanguageModel.hidden: sequence_routing is for evaluation; it needs train=False')
+    train = options.train
     rngs = {'dropout': rng} if (train and rng is not None) else {}
     if rngs and self.spec.moe_layers and self.spec.routing.draws_rng(train):
-      rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing (layers/routers.py)
-    inference = InferenceMode() if sequence_routing else None
+      rngs['routing'] = jax.random.fold_in(rng, 1)   # random routing (layers/routing_strategies.py)
+    inference = InferenceMode() if options.sequence_routing else None
     variables = {'params': params, 'perturbations': probes} if probes else {'params': params}
     return self.module.apply(variables, tokens_BL, token_mask(tokens_BL), train=train, rngs=rngs,
                              call=MoeCall(inference=inference, active_k=active_k), experts=experts)
@@ -125,8 +148,8 @@ class LanguageModel:
 
   def logits(self, params: Params, tokens_BL: jax.Array, *, sequence_routing: bool = False,
              experts: dict[int, LayerExperts] | None = None) -> jax.Array:
-    """Evaluation logits, float32 [B, L, V] (sequence_routing, experts: see `hidden`)."""
-    h_BLD, _ = self.hidden(params, tokens_BL, train=False, sequence_routing=sequence_routing, experts=experts)
+    """Evaluation logits, float32 [B, L, V] (sequence_routing: see ForwardOptions; experts: see `hidden`)."""
+    h_BLD, _ = self.hidden(params, tokens_BL, ForwardOptions(sequence_routing=sequence_routing), experts=experts)
     return self.project(params, h_BLD)
 
   def layer_experts(self, params: Params) -> dict[int, LayerExperts]:
@@ -141,6 +164,24 @@ class LanguageModel:
     accumulation mixes once per optimizer step with it (training/accumulate.py)."""
     variables = {'params': params, 'perturbations': probes} if probes else {'params': params}
     return self.module.apply(variables, method=lambda decoder: decoder.layer_experts())
+
+  # ---------------------------------------------------------------------------------------------- train step
+  @property
+  def routing_group_rows(self) -> int:
+    """Sequences per MoE routing group (1 without MoE layers): a gradient-accumulation microbatch holds a multiple
+    of them (config/layer_plan.py, training/accumulate.py)."""
+    return group_rows(self.config)
+
+  @property
+  def mixes_weights(self) -> bool:
+    """Whether the MoE layers' experts are mixed in weight space from a learned pool, so that gradient
+    accumulation mixes them once per optimizer step with `mixed_experts` (training/accumulate.py)."""
+    return bool(self.spec.moe_layers) and self.spec.mixing.mixes_weights
+
+  def train_active_k(self, step: jax.Array) -> jax.Array | None:
+    """SMoE-Dropout's k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' and dense
+    models (layers/k_schedule.py); pass it as loss_fn's `active_k`."""
+    return k_schedule.train_active_k(self.config, step)
 
   # ------------------------------------------------------------------------------------------------ decoding
   def prefill(self, params: Params, tokens_BL: jax.Array, lengths_B: jax.Array, *,
@@ -164,11 +205,12 @@ class LanguageModel:
                                               experts=experts, mutable=['cache'])
     return h_B1D[:, 0], variables['cache']
 
-  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, train: bool,
-              extra_loss: Any | None = None, active_k: jax.Array | None = None,
-              probes: Params | None = None, experts: dict[int, LayerExperts] | None = None
+  def loss_fn(self, params: Params, batch: Batch, rng: jax.Array | None, options: ForwardOptions, *,
+              active_k: jax.Array | None = None, probes: Params | None = None,
+              experts: dict[int, LayerExperts] | None = None, extra_loss: Any | None = None
               ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """(total loss, metrics). Metrics: scalars and per-MoE-layer arrays (see module docstring).
+    """(total loss, metrics) of a pass with `options` (TRAIN, EVAL, ...). Metrics: scalars and per-MoE-layer
+    arrays (see module docstring).
 
     active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.k_schedule is not
     'constant'), reported as the metric 'moe/active_k'. None adds nothing to the graph.
@@ -180,13 +222,14 @@ class LanguageModel:
 
     experts: the MoE layers' experts mixed beforehand (`mixed_experts`; see `hidden`). The pool parameters then
     get no gradient here and the metrics have no 'pool/mixing_weights': the caller mixed, so it adds both."""
+    train = options.train
     if train and self.spec.model.dropout_rate > 0 and rng is None:
       raise ValueError('loss_fn(train=True) needs a dropout rng when model.dropout_rate > 0')
     if (train and rng is None and self.spec.moe_layers
         and self.spec.routing.draws_rng(train)):
       raise ValueError('loss_fn(train=True) needs an rng: the routing policy draws random numbers in training '
                        f'({self.spec.routing})')
-    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], train=train, rng=rng, active_k=active_k,
+    h_BLD, auxes = self.hidden(params, batch['decoder_input_tokens'], options, rng=rng, active_k=active_k,
                                probes=probes, experts=experts)
     b, l, d = h_BLD.shape
     weights_T = batch['decoder_loss_weights'].astype(jnp.float32).reshape(b * l)

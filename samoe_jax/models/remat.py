@@ -18,6 +18,9 @@ from typing import Callable
 
 import flax.linen as nn
 import jax
+import ml_collections
+
+from samoe_jax.config.checks import Problems, register
 
 REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
     'none': None,
@@ -26,12 +29,29 @@ REMAT_POLICIES: dict[str, Callable[..., bool] | None] = {
 }
 
 
-def check_remat(mode: object) -> str:
-  """Returns mode when it is a known model.remat value; ValueError naming the allowed ones otherwise."""
+def _remat_problem(mode: object) -> str | None:
+  """Why mode is not a known model.remat value (None when it is)."""
   if not isinstance(mode, str) or mode not in REMAT_POLICIES:
-    raise ValueError(f'model.remat={mode!r}: must be one of {sorted(REMAT_POLICIES)} ("none": keep all '
-                     'activations; "block": recompute each transformer block in the backward pass; "dots": keep '
-                     'only the weight-matmul outputs)')
+    return (f'model.remat={mode!r}: must be one of {sorted(REMAT_POLICIES)} ("none": keep all activations; '
+            '"block": recompute each transformer block in the backward pass; "dots": keep only the weight-matmul '
+            'outputs)')
+  return None
+
+
+@register('model')
+def check_remat_config(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """model.remat (a registered check, config/checks.py)."""
+  problem = _remat_problem(c.model.remat)
+  if problem:
+    problems.line(problem)
+
+
+def check_remat(mode: object) -> str:
+  """Returns mode when it is a known model.remat value; ValueError naming the allowed ones otherwise (a guard for
+  a model built from an unchecked config)."""
+  problem = _remat_problem(mode)
+  if problem:
+    raise ValueError(problem)
   return mode
 
 

@@ -23,7 +23,7 @@ from samoe_jax.layers.capacity import Capacity
 from samoe_jax.layers.graph_routing import GraphConfig
 from samoe_jax.layers.mixing import Mixing, mixing_for
 from samoe_jax.layers.momentum import MomentumConfig
-from samoe_jax.layers.routers import RoutingStrategy, strategy_for
+from samoe_jax.layers.routing_strategies import RoutingStrategy, strategy_for
 from samoe_jax.models.remat import check_remat
 
 DTYPES = {'float32': jnp.float32, 'bfloat16': jnp.bfloat16}
@@ -39,7 +39,7 @@ class ModelSpec:
   pool_entry: tuple[int, ...]          # per MoE layer: fixed pool entry, or the one-hot init's entry
   capacity: Capacity                   # routing groups (moe.group_size 0 resolved to data.seq_len) and slots
   expert_d_ff: int                     # moe.expert_d_ff, 0 resolved to model.d_ff
-  routing: RoutingStrategy             # moe.routing and its keys (layers/routers.py)
+  routing: RoutingStrategy             # moe.routing and its keys (layers/routing_strategies.py)
   graph: GraphConfig                   # moe.graph_routing and its keys (layers/graph_routing.py)
   momentum: MomentumConfig             # moe.momentum and its keys (layers/momentum.py)
   expert_groups: tuple[ExpertGroup, ...] = ()   # moe.experts_per_layer: MoE layers grouped by expert count

@@ -39,11 +39,11 @@ import jax
 import jax.numpy as jnp
 
 from samoe_jax.layers.mixing import mixing_metrics
-from samoe_jax.models.model import token_mask
+from samoe_jax.models.model import TRAIN, ForwardOptions, token_mask
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-LossFn = Callable[[Any, Batch, jax.Array | None, bool], tuple[jax.Array, Metrics]]
+LossFn = Callable[[Any, Batch, jax.Array | None, ForwardOptions], tuple[jax.Array, Metrics]]
 
 SUMMED = ('num_tokens',)                     # totals over the batch
 LOSS_WEIGHTED = ('cross_entropy', 'accuracy',  # means over target tokens (decoder_loss_weights)
@@ -121,7 +121,8 @@ def accumulate_gradients(loss_fn: LossFn, params: Any, batch: Batch, step_rng: j
                          ) -> tuple[Any, Metrics]:
   """(gradients of the whole batch's loss, its metrics) from `microbatches` passes under one jax.lax.scan.
 
-  loss_fn: model.loss_fn(params, batch, rng, train) -> (loss, metrics with 'cross_entropy' and 'aux_loss').
+  loss_fn: model.loss_fn(params, batch, rng, options) -> (loss, metrics with 'cross_entropy' and 'aux_loss'),
+  called with models/model.TRAIN.
   grad_shardings: the parameters' shardings, kept by the gradient accumulator (None: no constraint).
   premix: params -> (the MoE layers' mixed experts, the mixing weights or None), mixed once for all microbatches
   (see the module doc); loss_fn then takes them as `experts=`, and the weights become 'pool/mixing_weights' and
@@ -151,7 +152,7 @@ def _accumulate(loss_fn: LossFn, params: Any, batch: Batch, step_rng: jax.Array,
   loss_share_M, routed_share_M = microbatch_weights(batch, microbatches, unit_rows)
 
   def scaled_loss(p, micro: Batch, rng: jax.Array, loss_share: jax.Array, routed_share: jax.Array):
-    _, metrics = loss_fn(p, micro, rng, True)
+    _, metrics = loss_fn(p, micro, rng, TRAIN)
     loss = metrics['cross_entropy'] * loss_share + metrics['aux_loss'] * routed_share
     if KD_LOSS in metrics:   # a mean over target tokens, like the cross-entropy
       loss = loss + metrics[KD_LOSS] * loss_share

@@ -33,12 +33,34 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 
+from samoe_jax.config.checks import Problems, is_int, register
+from samoe_jax.config.gin_config import load_config_file
 from samoe_jax.config.sections import complete_config
 from samoe_jax.evaluation.checkpoints import available_steps, restore_params
 from samoe_jax.models.losses import num_chunks
+from samoe_jax.models.model import EVAL, ForwardOptions, LanguageModel
 
 Params = Any
 Batch = dict[str, jax.Array]
+
+
+@register('distill')
+def check_distill(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """config.distill (a registered check, config/checks.py); an absent section or an empty
+  distill.teacher_workdir is off."""
+  if 'distill' not in c:
+    return
+  d = c.distill
+  for key in ('teacher_workdir', 'teacher_config'):
+    if not isinstance(d.get(key, ''), str):
+      problems.add(f'distill.{key}', d.get(key), "must be a string ('' = off / the teacher's config.json)")
+  if d.teacher_workdir:
+    problems.non_negative('distill.alpha', d.alpha)
+    problems.positive('distill.temperature', d.temperature)
+    for key in ('teacher_step', 'stop_step'):
+      if not is_int(d[key]) or d[key] < 0:
+        problems.add(f'distill.{key}', d[key], 'must be an integer >= 0 (0 = latest checkpoint / KD for the whole '
+                     'run)')
 
 
 # ------------------------------------------------------------------------------------------------------ the KL
@@ -119,7 +141,6 @@ def teacher_config(config: ml_collections.ConfigDict) -> ml_collections.ConfigDi
     raise ValueError(f'distill.teacher_workdir={workdir!r} does not exist: train the teacher first '
                      f'(python -m samoe_jax.train --workdir={workdir} ...)')
   if d.teacher_config:
-    from samoe_jax.config.gin_config import load_config_file   # a Python config file, as --config= loads it
     t_config = load_config_file(d.teacher_config)
   else:
     path = os.path.join(workdir, 'config.json')
@@ -152,7 +173,6 @@ def load_teacher(config: ml_collections.ConfigDict, partitioner: Any) -> Teacher
   """The teacher of a KD run (None when distill.teacher_workdir is ''), its params restored onto the mesh."""
   if not enabled(config):
     return None
-  from samoe_jax.models.model import LanguageModel
   t_config = teacher_config(config)
   model = LanguageModel(t_config)
   workdir = config.distill.teacher_workdir
@@ -161,9 +181,9 @@ def load_teacher(config: ml_collections.ConfigDict, partitioner: Any) -> Teacher
   return Teacher(model, params, DistillSpec.from_config(config), step, workdir)
 
 
-def teacher_shardings(teacher: Teacher, partitioner: Any) -> Any:
+def teacher_shardings(teacher_model: LanguageModel, partitioner: Any) -> Any:
   """The teacher params' shardings from the teacher model's own logical axes."""
-  return partitioner.logical_to_mesh(teacher.model.param_logical_axes())
+  return partitioner.logical_to_mesh(teacher_model.param_logical_axes())
 
 
 # ----------------------------------------------------------------------------------------------- the loss hook
@@ -183,7 +203,7 @@ def kd_term(student: Any, teacher_model: Any, spec: DistillSpec, teacher_params:
     emb_VD = student.output_embedding(params)
 
     def on(h_BLD, emb_VD):
-      t_h_BLD, _ = teacher_model.hidden(teacher_params, batch['decoder_input_tokens'], train=False)
+      t_h_BLD, _ = teacher_model.hidden(teacher_params, batch['decoder_input_tokens'], EVAL)
       t_emb_VD = teacher_model.output_embedding(teacher_params)
       return kd_kl_sum(h_BLD.reshape(b * l, d), emb_VD, t_h_BLD.reshape(b * l, -1), t_emb_VD, weights_T,
                        spec.temperature)
@@ -202,13 +222,14 @@ def kd_term(student: Any, teacher_model: Any, spec: DistillSpec, teacher_params:
 def kd_loss_fn(student: Any, teacher_model: Any, spec: DistillSpec, teacher_params: Params,
                step: jax.Array, student_loss_fn: Callable | None = None) -> Callable:
   """The student's loss (student_loss_fn, default student.loss_fn; it must accept `extra_loss=`) with the KD term
-  added: (params, batch, rng, train, **options) -> (loss, metrics); options (e.g. experts=) go to the student's.
+  added: (params, batch, rng, options, **extras) -> (loss, metrics); options (a ForwardOptions) and extras (e.g.
+  experts=) go to the student's.
   """
   hook = kd_term(student, teacher_model, spec, teacher_params, step)
   base = student.loss_fn if student_loss_fn is None else student_loss_fn
 
-  def loss_fn(params: Params, batch: Batch, rng: jax.Array | None, train: bool, **options):
-    return base(params, batch, rng, train, extra_loss=hook, **options)
+  def loss_fn(params: Params, batch: Batch, rng: jax.Array | None, options: ForwardOptions, **extras):
+    return base(params, batch, rng, options, extra_loss=hook, **extras)
 
   return loss_fn
 

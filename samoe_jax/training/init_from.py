@@ -36,11 +36,31 @@ import ml_collections
 import numpy as np
 from flax import traverse_util
 
+from samoe_jax.config.checks import Problems, is_int, register
 from samoe_jax.config.sections import complete_config
 from samoe_jax.evaluation.checkpoints import available_steps, restore_params
+from samoe_jax.layers.mixing import is_learned
+from samoe_jax.models.model import LanguageModel
 
 MODES = ('same', 'bottom_layers', 'upcycle')
 Flat = dict[tuple[str, ...], Any]
+
+
+@register('init')
+def check_init(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """config.init (a registered check, config/checks.py); an absent section or an empty init.from_workdir is off."""
+  if 'init' not in c or not c.init.from_workdir:
+    return
+  i, num_moe = c.init, problems.num_moe
+  problems.one_of('init.mode', i.mode, MODES)
+  problems.non_negative('init.noise_std', i.noise_std)
+  if not is_int(i.step) or i.step < 0:
+    problems.add('init.step', i.step, 'must be an integer >= 0 (0 = latest checkpoint)')
+  if i.mode == 'upcycle' and not num_moe:
+    problems.add('init.mode', i.mode, "'upcycle' needs MoE layers in this model (model.layer_plan is dense)")
+  if i.mode == 'upcycle' and num_moe and is_learned(c.pool.mixing) and c.pool.init != 'one_hot':
+    problems.add('pool.init', c.pool.init, "init.mode='upcycle' with learned mixing needs 'one_hot' (each layer "
+                 'starts near its own upcycled pool entry)')
 
 
 def enabled(config: ml_collections.ConfigDict) -> bool:
@@ -191,7 +211,6 @@ def build_params(mode: str, model: Any, src_model: Any, fresh: Any, src_params: 
 
 def _source_model(config: ml_collections.ConfigDict) -> Any:
   """The LanguageModel of init.from_workdir's config (at this run's data.seq_len)."""
-  from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
   src_config = ml_collections.ConfigDict(source_config(config).to_dict())
   src_config.data.seq_len = config.data.seq_len
   return LanguageModel(src_config)
@@ -202,7 +221,6 @@ def check_source(config: ml_collections.ConfigDict) -> None:
   models' parameter paths and shapes (abstract: no checkpoint is read, nothing is allocated)."""
   source_config(config)
   if config.init.mode == 'same':
-    from samoe_jax.models.model import LanguageModel  # pylint: disable=g-import-not-at-top
     fresh = traverse_util.flatten_dict(LanguageModel(config).abstract_params())
     _check_same(fresh, traverse_util.flatten_dict(_source_model(config).abstract_params()))
 

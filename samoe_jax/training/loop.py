@@ -25,25 +25,31 @@ import optax
 from absl import logging
 from jax.experimental import multihost_utils
 
-from samoe_jax import accounting, cli
-from samoe_jax.config import pyramid
-from samoe_jax.config.layer_plan import group_rows, moe_layer_indices
+from samoe_jax import cli
+from samoe_jax.checkpointing import resume_config
+from samoe_jax.checkpointing.store import Checkpointer, run_meta
+from samoe_jax.config import aliases
+from samoe_jax.config.checks import Problems
+from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.mesh_checks import check_mesh_fit
 from samoe_jax.data import pipeline
+from samoe_jax.evaluation import task_finetune
+from samoe_jax.evaluation.validation import validation_metrics, make_eval_step
+from samoe_jax.models import accounting
 from samoe_jax.models.model import LanguageModel
 from samoe_jax.sharding.mesh import describe_mesh, make_mesh
 from samoe_jax.sharding.partitioner import Partitioner
 from samoe_jax.training import distill, init_from
 from samoe_jax.training import grad_stats as grad_stats_lib
 from samoe_jax.training import state as state_lib
-from samoe_jax.training.checkpoint import Checkpointer, run_meta
 from samoe_jax.training.preflight import check_before_writing
 from samoe_jax.training.metrics_writer import MetricsWriter, read_metrics, to_json_value
 from samoe_jax.training.optimizer import make_optimizer, resolved_lr_multipliers
-from samoe_jax.training import resume_config, sparse_pruning, workdir_lock
+from samoe_jax.training import sparse_pruning, workdir_lock
 from samoe_jax.training.stop_conditions import FINITE_KEYS, StopSignal, check_finite, compile_finite_check
-from samoe_jax.training.step import make_eval_step, make_train_step
+from samoe_jax.training.step import make_train_step
+from samoe_jax.training.step_options import StepOptions
 from samoe_jax.training.task_eval import PeriodicTaskEval
-from samoe_jax.training.validation import evaluate
 
 BATCH_DTYPES = {'decoder_input_tokens': np.int32, 'decoder_target_tokens': np.int32,
                 'decoder_loss_weights': np.float32}
@@ -69,37 +75,22 @@ class Run:
 
 
 def check_mesh_fits(config: ml_collections.ConfigDict, partitioner: Partitioner, has_moe: bool) -> None:
-  """Divisibility checks that need the resolved mesh (a -1 axis), naming the sizes involved."""
-  sizes = ' '.join(f'{a}={n}' for a, n in partitioner.mesh.shape.items())
-  shards = partitioner.num_data_shards
-  if config.data.batch_size % shards:
-    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {shards} data shards '
-                     f'of the mesh ({sizes}; the batch is split over data x expert)')
-  micro, rows = config.train.microbatches, group_rows(config)
-  if micro > 1 and config.data.batch_size % (shards * micro * rows):
-    group = f' x {rows} sequences per routing group' if rows > 1 else ''
-    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by train.microbatches={micro} x '
-                     f'the {shards} data shards of the mesh ({sizes}){group} = {shards * micro * rows}, so that '
-                     'every microbatch is split evenly over the devices without moving data')
+  """The mesh rules of the config pass (config/mesh_checks.py) again with the resolved mesh (a -1 axis filled),
+  and the batch's split over the processes; one ValueError naming every problem."""
+  problems = Problems()
+  check_mesh_fit(config, dict(partitioner.mesh.shape), has_moe, None, problems)
   if config.data.batch_size % jax.process_count():
-    raise ValueError(f'data.batch_size={config.data.batch_size} must be divisible by the {jax.process_count()} '
-                     'processes')
-  expert = partitioner.mesh.shape['expert']
-  if has_moe and config.moe.num_experts % expert:
-    raise ValueError(f'moe.num_experts={config.moe.num_experts} must be divisible by the expert axis ({sizes})')
-  # Pyramid-MoE (config/pyramid.py): every other expert group is split over the expert axis too.
-  groups = pyramid.groups_of_config(config) if has_moe else []
-  bad = [g.num_experts for g in groups if g.num_experts != config.moe.num_experts and g.num_experts % expert]
-  if bad:
-    raise ValueError(f'moe.experts_per_layer={config.moe.experts_per_layer!r}: expert count(s) {bad} must be '
-                     f'divisible by the expert axis ({sizes})')
+    problems.add('data.batch_size', config.data.batch_size, f'must be divisible by the {jax.process_count()} '
+                 'processes')
+  problems.raise_if_any('the config does not fit the mesh ' + ' '.join(f'{a}={n}' for a, n in
+                                                                       partitioner.mesh.shape.items()))
 
 
 def build_run(config: ml_collections.ConfigDict, workdir: str) -> Run:
   """Model, mesh, partitioner, optimizer, state shardings and checkpointer; refuses incompatible checkpoints.
 
   The mesh checks run before the checkpoint directory is created; the newest intact checkpoint (damaged newer
-  ones are moved aside, training/checkpoint_integrity.py) is compared with this config before anything else is
+  ones are moved aside, checkpointing/integrity.py) is compared with this config before anything else is
   written."""
   model = LanguageModel(config)
   abstract_params = model.abstract_params()
@@ -233,11 +224,11 @@ def compile_steps(run: Run, with_train: bool = True,
     rng = jax.ShapeDtypeStruct((), jax.random.key(0).dtype, sharding=run.partitioner.replicated())
     every = int(run.config.train.grad_stats_every)   # checked by validate_config
     teacher_args = () if teacher is None else (teacher.params,)
+    kd = {} if teacher is None else {'teacher': teacher.model, 'distill': teacher.spec}
+    options = StepOptions(run.model, run.optimizer, run.schedule, run.config.train.microbatches, **kd)
     compiled = []
     for stats in [None] + ([grad_stats_lib.GradStats(run.model)] if every else []):
-      train_fn = make_train_step(run.model, run.optimizer, run.schedule, run.partitioner, run.shardings,
-                                 microbatches=run.config.train.microbatches, teacher=teacher,
-                                 grad_stats=stats)
+      train_fn = make_train_step(dataclasses.replace(options, grad_stats=stats), run.partitioner, run.shardings)
       compiled.append(train_fn.lower(run.abstract, batch, rng, *teacher_args).compile())
     train_compiled = TrainStep(compiled[0], compiled[-1] if every else None, every,
                                teacher.params if teacher is not None else None, compile_finite_check(run.abstract))
@@ -371,7 +362,7 @@ def run_loop(run: Run, state: state_lib.TrainState, data_iter: Any, start_step: 
         buffer.flush()
         start = time.time()
         if eval_batches:
-          last_eval = evaluate(eval_fn, state.params, eval_batches)
+          last_eval = validation_metrics(eval_fn, state.params, eval_batches)
           writer.write_eval(step, last_eval)
         buffer.pause(time.time() - start)
       if task_eval is not None and task_eval.due(step, t.steps):
@@ -411,11 +402,12 @@ def final_metrics(run: Run, state: state_lib.TrainState, last_train: dict, last_
 def make_data(run: Run, data_state: dict[str, Any] | None) -> tuple[Any, list[dict[str, jax.Array]]]:
   """(training iterator at the restored position, validation batches placed on the mesh)."""
   d, shard = run.config.data, {'shard_index': jax.process_index(), 'num_shards': jax.process_count()}
-  data_iter = pipeline.make_train_iterator(d, **shard)
+  data_iter = pipeline.make_train_iterator(d, **shard, examples=task_finetune.train_rows(d))
   if data_state is not None:
     data_iter.set_state(data_state)
   num = run.config.train.eval_batches
-  eval_batches = [shard_host_batch(run, b) for b in pipeline.make_eval_batches(d, num, **shard)] if num else []
+  host = pipeline.make_eval_batches(d, num, **shard, examples=task_finetune.eval_rows(d)) if num else []
+  eval_batches = [shard_host_batch(run, b) for b in host]
   return data_iter, eval_batches
 
 
@@ -457,6 +449,7 @@ def train(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   A run that already finished (final_metrics.json and a checkpoint at >= train.steps) is left exactly as it is
   and its final metrics are returned with 'already_finished': True; raise train.steps to continue it. The workdir
   is locked for the call: a second job on it is refused, naming this one."""
+  config = aliases.resolve(config)         # config.json is written with the moe subsections (config/aliases.py)
   check_before_writing(config, workdir)   # every check that needs no devices: nothing is written before
   lock = lock_workdir(workdir)
   try:
@@ -499,7 +492,7 @@ def _train_locked(config: ml_collections.ConfigDict, workdir: str) -> dict[str, 
       if evals:     # the final validation was written already: not appended twice
         last_eval = {k: v for k, v in evals[-1].items() if k.startswith('eval/')}
       elif eval_batches:
-        last_eval = evaluate(eval_fn, state.params, eval_batches)
+        last_eval = validation_metrics(eval_fn, state.params, eval_batches)
         writer.write_eval(start_step, last_eval)
   finally:
     try:

@@ -5,7 +5,7 @@ seconds, <metric>: float or nested list, ...}; kind 'tasks' records carry zero/f
 ('tasks/<task>/<metric>') of the trainer's periodic task evaluation. Train records carry the model's metrics averaged over the steps
 since the previous log (loss, cross_entropy, aux_loss, accuracy, moe/..., pool/...), learning_rate, grad_norm
 and perf/...; eval records carry eval/loss, eval/cross_entropy, eval/perplexity, eval/accuracy (and for an
-MoE model eval/moe/dropped_fraction, training/validation.py); 'grad_stats' records
+MoE model eval/moe/dropped_fraction, evaluation/validation.py); 'grad_stats' records
 (train.grad_stats_every) the gradient-flow statistics 'grad/...' of one step (training/grad_stats.py). A resumed run
 appends; readers take the last record of a (kind, step) pair (see `read_metrics`).
 

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from samoe_jax.config.checks import Problems, register
+
 STACKING_AXES = frozenset({'pool', 'expert', 'moe_layer', 'layers'})
 NO_DECAY_AXES = frozenset({'mixing', 'frozen_router'})
 # Parameters with one of these logical axes are never updated (moe.router_trainable=False: a frozen random router,
@@ -28,6 +30,12 @@ NO_DECAY_AXES = frozenset({'mixing', 'frozen_router'})
 FROZEN_AXES = frozenset({'frozen_router'})
 MOMENT_DTYPES = ('float32', 'bfloat16')
 Schedule = Callable[[jax.Array | int], jax.Array]
+
+
+@register('train')
+def check_moment_dtype(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """train.moment_dtype (a registered check, config/checks.py)."""
+  problems.one_of('train.moment_dtype', c.train.moment_dtype, MOMENT_DTYPES)
 
 
 def is_decayed(names: tuple[str | None, ...] | None, ndim: int) -> bool:

@@ -13,11 +13,12 @@ import tempfile
 
 import ml_collections
 
-from samoe_jax.config.validate import validate_config
+from samoe_jax.checkpointing.store import Checkpointer
 from samoe_jax.data.sources import check_data_source
 from samoe_jax.data.text_files import check_text_files
+from samoe_jax.evaluation import task_finetune
 from samoe_jax.training import distill, init_from
-from samoe_jax.training.checkpoint import Checkpointer
+from samoe_jax.training.config_checks import validate_config
 from samoe_jax.training.task_eval import check_task_data
 
 
@@ -48,6 +49,7 @@ def check_before_writing(config: ml_collections.ConfigDict, workdir: str) -> Non
   validate_config(config)   # the one config pass of a training start (the trainer's keys included)
   check_workdir(workdir)
   check_data_source(config.data)
+  task_finetune.check_data(config.data)   # data.task='task_finetune': both splits read and tokenized
   check_task_data(config)
   check_text_files(config.data, eval_batches=config.train.eval_batches)  # data.task='text_files': read only
   if distill.enabled(config):     # missing teacher / vocabulary mismatch

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.config.sections import LowRankSparseSection
 from samoe_jax.layers.low_rank_experts import sparse_names
 
@@ -69,6 +70,13 @@ def config_problems(config: ml_collections.ConfigDict, num_moe: int, d_model: in
   if not is_int(s.mask_every) or s.mask_every < 1:
     out.append(f'{SECTION}.mask_every={s.mask_every!r}: must be an integer >= 1')
   return out
+
+
+@register('low_rank_sparse')
+def check_low_rank_sparse(c: ml_collections.ConfigDict, problems: Problems) -> None:
+  """The low_rank_sparse section (a registered check, config/checks.py)."""
+  for line in config_problems(c, problems.num_moe, c.model.d_model, c.moe.expert_d_ff or c.model.d_ff):
+    problems.line(line)
 
 
 @dataclasses.dataclass(frozen=True)

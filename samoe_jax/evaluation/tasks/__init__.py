@@ -6,7 +6,7 @@
 """
 
 from samoe_jax.evaluation.tasks.base import Task
-from samoe_jax.evaluation.tasks.evaluate import evaluate_task
+from samoe_jax.evaluation.tasks.task_scoring import evaluate_task
 from samoe_jax.evaluation.tasks.fewshot import ShotSampler, fewshot_context
 from samoe_jax.evaluation.tasks.registry import TASK_NAMES, get_task
 

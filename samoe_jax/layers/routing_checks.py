@@ -9,7 +9,7 @@
   moe.capacity_formula 'deepspeed' (default) | 'switch' | 'fairseq' | 'none'   (layers/capacity.py)
   moe.router_bias      False (default); moe.router_trainable True (default; False: frozen random router)
 
-The strategies these keys build are in layers/routers.py; docs/methods/routing.md has the formulas.
+The strategies these keys build are in layers/routing_strategies.py; docs/methods/routing.md has the formulas.
 """
 
 from __future__ import annotations
@@ -19,20 +19,23 @@ from typing import Any
 
 import ml_collections
 
+from samoe_jax.config.checks import Problems, register
 from samoe_jax.layers.capacity import CAPACITY_FORMULAS
 from samoe_jax.layers.router_noise import NOISE_KINDS
-from samoe_jax.layers.routers import ROUTING_KINDS, strategy_for
-from samoe_jax.layers.routing import GATE_RENORMS, GATES, SECOND_POLICIES, SLOT_PRIORITIES
+from samoe_jax.layers.routing_strategies import ROUTING_KINDS, strategy_for
+from samoe_jax.layers.token_choice import GATE_RENORMS, GATES, SECOND_POLICIES, SLOT_PRIORITIES
 
 __all__ = ['ROUTING_KINDS', 'GATES', 'GATE_RENORMS', 'SECOND_POLICIES', 'SLOT_PRIORITIES', 'NOISE_KINDS',
            'CAPACITY_FORMULAS', 'check_routing_config', 'describe_policy']
 
 
-def check_routing_config(c: ml_collections.ConfigDict, errors: Any) -> None:
-  """Validates the routing keys of config.moe (called by config/validate.py for MoE models); `errors` is
-  validate's collector (add / one_of / in_range)."""
+@register('moe', moe_only=True)
+def check_routing_config(c: ml_collections.ConfigDict, errors: Problems) -> None:
+  """The routing keys of config.moe (a registered check, config/checks.py)."""
   moe = c.moe
   kind = moe.routing
+  if 'slot_priority' in moe:
+    errors.one_of('moe.slot_priority', moe.slot_priority, SLOT_PRIORITIES)
   errors.one_of('moe.routing', kind, ROUTING_KINDS)
   errors.one_of('moe.gate', moe.gate, GATES)
   errors.one_of('moe.gate_renorm', moe.gate_renorm, GATE_RENORMS)

@@ -71,6 +71,33 @@ CAUSAL_PRIORITIES = ('position',)
 GATES = ('softmax', 'topk_softmax', 'uniform')
 GATE_RENORMS = ('auto', 'none', 'before_drop', 'after_drop')
 SECOND_POLICIES = ('all', 'sampling', 'random')
+ROUTE_NOISES = ('none', 'gumbel', 'gaussian')   # noise on the router probabilities ('jitter': router_noise.py)
+
+
+@dataclasses.dataclass(frozen=True)
+class RouteOptions:
+  """The static choices of token-choice routing, checked once when built (TokenChoice builds one for training
+  and one for evaluation per MoE layer, layers/routing_strategies.py): top_k (K), priority (slots), gate, gate_renorm,
+  second_policy and noise; see the module docstring. Frozen and hashable."""
+  top_k: int
+  priority: str = 'position'
+  gate: str = 'softmax'
+  gate_renorm: str = 'auto'
+  second_policy: str = 'all'
+  noise: str = 'none'
+
+  def __post_init__(self):
+    for name, value, allowed in (('priority', self.priority, SLOT_PRIORITIES), ('gate', self.gate, GATES),
+                                 ('gate_renorm', self.gate_renorm, GATE_RENORMS),
+                                 ('second_policy', self.second_policy, SECOND_POLICIES),
+                                 ('noise', self.noise, ROUTE_NOISES)):
+      if value not in allowed:
+        raise ValueError(f'RouteOptions: {name}={value!r} is not one of {allowed}')
+
+  @property
+  def draws_rng(self) -> bool:
+    """Whether routing draws random numbers (second_policy 'sampling' / 'random', noise, priority 'random')."""
+    return self.second_policy != 'all' or self.noise != 'none' or self.priority == 'random'
 
 
 def top_k_experts(probs_GSE: jax.Array, top_k: int, first_scores_GSE: jax.Array | None = None,
@@ -113,10 +140,11 @@ def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: i
                  chosen_GSK: jax.Array | None = None, order_key_GS: jax.Array | None = None) -> jax.Array:
   """Slot of every (token, choice) in its expert's buffer. Returns int32 [G, S, K].
 
-  'position' ranks by (position, choice); 'choice' ranks by (choice, position); 'bpr' / 'random' rank by
-  (choice, order_key_GS ascending, position) (see the module docstring). Unchosen choices (chosen_GSK False) and
-  masked tokens take no slot. counts_GE ('position' only): int32 [G, E] assignments that earlier tokens of each
-  group (not in this call) already made; every slot is offset by them, so a group can be routed in pieces.
+  priority (one of SLOT_PRIORITIES, checked by RouteOptions): 'position' ranks by (position, choice); 'choice'
+  ranks by (choice, position); 'bpr' / 'random' rank by (choice, order_key_GS ascending, position) (see the module
+  docstring). Unchosen choices (chosen_GSK False) and masked tokens take no slot. counts_GE ('position' only):
+  int32 [G, E] assignments that earlier tokens of each group (not in this call) already made; every slot is offset
+  by them, so a group can be routed in pieces.
   """
   use_GSK = _use_mask(expert_GSK, token_mask_GS, chosen_GSK).astype(jnp.int32)
   if priority == 'position':
@@ -126,8 +154,6 @@ def assign_slots(expert_GSK: jax.Array, token_mask_GS: jax.Array, num_experts: i
     if counts_GE is not None:
       earlier_GSE = earlier_GSE + counts_GE[:, None, :].astype(jnp.int32)
     return jnp.einsum('gse,gske->gsk', earlier_GSE, mask_GSKE).astype(jnp.int32)
-  if priority not in SLOT_PRIORITIES:
-    raise ValueError(f'slot priority {priority!r} is not one of {SLOT_PRIORITIES}')
   if counts_GE is not None:
     raise ValueError(f'slot priority {priority!r} cannot route a group in pieces (counts_GE): it is not causal')
   if priority == 'choice':
@@ -155,27 +181,21 @@ def _renormalise(gate_GSK: jax.Array, over_GSK: jax.Array) -> jax.Array:
   return g / jnp.maximum(jnp.sum(g, axis=-1, keepdims=True), 1e-30)
 
 
-def route(logits_GSE: jax.Array, token_mask_GS: jax.Array, *, top_k: int, capacity: int,
-          priority: str = 'position', counts_GE: jax.Array | None = None,
-          active_k: jax.Array | None = None, probs_GSE: jax.Array | None = None,
-          gate: str = 'softmax', gate_renorm: str = 'auto', second_policy: str = 'all',
-          noise: str = 'none', rng: jax.Array | None = None) -> Routing:
-  """Top-k token-choice routing with capacity; logits are cast to float32 first.
+def route(logits_GSE: jax.Array, token_mask_GS: jax.Array, options: RouteOptions, *, capacity: int,
+          counts_GE: jax.Array | None = None, active_k: jax.Array | None = None,
+          probs_GSE: jax.Array | None = None, rng: jax.Array | None = None) -> Routing:
+  """Top-k token-choice routing with capacity (the static choices in `options`); logits are cast to float32 first.
 
-  counts_GE: see assign_slots (the tokens continue groups that already made these assignments).
+  capacity: slots per expert per group (static). counts_GE: see assign_slots (the tokens continue groups that
+    already made these assignments).
   active_k: traced int32 scalar in [1, top_k]: choices with index >= active_k are not used (no slot, gate 0,
     not dropped); the gates are computed over the first active_k choices only.
   probs_GSE: router probabilities to use instead of softmax(logits) for selection, gates and the losses.
-  gate, gate_renorm, second_policy, noise ('gumbel' / 'gaussian'; 'jitter' acts on the router input, see
-    router_noise.py): see the module docstring. rng: a PRNG key, needed by second_policy 'sampling' / 'random',
-    noise 'gumbel' / 'gaussian' and priority 'random'.
+  rng: a PRNG key, needed when options.draws_rng (second_policy 'sampling' / 'random', noise 'gumbel' /
+    'gaussian', priority 'random').
   """
-  for name, value, allowed in (('gate', gate, GATES), ('gate_renorm', gate_renorm, GATE_RENORMS),
-                               ('second_policy', second_policy, SECOND_POLICIES),
-                               ('noise', noise, router_noise.NOISE_KINDS)):
-    if value not in allowed:
-      raise ValueError(f'route: {name}={value!r} is not one of {allowed}')
-  needs_rng = (second_policy != 'all' or noise in ('gumbel', 'gaussian') or priority == 'random')
+  top_k, priority, gate, gate_renorm = options.top_k, options.priority, options.gate, options.gate_renorm
+  second_policy, noise, needs_rng = options.second_policy, options.noise, options.draws_rng
   if needs_rng and rng is None:
     raise ValueError(f'route: second_policy={second_policy!r}, noise={noise!r}, priority={priority!r} draw '
                      'random numbers: pass rng')

@@ -2,7 +2,8 @@
 
 A refused resume names the config keys that differ, those that change parameter shapes or the data order first,
 then the parameters; a resume that goes on with other changes (a longer train.steps, a new learning rate) logs
-them and keeps the previous config.json as config_until_step_<S>.json instead of overwriting it.
+them and keeps the previous config.json as config_until_step_<S>.json instead of overwriting it. A config.json
+written with the moe section's old flat method keys is compared in the subsections' keys (config/aliases.py).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import os
 from typing import Any
 
 import ml_collections
+
+from samoe_jax.config import aliases
 
 # Keys whose change alters parameter shapes or what "the next batch" means: listed first.
 SHAPE_PREFIXES = ('model.', 'moe.', 'pool.', 'data.vocabulary', 'data.seq_len', 'data.batch_size', 'data.task',
@@ -30,14 +33,14 @@ def flatten(node: Any, prefix: str = '') -> dict[str, Any]:
 
 def as_saved(config: ml_collections.ConfigDict) -> dict[str, Any]:
   """The config as config.json stores it (the same JSON round trip), flattened."""
-  return flatten(json.loads(config.to_json_best_effort(sort_keys=True)))
+  return flatten(aliases.resolve(json.loads(config.to_json_best_effort(sort_keys=True))))
 
 
 def read_saved(workdir: str) -> dict[str, Any] | None:
   """WORKDIR/config.json flattened, or None when it is missing or unreadable."""
   try:
     with open(os.path.join(workdir, 'config.json')) as f:
-      return flatten(json.load(f))
+      return flatten(aliases.resolve(json.load(f)))
   except (OSError, ValueError):
     return None
 

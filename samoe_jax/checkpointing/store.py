@@ -1,7 +1,7 @@
 """Orbax checkpoints of the train state, the data iterator position and the run's resume metadata.
 
 Layout: WORKDIR/checkpoints/<step>/{state, data, meta}:
-  state  the TrainState (StandardSave; sharded arrays written by every process).
+  state  the train state (StandardSave; sharded arrays written by every process).
   data   the training iterator's get_state() dict (JsonSave).
   meta   {'step', 'seed', 'resume_keys': {config key: value}, 'param_shapes': {path: [shape, dtype]}} (JsonSave).
 A run that finds a checkpoint resumes from the latest one; `check_compatible` first compares its meta with the
@@ -9,7 +9,7 @@ current run's and refuses (IncompatibleCheckpointError naming every difference) 
 with different model shapes, seed or data order. Restoring goes into abstract arrays that carry the *current*
 mesh's shardings, so a checkpoint written on one mesh restores onto another.
 
-Integrity (training/checkpoint_integrity.py). Every finished save is hashed by a background thread of process 0
+Integrity (checkpointing/integrity.py). Every finished save is hashed by a background thread of process 0
 (`_Hasher`) as soon as orbax commits it: the thread waits, off the training step's path, for CHECKPOINTS/<S> to
 appear under its final name and hashes it then; the next save first waits for that hashing (so orbax never
 deletes a checkpoint being hashed; in practice it finished long before). So while a run goes on every finished
@@ -36,7 +36,7 @@ import re
 import shutil
 import threading
 import time
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 import jax
 import jax.numpy as jnp
@@ -45,14 +45,14 @@ import orbax.checkpoint as ocp
 from absl import logging
 from jax.experimental import multihost_utils
 
-from samoe_jax.training import checkpoint_integrity as integrity
-from samoe_jax.training import resume_config
-from samoe_jax.training.state import TrainState
+from samoe_jax.checkpointing import integrity
+from samoe_jax.checkpointing import resume_config
 
 # Config keys whose change makes "continue exactly where the checkpoint left off" meaningless.
 RESUME_KEYS = ('train.seed', 'data.task', 'data.vocabulary', 'data.seq_len', 'data.batch_size',
                'data.shuffle_seed')
 ITEMS = ('state', 'data', 'meta')
+State = TypeVar('State')   # the trainer's TrainState (training/state.py): a pytree of arrays
 
 
 class IncompatibleCheckpointError(ValueError):
@@ -244,13 +244,13 @@ class Checkpointer:
 
   def check_compatible(self, step: int, current_meta: dict[str, Any], config_lines: list[str] = ()) -> None:
     """Raises IncompatibleCheckpointError if this run cannot continue `step`: the config keys that differ
-    (config_lines, from training/resume_config.config_changes), then every difference of the checkpoint's meta."""
+    (config_lines, from checkpointing/resume_config.config_changes), then every difference of the checkpoint's meta."""
     diffs = meta_differences(self.read_meta(step), current_meta)
     if diffs:
       raise IncompatibleCheckpointError(
           resume_config.refusal_message(self.directory, step, list(config_lines), diffs))
 
-  def save(self, step: int, state: TrainState, data_state: dict[str, Any], meta: dict[str, Any]) -> bool:
+  def save(self, step: int, state: State, data_state: dict[str, Any], meta: dict[str, Any]) -> bool:
     """Starts saving (async when configured; the device-to-host copy happens before this returns); the background
     hasher records its checksums once it has committed.
 
@@ -337,7 +337,7 @@ class Checkpointer:
     hashed = [s for s in steps if integrity.has_checksums(os.path.join(self.directory, str(s)))]
     return hashed or steps
 
-  def restore(self, step: int, target: TrainState) -> tuple[TrainState, dict[str, Any], dict[str, Any]]:
+  def restore(self, step: int, target: State) -> tuple[State, dict[str, Any], dict[str, Any]]:
     """(state, data iterator state, meta) of checkpoint `step`; target: ShapeDtypeStructs with shardings."""
     args = ocp.args.Composite(state=ocp.args.StandardRestore(target), data=ocp.args.JsonRestore(),
                               meta=ocp.args.JsonRestore())
@@ -423,8 +423,8 @@ class Checkpointer:
                             'writing them failed'], verdict='has no checksums, so it cannot be verified',
                      then=f'resuming from step {used}, which verifies (the steps after it are trained again)')
 
-  def restore_intact(self, target: TrainState, current_meta: dict[str, Any]
-                     ) -> tuple[TrainState, dict[str, Any], int] | None:
+  def restore_intact(self, target: State, current_meta: dict[str, Any]
+                     ) -> tuple[State, dict[str, Any], int] | None:
     """(state, data state, step) of the newest checkpoint that restores with finite values; damaged ones are set
     aside on the way. None when the directory holds no checkpoint."""
     while (step := self.verified_latest()) is not None:

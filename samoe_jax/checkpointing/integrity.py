@@ -4,7 +4,7 @@ When the save of step S has committed (orbax renamed its temporary folder to CHE
 are hashed once (sha256, read back from the page cache right after the write; the cost is logged against the
 save's) into CHECKPOINTS/S/samoe_checksums.json, written to a temporary file, synced and renamed, so the file is
 either complete or absent; a temporary file left by a failure is removed at once, one left by a killed process
-at the next start. The Checkpointer (training/checkpoint.py) does this in a background thread on process 0 as
+at the next start. The Checkpointer (checkpointing/store.py) does this in a background thread on process 0 as
 soon as each save commits, so at most the newest checkpoint of a run lacks checksums, and only when the process
 was killed between a save's commit and its hashing (milliseconds) or the checksum file could not be written.
 

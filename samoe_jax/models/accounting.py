@@ -58,14 +58,15 @@ import math
 
 import ml_collections
 
-from samoe_jax.config.layer_plan import moe_layer_indices
 from samoe_jax.config import expert_map, pyramid
+from samoe_jax.config.layer_plan import moe_layer_indices
+from samoe_jax.config.sections import section_values
 from samoe_jax.layers import momentum as momentum_lib
 from samoe_jax.layers import ragged, residual_moe
 from samoe_jax.layers.graph_routing import GraphConfig, graph_flops_per_token, graph_params_per_layer
+from samoe_jax.layers.k_schedule import KSchedule
 from samoe_jax.layers.mixing import Mixing
-from samoe_jax.layers.routing import expert_capacity
-from samoe_jax.config.sections import section_values
+from samoe_jax.layers.token_choice import expert_capacity
 from samoe_jax.models.spec import ModelSpec
 
 
@@ -92,7 +93,7 @@ class Sizes:
   # PR-MoE (docs/methods/pr_moe.md): MoE layers grouped by expert count (config/pyramid.py) and moe.residual
   groups: tuple[pyramid.ExpertGroup, ...] = ()
   residual: str = 'none'
-  # Routing strategies (layers/routers.py): a router bias [E] per router; hash routing has no router
+  # Routing strategies (layers/routing_strategies.py): a router bias [E] per router; hash routing has no router
   router_bias: bool = False
   hash_routing: bool = False
   # Merged / pruned experts (config/expert_map.py): each MoE layer's router outputs (E_l without a map)
@@ -100,8 +101,8 @@ class Sizes:
   # Low-rank plus sparse experts (layers/low_rank_experts.py): rank R (0 = dense) and the final fraction of S pruned
   expert_rank: int = 0
   sparsity: float = 0.0
-  graph: GraphConfig | None = None                     # moe.graph_routing (layers/graph_routing.py)
-  momentum: momentum_lib.MomentumConfig | None = None  # moe.momentum (layers/momentum.py)
+  graph: GraphConfig | None = None                     # moe.graph (layers/graph_routing.py)
+  momentum: momentum_lib.MomentumConfig | None = None  # moe.momentum_smoe (layers/momentum.py)
 
   @property
   def layer_experts(self) -> int:
@@ -305,15 +306,14 @@ def momentum_summary(config: ml_collections.ConfigDict) -> dict[str, object] | N
 
 def k_schedule_summary(config: ml_collections.ConfigDict) -> dict[str, object] | None:
   """SMoE-Dropout (docs/methods/smoe_dropout.md, layers/k_schedule.py): the k schedule and the evaluation k / gate. None when
-  both are off (moe.k_schedule='constant', moe.eval_top_k=0, moe.eval_gate='') or the model is dense.
+  both are off (moe.smoe_dropout.kind='constant', moe.eval_top_k=0, moe.eval_gate='') or the model is dense.
 
   param_counts / flops_per_token count moe.top_k experts (= k_max, the most a token uses in training); here:
   'mean_train_k' (k averaged over train.steps, what training's model FLOPs scale with), 'train_flops_per_token'
   at that mean k, and 'eval_active_per_token' / 'eval_forward_flops_per_token' at moe.eval_top_k.
   """
-  from samoe_jax.layers.k_schedule import KSchedule  # pylint: disable=g-import-not-at-top
   moe = config.moe
-  kind, eval_k, eval_gate = moe.k_schedule, moe.eval_top_k, moe.eval_gate
+  kind, eval_k, eval_gate = section_values(config, 'moe')['smoe_dropout']['kind'], moe.eval_top_k, moe.eval_gate
   if not moe_layer_indices(config.model) or (kind == 'constant' and not eval_k and not eval_gate):
     return None
   schedule = KSchedule.from_config(config)

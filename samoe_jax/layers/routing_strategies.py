@@ -9,7 +9,7 @@ the moe section it reads (config/defaults.py), so `strategy_for(config.moe)` bui
   RoutingStrategy   the shared work: the router (own, frozen, biased, or WideNet's shared kernel), 'jitter'
                     noise on the router input, the 'routing' rng, the z-loss and the Switch balancing loss.
     TokenChoice     top-k per token with capacity, gates, second-expert policies, noise and slot priorities
-                    (GShard / Switch / fairseq / DeepSpeed; layers/routing.py). Graph routing (Similarity- /
+                    (GShard / Switch / fairseq / DeepSpeed; layers/token_choice.py). Graph routing (Similarity- /
                     Attention-Aware SMoE, layers/graph_routing.py) is a probability transform handed to it.
     ExpertChoice    every expert takes its top-C tokens (Zhou et al. 2022, layers/expert_choice.py); NOT causal;
                     balanced by construction (no balancing loss).
@@ -31,7 +31,7 @@ import jax.numpy as jnp
 
 from samoe_jax.config.sections import MoeSection
 from samoe_jax.layers import expert_choice, hash_routing, initializers, router_noise
-from samoe_jax.layers import routing as routing_lib
+from samoe_jax.layers import token_choice
 
 ProbsTransform = Callable[[jax.Array], jax.Array]   # logits_GSE -> p~_GSE (graph routing)
 
@@ -145,7 +145,7 @@ class RoutingStrategy:
     return Router(self.num_experts, init_std, self.router_bias, self.router_trainable, name='router')
 
   def route(self, module: nn.Module, router: Callable[[jax.Array], jax.Array] | None, inputs: RouteInputs,
-            train: bool) -> routing_lib.Routing:
+            train: bool) -> token_choice.Routing:
     """Shared work, then the `select` hook: 'jitter' (DeepSpeed: x * U[1-eps, 1+eps]) on the router input,
     router logits, the 'routing' rng when the strategy draws one."""
     x_GSD = inputs.x_GSD
@@ -160,20 +160,24 @@ class RoutingStrategy:
     return False
 
   def select(self, logits_GSE: jax.Array, inputs: RouteInputs, *, train: bool,
-             rng: jax.Array | None) -> routing_lib.Routing:
+             rng: jax.Array | None) -> token_choice.Routing:
     """The hook every strategy with a router overrides: router logits -> Routing."""
     raise NotImplementedError(f'{type(self).__name__} must override select() (or route() without a router)')
 
-  def aux_losses(self, routing: routing_lib.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
+  def aux_losses(self, routing: token_choice.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
     """'lb_loss' (Switch; 0 when balanced by construction) and 'z_loss' (ST-MoE)."""
-    lb = (jnp.zeros((), jnp.float32) if self.balanced else routing_lib.load_balancing_loss(routing, mask_GS))
-    return {'lb_loss': lb, 'z_loss': routing_lib.router_z_loss(routing, mask_GS)}
+    lb = (jnp.zeros((), jnp.float32) if self.balanced else token_choice.load_balancing_loss(routing, mask_GS))
+    return {'lb_loss': lb, 'z_loss': token_choice.router_z_loss(routing, mask_GS)}
 
 
 @dataclasses.dataclass(frozen=True)
 class TokenChoice(RoutingStrategy):
-  """Top-k token choice with capacity (layers/routing.py has the formulas): gate, gate_renorm, second_policy
-  (training), noise 'gumbel' / 'gaussian' (training) and slot_priority ('position' is the only causal one)."""
+  """Top-k token choice with capacity (layers/token_choice.py has the formulas): gate, gate_renorm, second_policy
+  (training), noise 'gumbel' / 'gaussian' (training) and slot_priority ('position' is the only causal one).
+
+  Built, it holds its token_choice.RouteOptions for training and for evaluation (`route_options`), which checks
+  the string options once: evaluation has second_policy 'all', no noise, and ranks 'random' priority by position.
+  """
   gate: str
   gate_renorm: str
   second_policy: str
@@ -181,31 +185,38 @@ class TokenChoice(RoutingStrategy):
 
   name: ClassVar[str] = 'token_choice'
 
+  def __post_init__(self):
+    noise = self.noise if self.noise in token_choice.ROUTE_NOISES else 'none'   # 'jitter' acts on the input
+    train = token_choice.RouteOptions(self.top_k, self.slot_priority, self.gate, self.gate_renorm,
+                                     self.second_policy, noise)
+    evaluation = dataclasses.replace(train, second_policy='all', noise='none',
+                                     priority='position' if self.slot_priority == 'random' else self.slot_priority)
+    object.__setattr__(self, '_route_options', {True: train, False: evaluation})   # not a field (moe keys only)
+
+  def route_options(self, train: bool) -> token_choice.RouteOptions:
+    """The RouteOptions of a training (train=True) or evaluation pass."""
+    return self._route_options[train]
+
   @property
   def noncausal_setting(self) -> str | None:
-    return None if self.slot_priority in routing_lib.CAUSAL_PRIORITIES else f'moe.slot_priority={self.slot_priority!r}'
+    return None if self.slot_priority in token_choice.CAUSAL_PRIORITIES else f'moe.slot_priority={self.slot_priority!r}'
 
   @property
   def noncausal_reason(self) -> str | None:
     return None if self.causal else f"needs moe.slot_priority='position' (causal), got {self.slot_priority!r}"
 
   def _select_draws(self, train: bool) -> bool:
-    return train and (self.second_policy != 'all' or self.noise in ('gumbel', 'gaussian')
-                      or self.slot_priority == 'random')
+    return self.route_options(train).draws_rng
 
   def for_evaluation(self, top_k: int, gate: str) -> 'TokenChoice':
     return dataclasses.replace(self, top_k=top_k or self.top_k, gate=gate or self.gate)
 
   def select(self, logits_GSE: jax.Array, inputs: RouteInputs, *, train: bool,
-             rng: jax.Array | None) -> routing_lib.Routing:
-    """In evaluation second_policy is 'all', there is no noise, and 'random' priority ranks by position."""
-    priority = self.slot_priority if (train or self.slot_priority != 'random') else 'position'
-    noise = self.noise if train and self.noise in ('gumbel', 'gaussian') else 'none'
-    return routing_lib.route(
-        logits_GSE, inputs.mask_GS, top_k=self.top_k, capacity=inputs.capacity, priority=priority,
-        counts_GE=inputs.counts_GE, active_k=inputs.active_k, gate=self.gate, gate_renorm=self.gate_renorm,
-        probs_GSE=inputs.probs(logits_GSE) if inputs.probs is not None else None,
-        second_policy=self.second_policy if train else 'all', noise=noise, rng=rng)
+             rng: jax.Array | None) -> token_choice.Routing:
+    return token_choice.route(
+        logits_GSE, inputs.mask_GS, self.route_options(train), capacity=inputs.capacity,
+        counts_GE=inputs.counts_GE, active_k=inputs.active_k,
+        probs_GSE=inputs.probs(logits_GSE) if inputs.probs is not None else None, rng=rng)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,7 +235,7 @@ class ExpertChoice(RoutingStrategy):
     return "needs moe.routing 'token_choice' or 'hash', got 'expert_choice'"
 
   def select(self, logits_GSE: jax.Array, inputs: RouteInputs, *, train: bool,
-             rng: jax.Array | None) -> routing_lib.Routing:
+             rng: jax.Array | None) -> token_choice.Routing:
     return expert_choice.expert_choice_route(logits_GSE, inputs.mask_GS, capacity=inputs.capacity)
 
 
@@ -244,13 +255,13 @@ class HashRouting(RoutingStrategy):
     return None
 
   def route(self, module: nn.Module, router: Callable[[jax.Array], jax.Array] | None, inputs: RouteInputs,
-            train: bool) -> routing_lib.Routing:
+            train: bool) -> token_choice.Routing:
     if inputs.tokens_GS is None:
       raise ValueError("MoeFFN: moe.routing='hash' needs the token ids (MoeCall.tokens_BL)")
     return hash_routing.hash_route(inputs.tokens_GS, inputs.mask_GS, num_experts=self.num_experts,
                                    capacity=inputs.capacity, counts_GE=inputs.counts_GE)
 
-  def aux_losses(self, routing: routing_lib.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
+  def aux_losses(self, routing: token_choice.Routing, mask_GS: jax.Array) -> dict[str, jax.Array]:
     return {'lb_loss': jnp.zeros((), jnp.float32), 'z_loss': jnp.zeros((), jnp.float32)}
 
 

@@ -10,51 +10,19 @@ from __future__ import annotations
 
 import json
 import os
-import platform
-import subprocess
 import time
 from typing import Any, Sequence
 
 import jax
 
+from samoe_jax.analysis import gradient_flow, speedup
 from samoe_jax.analysis.drop_floor import group_tokens
+from samoe_jax.analysis.provenance import commit, machine
 from samoe_jax.experiments import figures
 from samoe_jax.experiments import results as results_lib
 from samoe_jax.experiments.runner import Run, is_finished, read_log, suite_wall_seconds
 from samoe_jax.experiments.suites import Suite
 from samoe_jax.training.metrics_writer import format_duration, read_metrics
-
-REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-
-def commit() -> str:
-  """HEAD of the checkout this package runs from, '+ uncommitted changes' when the tree is dirty."""
-  try:
-    head = subprocess.run(['git', '-C', REPO_ROOT, 'rev-parse', 'HEAD'], capture_output=True, text=True,
-                          check=True).stdout.strip()
-    dirty = subprocess.run(['git', '-C', REPO_ROOT, 'status', '--porcelain', '--untracked-files=no'],
-                           capture_output=True, text=True, check=True).stdout.strip()
-  except (OSError, subprocess.CalledProcessError):
-    return 'unknown (not a git checkout)'
-  return head + (' + uncommitted changes' if dirty else '')
-
-
-def machine() -> str:
-  """CPU model, cores, memory, the jax devices and versions, in one line."""
-  cpu = platform.processor() or platform.machine()
-  memory = ''
-  try:
-    with open('/proc/cpuinfo') as f:
-      cpu = next((line.split(':', 1)[1].strip() for line in f if line.startswith('model name')), cpu)
-    with open('/proc/meminfo') as f:
-      kib = int(next(line.split()[1] for line in f if line.startswith('MemTotal')))
-      memory = f', {kib / 2**20:.0f} GiB RAM'
-  except (OSError, StopIteration, ValueError):
-    pass
-  devices = jax.devices()
-  return (f'{cpu}, {os.cpu_count()} cores{memory}; jax {jax.__version__} on {len(devices)} '
-          f'{devices[0].platform} device(s); Python {platform.python_version()}')
-
 
 def corpus_train_tokens(corpus_dir: str, vocabulary: str) -> int | None:
   """Training tokens of the experiment corpus under the runs' vocabulary: the vocabulary's own counts file
@@ -84,7 +52,6 @@ def _corpus_line(corpus_dir: str, tokens_per_run: int, vocabulary: str) -> str:
 def _analyses(runs: Sequence[Run], report_dir: str, rows: list[results_lib.ConfigResult]
               ) -> tuple[dict[str, Any] | None, dict[str, Any] | None, list[str]]:
   """(speedup report, gradient-flow report, notes on what could not be computed)."""
-  from samoe_jax.analysis import gradient_flow, speedup  # pylint: disable=g-import-not-at-top
   finished = [r for r in runs if is_finished(r)]
   notes = []
   dense = [r.workdir for r in finished if r.spec.role == 'dense']
