@@ -10,7 +10,7 @@ import json
 import os
 import sys
 
-from samoe_jax.experiments import calibration, runner, suites
+from samoe_jax.experiments import calibration_design, runner, suites
 from samoe_jax.experiments.suites import ConfigSpec, Suite
 
 
@@ -31,8 +31,8 @@ SPECS = (
     moe('moe_e16_eo', 16, 'top-1 E=16 on every other block (blocks 1, 3)',
         **{'model.layer_plan': 'every_other', 'pool.size': 2}),
 )
-SUITE = Suite('probe', 'why the all-blocks MoE loses', calibration.make_base(calibration.DESIGN), SPECS, seeds=1,
-              steps=calibration.DESIGN.steps, evals=5, grad_stats=1, needs_corpus=True, budget='')
+SUITE = Suite('probe', 'why the all-blocks MoE loses', calibration_design.make_base(calibration_design.DESIGN), SPECS,
+              seeds=1, steps=calibration_design.DESIGN.steps, evals=5, grad_stats=1, needs_corpus=True, budget='')
 
 
 def table(out: str) -> None:
