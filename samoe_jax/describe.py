@@ -140,7 +140,7 @@ def describe(config: ml_collections.ConfigDict, pool_sweep: list[int] | None = N
   for key, summary in (('distill', distill.describe(config)), ('init', init_from.describe(config))):
     if summary:   # KD / initialisation from another run (training/distill.py, training/init_from.py)
       report[key] = summary
-  momentum = accounting.momentum_summary(config)   # MomentumSMoE / AdamSMoE (None when moe.momentum='none')
+  momentum = accounting.momentum_summary(config)   # MomentumSMoE / AdamSMoE (None when moe.momentum_smoe.kind='none')
   if momentum:
     report['momentum'] = momentum
   graph = describe_graph(config) if num_moe else None   # Similarity- / Attention-Aware routing (graph_routing.py)

@@ -7,7 +7,7 @@ used by Nguyen et al. 2025, arXiv 2505.00792, to motivate Similarity- / Attentio
 On a fixed validation token set (the first --batches global batches of data.eval_split, the batches the evaluate
 CLI's validation perplexity uses; default train.eval_batches) it restores every selected checkpoint's parameters
 (never the optimizer state) and records, for each real token and each MoE layer, the top-1 expert: the argmax of
-the probabilities the layer routes on (p~ with moe.graph_routing, else p = softmax(router logits); evaluation
+the probabilities the layer routes on (p~ with moe.graph.kind, else p = softmax(router logits); evaluation
 forward pass, no routing noise). For each pair of consecutive checkpoints (c, c+1):
 
   fluctuation(c, c+1) = #{(token, MoE layer): top1_c != top1_c+1} / #{(token, MoE layer)}

@@ -9,7 +9,7 @@ the block's and the layer's signatures (docs/architecture.md). Every field is op
   tokens_BL         the decoder's input token ids (hash routing, layers/routing_strategies.py).
   shared_router_DE  WideNet's router kernel shared by every MoE layer (pool.share_router, layers/shared.py); then
                     the layer has no router of its own.
-  attention_BLM     the block's head-averaged attention probabilities (moe.graph_routing='attention',
+  attention_BLM     the block's head-averaged attention probabilities (moe.graph.kind='attention',
                     layers/graph_routing.py); the block sets it.
 """
 

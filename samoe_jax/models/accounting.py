@@ -24,7 +24,7 @@ FLOP conventions (per token, forward; one multiply-add = 2 FLOPs; MaxText-style 
   SaMoE weight-space mixing is per step, not per token: 2 * P * E * (params per expert) per MoE layer forward
   ('mixing_per_step'; x3 in training), amortized over data.batch_size * data.seq_len tokens in
   'mixing_per_token'. Fixed mixing selects a pool entry and costs nothing.
-  MomentumSMoE / AdamSMoE (moe.momentum, layers/momentum.py) add no parameters; their state updates are
+  MomentumSMoE / AdamSMoE (moe.momentum_smoe.kind, layers/momentum.py) add no parameters; their state updates are
   elementwise, so they are not counted either ('momentum_summary' reports them for information).
   WideNet sharing (layers/shared.py): pool.share_router stores one router [D, E] and model.share_attention one
   attention for all blocks; both are counted once in total (and materialized), but once per use in
@@ -36,7 +36,7 @@ FLOP conventions (per token, forward; one multiply-add = 2 FLOPs; MaxText-style 
   MLP per MoE layer (2 D F' + F' + D parameters; + W_c [D, 2] and b_c [2] = 2D + 2 for 'learned_softmax') to
   non_expert (so to active_per_token too; 'residual_moe' reports the sum) and 2 * 2 D F' (+ 2 * 2 D) FLOPs per
   token per MoE layer ('residual_moe' in flops_per_token).
-  Similarity- / Attention-Aware routing (moe.graph_routing, layers/graph_routing.py, docs/methods/graph_routing.md): W_s [D, d_s]
+  Similarity- / Attention-Aware routing (moe.graph.kind, layers/graph_routing.py, docs/methods/graph_routing.md): W_s [D, d_s]
   (learned metric) and theta [1] (learned lambda) per MoE layer count as routers; per token and MoE layer the
   mixing S @ p costs 2 L E and similarity's z z^T 2 L d (+ x W_s: 2 D d_s) FLOPs ('graph_routing'; full L x L,
   like the attention scores before halving; the attention matrix itself is the block's).

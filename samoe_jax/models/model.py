@@ -179,7 +179,7 @@ class LanguageModel:
     return bool(self.spec.moe_layers) and self.spec.mixing.mixes_weights
 
   def train_active_k(self, step: jax.Array) -> jax.Array | None:
-    """SMoE-Dropout's k of the train step at `step` (int32 []), or None for moe.k_schedule='constant' and dense
+    """SMoE-Dropout's k of the train step at `step` (int32 []), or None for moe.smoe_dropout.kind='constant' and dense
     models (layers/k_schedule.py); pass it as loss_fn's `active_k`."""
     return k_schedule.train_active_k(self.config, step)
 
@@ -212,7 +212,7 @@ class LanguageModel:
     """(total loss, metrics) of a pass with `options` (TRAIN, EVAL, ...). Metrics: scalars and per-MoE-layer
     arrays (see module docstring).
 
-    active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.k_schedule is not
+    active_k: SMoE-Dropout's k at this step (see `hidden`; the train step passes it when moe.smoe_dropout.kind is not
     'constant'), reported as the metric 'moe/active_k'. None adds nothing to the graph.
 
     extra_loss: optional (params, h_BLD, batch) -> (term, metrics) added to the loss, e.g. knowledge distillation

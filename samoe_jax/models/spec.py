@@ -40,8 +40,8 @@ class ModelSpec:
   capacity: Capacity                   # routing groups (moe.group_size 0 resolved to data.seq_len) and slots
   expert_d_ff: int                     # moe.expert_d_ff, 0 resolved to model.d_ff
   routing: RoutingStrategy             # moe.routing and its keys (layers/routing_strategies.py)
-  graph: GraphConfig                   # moe.graph_routing and its keys (layers/graph_routing.py)
-  momentum: MomentumConfig             # moe.momentum and its keys (layers/momentum.py)
+  graph: GraphConfig                   # moe.graph.kind and its keys (layers/graph_routing.py)
+  momentum: MomentumConfig             # moe.momentum_smoe.kind and its keys (layers/momentum.py)
   expert_groups: tuple[ExpertGroup, ...] = ()   # moe.experts_per_layer: MoE layers grouped by expert count
   expert_maps: tuple[tuple[int, ...], ...] = ()  # moe.expert_map per MoE layer; () = identity
   expert_rank: int = 0                 # low_rank_sparse.rank: experts stored as U V + S (0 = dense experts)

@@ -137,7 +137,7 @@ class Decoder(nn.Module):
     x_BLD = nn.with_logical_constraint(x_BLD, ('batch', 'length', 'embed'))
     layer_experts, weights = self.layer_experts() if experts is None else (experts, None)
     auxes = []
-    # MomentumSMoE / AdamSMoE state, zeros at every forward pass (None when moe.momentum='none')
+    # MomentumSMoE / AdamSMoE state, zeros at every forward pass (None when moe.momentum_smoe.kind='none')
     momentum = momentum_lib.init_state(spec.momentum, len(spec.moe_layers), x_BLD.shape)
     if spec.routing.needs_tokens and spec.moe_layers:
       call = call.replace(tokens_BL=tokens_BL)
